@@ -1,0 +1,83 @@
+"""The endpoint model shared by the data layer (which fills it) and scheduling (which reads it).
+
+Cold path (scrapers, sources) writes `Endpoint.metrics`; hot path (scheduling) reads it and
+updates `Endpoint.inflight` at the moment of each pick. Nothing here knows gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class EndpointMetrics:
+    """What the model server reported on its last scrape (reference `datalayer.Metrics`)."""
+
+    waiting_queue_size: int = 0
+    running_requests_size: int = 0
+    kv_cache_usage_percent: float = 0.0  # 0..1
+    active_models: frozenset[str] = frozenset()  # running LoRA adapters
+    waiting_models: frozenset[str] = frozenset()  # waiting LoRA adapters
+    max_active_models: int = 0  # max_lora
+    cache_block_size: int = 0  # tokens per KV block (0 = unknown)
+    cache_num_blocks: int = 0  # KV blocks on the server (0 = unknown)
+    prefix_cache_queries: float = 0.0  # counters, when the engine exports them
+    prefix_cache_hits: float = 0.0
+    update_time: float = 0.0  # time.monotonic() of the last successful scrape (0 = never)
+
+    def age(self, now: float | None = None) -> float:
+        if self.update_time == 0.0:
+            return float("inf")
+        return (time.monotonic() if now is None else now) - self.update_time
+
+
+@dataclass(slots=True)
+class InflightLoad:
+    """What the EPP has sent to an endpoint and not yet seen finish.
+
+    Updated on the hot path at pick time and released at response end or stream abort,
+    so a burst inside one scrape interval still sees the load it is creating.
+    """
+
+    requests: int = 0
+    prompt_tokens: int = 0  # uncached prompt tokens (estimate)
+
+    def add(self, tokens: int) -> None:
+        self.requests += 1
+        self.prompt_tokens += tokens
+
+    def release(self, tokens: int) -> None:
+        self.requests = max(0, self.requests - 1)
+        self.prompt_tokens = max(0, self.prompt_tokens - tokens)
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """One model-server endpoint: a pod (or static host) and one target port."""
+
+    name: str  # e.g. "<pod>-rank-<i>" or "host:port" for static endpoints
+    address: str  # IP or host
+    port: int
+    metrics_port: int = 0  # 0 = same as port
+    engine: str = "vllm"  # vllm | sglang | trtllm-serve | triton-tensorrt-llm
+    labels: dict[str, str] = field(default_factory=dict)
+    pod_name: str = ""
+    namespace: str = ""
+    metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
+    inflight: InflightLoad = field(default_factory=InflightLoad)
+
+    @property
+    def hostport(self) -> str:
+        """`ip:port` as gateways expect it (IPv6 bracketed, like Go's net.JoinHostPort)."""
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.metrics_port or self.port}/metrics"
+
+    def __hash__(self) -> int:
+        return id(self)

@@ -1,0 +1,127 @@
+"""What does scraping cost? `python -m epp.datalayer.scrapebench [--backend both]`
+
+A child process serves N realistic vLLM /metrics pages (~56 KB each, see vllmpage.py) from
+an aiohttp server on N ports of 127.0.0.1; this process runs a MetricsCollector against
+them for a fixed time and reports its own CPU (user+sys from getrusage, so the server's
+work is not counted) as a percentage of one core, plus scrapes/s and failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import resource
+import socket
+import time
+
+from epp.datalayer.datastore import Datastore
+from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.fetch import BACKENDS
+from epp.datalayer.scraper import MetricsCollector
+from epp.datalayer.vllmpage import VllmState, vllm_page
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _serve(ports: list[int], ready) -> None:
+    """Child process: one aiohttp app listening on every port, a distinct page per port."""
+    from aiohttp import web
+
+    pages = {
+        p: vllm_page(VllmState(waiting=i % 7, running=i % 13, kv_usage=(i % 10) / 10), seed=i).encode()
+        for i, p in enumerate(ports)
+    }
+
+    async def metrics(request: web.Request) -> web.Response:
+        port = request.transport.get_extra_info("sockname")[1]
+        return web.Response(body=pages[port], content_type="text/plain", charset="utf-8")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for p in ports:
+            await web.TCPSite(runner, "127.0.0.1", p).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def _measure(ports: list[int], backend: str, interval: float, seconds: float) -> dict[str, float]:
+    ds = Datastore()
+    for p in ports:
+        ds.upsert(Endpoint(name=f"127.0.0.1:{p}", address="127.0.0.1", port=p))
+    collector = MetricsCollector(ds, interval=interval, timeout=1.0, backend=backend)
+    await collector.start()
+    await asyncio.sleep(1.0)  # warm-up: connections open, caches filled
+    ok0 = sum(s.ok for s in collector.stats().values())
+    failed0 = sum(s.failed for s in collector.stats().values())
+    cpu0, t0 = _cpu(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, t1 = _cpu(), time.monotonic()
+    stats = collector.stats().values()
+    ok = sum(s.ok for s in stats) - ok0
+    failed = sum(s.failed for s in stats) - failed0
+    mean_ms = 1000 * sum(s.last_duration for s in stats) / max(1, len(stats))
+    await collector.stop()
+    wall = t1 - t0
+    return {
+        "cpu_pct": 100 * (cpu1 - cpu0) / wall,
+        "scrapes_per_s": ok / wall,
+        "failed": failed,
+        "cpu_us_per_scrape": 1e6 * (cpu1 - cpu0) / max(1, ok),
+        "last_scrape_ms": mean_ms,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--endpoints", type=int, default=32)
+    ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--backend", choices=[*BACKENDS, "both"], default="both")
+    args = ap.parse_args(argv)
+
+    ports = _free_ports(args.endpoints)
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    server = ctx.Process(target=_serve, args=(ports, ready), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("metrics server did not start")
+        page_kb = len(vllm_page(VllmState())) / 1024
+        ideal = args.endpoints / args.interval
+        print(f"{args.endpoints} endpoints, interval {args.interval * 1000:g} ms "
+              f"(ideal {ideal:.0f} scrapes/s), page {page_kb:.0f} KB, {args.seconds:g} s per backend")
+        backends = list(BACKENDS) if args.backend == "both" else [args.backend]
+        for b in backends:
+            r = asyncio.run(_measure(ports, b, args.interval, args.seconds))
+            print(f"  {b:8s} CPU {r['cpu_pct']:5.1f}% of one core  {r['scrapes_per_s']:6.0f} scrapes/s  "
+                  f"{r['cpu_us_per_scrape']:5.0f} us CPU/scrape  failed {r['failed']:.0f}  "
+                  f"last scrape {r['last_scrape_ms']:.1f} ms")
+    finally:
+        server.terminate()
+        server.join(5)
+
+
+if __name__ == "__main__":
+    main()
