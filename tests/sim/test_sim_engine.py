@@ -1,0 +1,156 @@
+"""Engine behaviour in virtual time: exact, no sleeping, no flakiness."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from epp.sim.costmodel import CostModel
+from epp.sim.engine import Engine, EngineConfig, SimRequest
+from epp.sim.kvcache import BlockRemoved, BlockStored, block_hashes
+from epp.sim.vtime import TraceItem, VirtualFleet
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(1, 100_000) for _ in range(n)]
+
+
+def test_cached_prefix_lowers_ttft_by_cost_model_amount():
+    cost = CostModel()
+    eng = Engine(EngineConfig(num_gpu_blocks=4096, max_model_len=8192), cost)
+    shared = prompt(512, 1)
+    a = TraceItem(0.0, shared + prompt(8, 2), max_tokens=4, request_id="a")
+    b = TraceItem(5.0, shared + prompt(40, 3), max_tokens=4, request_id="b")
+    recs = {r.request_id: r for r in VirtualFleet([eng]).run_trace([a, b])}
+    assert recs["a"].cached_tokens == 0
+    assert recs["b"].cached_tokens == 512  # 32 full blocks of 16
+    fl = cost.frontend_latency
+    assert recs["a"].ttft == pytest.approx(fl + cost.prefill_seconds(520))
+    assert recs["b"].ttft == pytest.approx(fl + cost.prefill_seconds(40, context_before=512))
+    saved = cost.prefill_seconds(552) - cost.prefill_seconds(40, context_before=512)
+    assert saved > 0.04  # ~51 ms of prefill avoided
+    cold_b = fl + cost.prefill_seconds(552)
+    assert cold_b - recs["b"].ttft == pytest.approx(saved)
+    assert eng.stats.prefix_cache_queries == 520 + 552
+    assert eng.stats.prefix_cache_hits == 512
+
+
+def test_defaults_match_calibration_targets():
+    cost = CostModel()
+    ttft_256 = cost.frontend_latency + cost.prefill_seconds(256)
+    assert 0.060 <= ttft_256 <= 0.120
+    assert 0.010 <= cost.decode_seconds(1, 512) <= 0.015
+    assert cost.decode_seconds(64, 64 * 1000) > cost.decode_seconds(8, 8 * 1000) > cost.decode_seconds(1, 1000)
+
+
+def test_whole_prompt_hit_still_recomputes_last_token():
+    eng = Engine(EngineConfig(num_gpu_blocks=256, max_model_len=4096))
+    p = prompt(64, 5)
+    recs = VirtualFleet([eng]).run_trace([TraceItem(0, p, 2, request_id="a"), TraceItem(1, p, 2, request_id="b")])
+    assert {r.request_id: r.cached_tokens for r in recs} == {"a": 0, "b": 48}
+
+
+def _throughput(concurrency: int, max_num_seqs: int) -> float:
+    eng = Engine(EngineConfig(max_num_seqs=max_num_seqs, num_gpu_blocks=8192, max_model_len=4096))
+    trace = [TraceItem(0.0, prompt(128, 100 + i), max_tokens=64) for i in range(concurrency)]
+    recs = VirtualFleet([eng]).run_trace(trace)
+    return sum(r.completion_tokens for r in recs) / max(r.finish_time for r in recs)
+
+
+def test_throughput_flattens_at_max_num_seqs():
+    tp = {c: _throughput(c, 8) for c in (1, 2, 4, 8, 16, 32)}
+    assert tp[2] > 1.8 * tp[1] and tp[8] > 6 * tp[1]  # batching pays while slots are free
+    assert tp[16] < 1.05 * tp[8] and tp[32] < 1.05 * tp[8]  # then it flattens
+
+
+def test_kv_usage_rises_with_load_and_waiting_grows_past_capacity():
+    eng = Engine(EngineConfig(max_num_seqs=8, num_gpu_blocks=400, max_model_len=4096))
+    usage = []
+    for i in range(12):
+        eng.add_request(SimRequest(f"r{i}", prompt(256, i), max_tokens=200), eng.now)
+        eng.step()
+        usage.append(eng.kv_usage)
+    assert all(b >= a for a, b in zip(usage, usage[1:8]))
+    assert usage[7] > 4 * usage[0]
+    assert eng.num_running == 8
+    assert eng.num_waiting == 4  # sequence slots full: the rest queue
+
+
+def test_kv_exhaustion_queues_and_preempts_but_every_request_completes():
+    cfg = EngineConfig(max_num_seqs=64, num_gpu_blocks=120, max_model_len=1024)
+    eng = Engine(cfg)
+    trace = [TraceItem(0.001 * i, prompt(200, i), max_tokens=300) for i in range(12)]
+    fleet = VirtualFleet([eng])
+    peak_wait = []
+    fleet.on_step = lambda idx, res: peak_wait.append(eng.num_waiting)
+    recs = fleet.run_trace(trace)
+    assert len(recs) == 12 and all(r.completion_tokens == 300 for r in recs)
+    assert max(peak_wait) > 0  # KV, not slots, was the limit
+    assert eng.stats.preemptions > 0 and sum(r.preemptions for r in recs) == eng.stats.preemptions
+    assert eng.kv_usage <= 1.0
+
+
+def test_chunked_prefill_spreads_a_long_prompt_over_steps():
+    eng = Engine(EngineConfig(max_num_batched_tokens=1024, num_gpu_blocks=1024, max_model_len=8192))
+    eng.add_request(SimRequest("long", prompt(3000, 9), max_tokens=2), 0.0)
+    steps = []
+    while not steps or not steps[-1].tokens:
+        steps.append(eng.step())
+    assert [s.prefill_tokens for s in steps] == [1024, 1024, 952]
+
+
+def test_lora_beyond_max_loras_waits_then_runs():
+    cost = CostModel()
+    eng = Engine(EngineConfig(max_loras=1, num_gpu_blocks=1024, max_model_len=4096), cost)
+    eng.add_request(SimRequest("a", prompt(32, 1), max_tokens=20, lora="sql"), 0.0)
+    eng.add_request(SimRequest("b", prompt(32, 2), max_tokens=20, lora="chat"), 0.0)
+    eng.add_request(SimRequest("c", prompt(32, 3), max_tokens=20, lora="sql"), 0.0)
+    eng.add_request(SimRequest("d", prompt(32, 4), max_tokens=20), 0.0)
+    first = eng.step()
+    assert first.duration > cost.lora_load_ms / 1000  # the adapter had to be loaded
+    assert eng.running_loras() == ["sql"] and eng.waiting_loras() == ["chat"]
+    assert sorted(r.request_id for r in eng.running) == ["a", "c", "d"]  # base model is not blocked
+    while "b" not in {r.request_id for r in eng.running}:
+        eng.step()
+    assert eng.requests.get("a") is None and eng.requests.get("c") is None
+    assert eng.running_loras() == ["chat"]
+
+
+def test_kv_events_describe_stored_and_evicted_blocks():
+    eng = Engine(EngineConfig(num_gpu_blocks=8, block_size=16, max_model_len=128, hash_seed=7))
+    p = prompt(64, 11)
+    eng.add_request(SimRequest("a", p, max_tokens=1), 0.0)
+    res = eng.step()
+    stored = [e for e in res.kv_events if isinstance(e, BlockStored)]
+    assert len(stored) == 1
+    ev = stored[0]
+    assert ev.parent_block_hash is None and ev.block_size == 16 and ev.token_ids == p
+    assert ev.block_hashes == block_hashes(p, 16, 7, None)
+    # A different prompt needing all 8 blocks evicts the 4 cached ones.
+    eng.add_request(SimRequest("b", prompt(120, 12), max_tokens=1), eng.now)
+    res = eng.step()
+    removed = [h for e in res.kv_events if isinstance(e, BlockRemoved) for h in e.block_hashes]
+    assert sorted(removed) == sorted(ev.block_hashes)
+
+
+def test_virtual_time_is_deterministic_and_fast():
+    def run():
+        engines = [Engine(EngineConfig(max_num_seqs=64, num_gpu_blocks=2000, max_model_len=4096)) for _ in range(4)]
+        prefixes = [prompt(300, 1000 + k) for k in range(8)]
+        rng = random.Random(3)
+        trace, t = [], 0.0
+        for i in range(2000):
+            t += rng.expovariate(40.0)
+            trace.append(TraceItem(t, prefixes[i % 8] + prompt(50, i), max_tokens=rng.randint(8, 64)))
+        recs = VirtualFleet(engines).run_trace(trace, route=lambda item, f: int(item.prompt_token_ids[0]) % 4)
+        return sorted((r.request_id, r.replica, r.completion_tokens, r.cached_tokens, round(r.ttft, 9)) for r in recs)
+
+    t0 = time.perf_counter()
+    a = run()
+    elapsed = time.perf_counter() - t0
+    assert len(a) == 2000 and a == run()
+    assert sum(1 for r in a if r[3] > 0) > 1500  # shared prefixes hit
+    assert elapsed < 10
