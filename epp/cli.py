@@ -1,0 +1,168 @@
+"""`epp` command line: the reference EPP's flags and defaults, Go flag syntax included.
+
+Go's flag package accepts `-flag`, `--flag`, `-flag=value`, `--flag value`, and booleans as
+`--flag` / `--flag=false`. Helm charts written for the reference pass them in all these forms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from epp.duration import parse_duration
+from epp.options import Options
+
+_BOOL_TRUE = {"1", "t", "true", "yes", "y", "on"}
+_BOOL_FALSE = {"0", "f", "false", "no", "n", "off"}
+
+# Reference flags we accept for compatibility but that have no effect here (say so at start-up).
+IGNORED_FLAGS = (
+    "model-server-metrics-port", "model-server-metrics-path", "model-server-metrics-scheme",
+    "model-server-metrics-https-insecure-skip-verify", "total-queued-requests-metric",
+    "total-running-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
+    "cache-info-metric", "enable-cert-reload", "metrics-endpoint-auth", "enable-pprof", "tracing",
+    "zap-devel", "zap-log-level", "zap-stacktrace-level", "zap-time-encoding",
+)
+
+
+def go_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in _BOOL_TRUE:
+        return True
+    if t in _BOOL_FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+
+
+def duration(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must not be negative")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range 0-65535")
+    return value
+
+
+def target_ports(text: str) -> list[int]:
+    ports: list[int] = []
+    for item in text.split(","):
+        if item.strip():
+            p = port(item.strip())
+            if p not in ports:
+                ports.append(p)
+    if len(ports) > 8:
+        raise argparse.ArgumentTypeError("at most 8 target ports are allowed")
+    return ports
+
+
+class _ErrorParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"epp: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ErrorParser(prog="epp", description="Endpoint Picker for LLM inference gateways (Envoy ext_proc).",
+                     allow_abbrev=False)
+    a = p.add_argument
+
+    def flag(name: str, default: bool, help: str) -> None:
+        a(f"--{name}", type=go_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+
+    a("--grpc-port", type=port, default=9002, help="ext_proc gRPC port (default 9002)")
+    a("--grpc-health-port", type=port, default=9003, help="gRPC health port (default 9003)")
+    a("--metrics-port", type=port, default=9090, help="Prometheus metrics port (default 9090)")
+    a("--bind-address", default=None,
+      help="address every server binds (default 127.0.0.1; 0.0.0.0 when running in a Kubernetes pod)")
+    a("--pool-name", default="", help="InferencePool to serve (Kubernetes mode)")
+    a("--pool-namespace", default="", help="namespace of the pool (default $NAMESPACE or 'default')")
+    a("--pool-group", default="inference.networking.k8s.io", help="API group of the pool")
+    a("--endpoint-selector", default="", help="standalone mode: pod label selector k=v[,k=v]")
+    a("--endpoint-target-ports", type=target_ports, default=[], help="standalone mode: ports, comma-separated (1-8)")
+    a("--static-endpoints", default="",
+      help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
+    flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
+    a("--refresh-metrics-interval", type=duration, default=0.05, help="per-endpoint scrape period (default 50ms)")
+    a("--refresh-prometheus-metrics-interval", type=duration, default=5.0, help="pool gauges period (default 5s)")
+    a("--metrics-staleness-threshold", type=duration, default=2.0, help="metrics older than this are stale (2s)")
+    a("--config-file", default="", help="EndpointPickerConfig YAML file")
+    a("--config-text", default="", help="EndpointPickerConfig YAML text")
+    flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
+    a("--cert-path", default="", help="directory holding tls.crt and tls.key")
+    flag("health-checking", False, "also serve gRPC health on the ext_proc port")
+    flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
+    a("--max-request-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body accepted")
+    a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
+    a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
+    a("--zap-encoder", default="console", choices=("console", "json"), help="log encoding")
+    for name in IGNORED_FLAGS:
+        a(f"--{name}", dest=f"ignored_{name.replace('-', '_')}", nargs="?", const="true", default=None,
+          help=argparse.SUPPRESS)
+    return p
+
+
+def normalize_go_args(argv: list[str]) -> list[str]:
+    """`-pool-name=x` -> `--pool-name=x` (Go allows one dash for long flags); `-v=3` stays valid."""
+    out = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 and arg[1] != "v":
+            out.append("-" + arg)
+        elif arg.startswith("-v=") or (arg.startswith("-v") and arg[2:].isdigit()):
+            out.append("--v=" + arg[2:].lstrip("="))
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
+    """Options plus warnings to log once logging is set up."""
+    parser = build_parser()
+    ns = parser.parse_args(normalize_go_args(argv))
+    if ns.config_file and ns.config_text:
+        parser.error("--config-file and --config-text are mutually exclusive")
+    modes = [bool(ns.pool_name), bool(ns.endpoint_selector), bool(ns.static_endpoints)]
+    if sum(modes) > 1:
+        parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
+    if sum(modes) == 0:
+        parser.error("one of --pool-name, --endpoint-selector or --static-endpoints is required")
+    if ns.endpoint_selector and not ns.endpoint_target_ports:
+        parser.error("--endpoint-selector needs --endpoint-target-ports")
+    warnings = [f"flag --{n} is accepted for compatibility and has no effect"
+                for n in IGNORED_FLAGS if getattr(ns, f"ignored_{n.replace('-', '_')}") is not None]
+    bind = ns.bind_address or ("0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1")
+    opts = Options(
+        grpc_port=ns.grpc_port, grpc_health_port=ns.grpc_health_port, metrics_port=ns.metrics_port,
+        bind_address=bind, pool_name=ns.pool_name,
+        pool_namespace=ns.pool_namespace or os.environ.get("NAMESPACE") or "default",
+        pool_group=ns.pool_group, endpoint_selector=ns.endpoint_selector,
+        endpoint_target_ports=ns.endpoint_target_ports, static_endpoints=ns.static_endpoints,
+        disable_endpoint_subset_filter=ns.disable_endpoint_subset_filter,
+        refresh_metrics_interval=ns.refresh_metrics_interval,
+        refresh_prometheus_metrics_interval=ns.refresh_prometheus_metrics_interval,
+        metrics_staleness_threshold=ns.metrics_staleness_threshold, config_file=ns.config_file,
+        config_text=ns.config_text, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
+        health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
+        verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
+        kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
+    )
+    return opts, warnings
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, warnings = parse_options(sys.argv[1:] if argv is None else argv)
+    from epp.runner import run  # heavy imports only after the flags are known to be good
+
+    sys.exit(run(opts, warnings))

@@ -1,0 +1,52 @@
+"""The grpc.aio ExternalProcessor servicer: drives one StreamState per stream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.errors import EppError, ErrorCode
+from epp.extproc.stream import Exchange, StreamState, error_response
+
+log = logging.getLogger("epp.extproc")
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, new_exchange: Callable[[], Exchange], max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.new_exchange = new_exchange
+        self.max_body = max_body
+        self.active_streams = 0
+
+    async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        state = StreamState(self.new_exchange(), self.max_body)
+        self.active_streams += 1
+        read, write = context.read, context.write
+        try:
+            while True:
+                req = await read()
+                if req is grpc.aio.EOF:
+                    return
+                try:
+                    responses, close = state.handle(req)
+                except EppError as err:
+                    await write(error_response(err))
+                    return
+                except Exception:
+                    log.exception("internal error while processing an ext_proc message")
+                    await write(error_response(EppError(ErrorCode.INTERNAL, "internal error")))
+                    return
+                for r in responses:
+                    await write(r)
+                if close:
+                    return
+        except (grpc.aio.AioRpcError, ConnectionError) as exc:
+            log.debug("ext_proc stream ended by peer: %s", exc)
+        finally:
+            self.active_streams -= 1
+            # Releases in-flight load if the response never finished (client gone, upstream reset...).
+            state.exchange.finish(completed=False)

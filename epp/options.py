@@ -1,0 +1,34 @@
+"""Typed EPP options, as the CLI produces them and the runner consumes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Options:
+    grpc_port: int = 9002
+    grpc_health_port: int = 9003
+    metrics_port: int = 9090
+    bind_address: str = "127.0.0.1"
+    pool_name: str = ""
+    pool_namespace: str = "default"
+    pool_group: str = "inference.networking.k8s.io"
+    endpoint_selector: str = ""
+    endpoint_target_ports: list[int] = field(default_factory=list)
+    static_endpoints: str = ""
+    disable_endpoint_subset_filter: bool = False
+    refresh_metrics_interval: float = 0.05
+    refresh_prometheus_metrics_interval: float = 5.0
+    metrics_staleness_threshold: float = 2.0
+    config_file: str = ""
+    config_text: str = ""
+    secure_serving: bool = True
+    cert_path: str = ""
+    health_checking: bool = False
+    ha_enable_leader_election: bool = False
+    verbosity: int = 2
+    log_encoder: str = "console"
+    max_request_body_bytes: int = 64 * 1024 * 1024
+    kube_api_server: str = ""
+    kubeconfig: str = ""

@@ -1,0 +1,257 @@
+"""The request director: parse -> rewrite -> objective -> admission -> candidates -> schedule -> account.
+
+One `Exchange` per HTTP request carries what the response path needs (names for the model
+rewrite back, usage, and the in-flight load to release exactly once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+
+from epp.datalayer.endpoint import Endpoint
+from epp.errors import EppError, ErrorCode
+from epp.flowcontrol.admission import LegacyAdmission
+from epp.observability.metrics import EppMetrics
+from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
+from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
+from epp.requests.modelname import restore_model_name
+from epp.requests.usage import SseUsageScanner, Usage, usage_from_json_body
+from epp.routing.objectives import ObjectiveStore
+from epp.routing.rewrites import RewriteStore
+from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import SchedulingRequest, SchedulingResult
+
+log = logging.getLogger("epp.director")
+
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# Control headers are for the EPP only; the model server must not see them.
+CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER,
+                   "x-gateway-destination-endpoint-subset")
+CHARS_PER_TOKEN = 4
+
+
+class EndpointSource:
+    """What the director needs from the data layer: the current endpoints, cheaply."""
+
+    def endpoints(self) -> tuple[Endpoint, ...]:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+class Director:
+    def __init__(self, datastore: EndpointSource, scheduler: Scheduler, metrics: EppMetrics,
+                 admission: LegacyAdmission, objectives: ObjectiveStore | None = None,
+                 rewrites: RewriteStore | None = None, parser: str = "openai-parser",
+                 use_subset_hint: bool = True) -> None:
+        self.datastore = datastore
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.admission = admission
+        self.objectives = objectives or ObjectiveStore()
+        self.rewrites = rewrites or RewriteStore()
+        self.passthrough = parser == "passthrough-parser"
+        self.use_subset_hint = use_subset_hint
+        self.rng = random.Random()
+
+    def exchange(self) -> "Exchange":
+        return Exchange(self)
+
+
+class Exchange:
+    """One HTTP request's journey through the EPP."""
+
+    __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
+                 "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
+                 "closed", "failed", "priority", "request_size", "model_error")
+
+    def __init__(self, director: Director) -> None:
+        self.d = director
+        self.start = time.monotonic()
+        self.parsed: ParsedRequest | None = None
+        self.incoming_model = ""
+        self.target_model = ""
+        self.sched_req: SchedulingRequest | None = None
+        self.result: SchedulingResult | None = None
+        self.endpoint: Endpoint | None = None
+        self.tokens = 0
+        self.streaming = False
+        self.sse: SseUsageScanner | None = None
+        self.usage: Usage | None = None
+        self.response_body: list[bytes] = []
+        self.response_size = 0
+        self.closed = False
+        self.failed = False
+        self.priority = 0
+        self.request_size = 0
+        self.model_error = False
+
+    # ---- request path ------------------------------------------------------------------------
+
+    def route_headers_only(self, req: IncomingRequest) -> RouteDecision:
+        """Bodyless requests (GET /v1/models...) go to a random endpoint, unscheduled (reference)."""
+        eps = self.d.datastore.endpoints()
+        if not eps:
+            raise self._fail(EppError(ErrorCode.INTERNAL, "no pods available in datastore"))
+        ep = eps[self.d.rng.randrange(len(eps))] if len(eps) > 1 else eps[0]
+        return RouteDecision(ep.hostport, None, self._request_id_header(req), self._removals(req))
+
+    def route(self, req: IncomingRequest) -> RouteDecision:
+        d = self.d
+        self.request_size = len(req.body)
+        try:
+            parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
+        except EppError as err:
+            raise self._fail(err)
+        self.parsed = parsed
+        headers = req.headers
+        incoming = parsed.model
+        target = headers.get(MODEL_REWRITE_HEADER) or incoming
+        if incoming and d.rewrites.rules:
+            hit = d.rewrites.lookup(incoming)
+            if hit is not None:
+                rule, target = hit
+                d.metrics.model_rewrite_decisions.labels(rule, incoming, target).inc()
+        self.incoming_model, self.target_model = incoming, target
+        self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
+
+        candidates = self._candidates(req)
+        try:
+            d.admission.admit(self.priority, candidates)
+            tokens = len(parsed.prefix_input) // CHARS_PER_TOKEN
+            sreq = SchedulingRequest(
+                request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=incoming,
+                api=parsed.api.value, prefix_input=parsed.prefix_input, cache_salt=parsed.cache_salt,
+                headers=headers, prompt_tokens=tokens, priority=self.priority, stream=parsed.stream)
+            t0 = time.perf_counter()
+            result, cycle = d.scheduler.schedule(sreq, candidates)
+            d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
+        except EppError as err:
+            d.metrics.scheduler_attempts.labels("failure", target, "", "", "").inc()
+            raise self._fail(err)
+        targets = result.targets
+        primary = targets[0]
+        d.metrics.scheduler_attempts.labels("success", target, primary.pod_name or primary.name,
+                                            primary.namespace, str(primary.port)).inc()
+        d.scheduler.pre_request(cycle, sreq, result)
+        # Count the load at the moment of the pick: the next request in this burst sees it.
+        primary.inflight.add(tokens)
+        self.endpoint, self.tokens, self.sched_req, self.result = primary, tokens, sreq, result
+
+        body = req.body
+        if target != incoming and parsed.data is not None:
+            body = replace_model(body, target)
+        d.metrics.request_total.labels(incoming, target, str(self.priority)).inc()
+        d.metrics.running_requests.labels(incoming).inc()
+        d.metrics.request_sizes.labels(incoming, target).observe(len(req.body))
+        destination = primary.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
+        return RouteDecision(destination, body, self._request_id_header(req), self._removals(req))
+
+    def _candidates(self, req: IncomingRequest) -> list[Endpoint]:
+        eps = self.d.datastore.endpoints()
+        subset = req.subset
+        if subset is not None and self.d.use_subset_hint:
+            # Match ip:port when the hint has ports; a bare IP matches every port of that pod.
+            wanted = set(subset)
+            eps = tuple(e for e in eps if e.hostport in wanted or e.address in wanted)
+        if not eps:
+            raise self._fail(EppError(ErrorCode.SERVICE_UNAVAILABLE,
+                                      "failed to find endpoint candidates for serving the request"))
+        return list(eps)
+
+    @staticmethod
+    def _request_id_header(req: IncomingRequest) -> list[tuple[str, str]]:
+        if "x-request-id" in req.headers:
+            return []
+        rid = str(uuid.uuid4())
+        req.headers["x-request-id"] = rid
+        return [("x-request-id", rid)]
+
+    @staticmethod
+    def _removals(req: IncomingRequest) -> list[str]:
+        h = req.headers
+        return [k for k in CONTROL_HEADERS if k in h]
+
+    def _fail(self, err: EppError) -> EppError:
+        self.failed = True
+        self.d.metrics.request_error_total.labels(self.incoming_model, self.target_model, err.code.value).inc()
+        return err
+
+    # ---- response path -----------------------------------------------------------------------
+
+    def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
+        status = headers.get(":status", "200")
+        if not status.startswith("2") and self.endpoint is not None:
+            self.model_error = True
+        self.streaming = "text/event-stream" in headers.get("content-type", "")
+        if self.streaming:
+            self.sse = SseUsageScanner()
+        decision = ResponseHeadersDecision([("x-went-into-resp-headers", "true")])
+        if self._rewrites_name() and "content-length" in headers:
+            # The body length changes when the model name is written back; let Envoy re-frame it.
+            decision.remove_headers.append("content-length")
+        return decision
+
+    def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None:
+        """Streaming: returns the chunk to forward now. Buffered JSON: None until end of stream."""
+        self.response_size += len(chunk)
+        if self.streaming:
+            if self.sse is not None:
+                self.sse.feed(chunk)
+            if self._rewrites_name():
+                chunk = restore_model_name(chunk, self.target_model, self.incoming_model)
+            if eos:
+                self.usage = self.sse.usage if self.sse else None
+                self.finish(completed=True)
+            return chunk
+        self.response_body.append(chunk)
+        if not eos:
+            return None
+        body = b"".join(self.response_body) if len(self.response_body) != 1 else self.response_body[0]
+        self.response_body = []
+        self.usage = usage_from_json_body(body) if body[:1] == b"{" else None
+        if self._rewrites_name():
+            body = restore_model_name(body, self.target_model, self.incoming_model)
+        self.finish(completed=True)
+        return body
+
+    def _rewrites_name(self) -> bool:
+        return bool(self.incoming_model) and self.incoming_model != self.target_model
+
+    def finish(self, completed: bool) -> None:
+        """Release in-flight load and record metrics, exactly once (stream end, abort or error)."""
+        if self.closed:
+            return
+        self.closed = True
+        ep = self.endpoint
+        if ep is None:
+            return
+        ep.inflight.release(self.tokens)
+        m = self.d.metrics
+        inc, tgt = self.incoming_model, self.target_model
+        m.running_requests.labels(inc).dec()
+        if self.model_error:
+            m.request_error_total.labels(inc, tgt, ErrorCode.MODEL_SERVER_ERROR.value).inc()
+        if not completed:
+            return
+        duration = time.monotonic() - self.start
+        m.request_duration.labels(inc, tgt).observe(duration)
+        m.response_sizes.labels(inc, tgt).observe(self.response_size)
+        u = self.usage
+        if u is not None:
+            if u.prompt_tokens > 0:
+                m.input_tokens.labels(inc, tgt).observe(u.prompt_tokens)
+            if u.completion_tokens > 0:
+                m.output_tokens.labels(inc, tgt).observe(u.completion_tokens)
+                m.ntpot.labels(inc, tgt).observe(duration / u.completion_tokens)
+            m.prompt_cached_tokens.labels(inc, tgt).observe(u.cached_tokens)
+        if self.result is not None and self.sched_req is not None:
+            for plugin in self.d.scheduler.config.response_complete:
+                try:
+                    plugin.response_complete(self.sched_req, self.result, u)
+                except Exception:  # a plugin bug must not break the response path
+                    log.exception("response-complete plugin %s failed", plugin.name)

@@ -1,0 +1,11 @@
+"""Built-in plugins. Importing this package registers them all by their reference type names."""
+
+from epp.scheduling.plugins import (  # noqa: F401
+    filters,
+    lora,
+    load,
+    passive,
+    pickers,
+    prefix,
+    profiles,
+)

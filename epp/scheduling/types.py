@@ -1,0 +1,42 @@
+"""What scheduling plugins see: the request, per-cycle state, and results. No gRPC, no HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from epp.datalayer.endpoint import Endpoint
+
+
+@dataclass(slots=True)
+class SchedulingRequest:
+    request_id: str
+    target_model: str
+    incoming_model: str = ""
+    api: str = "completions"
+    prefix_input: bytes = b""  # bytes the prefix index hashes
+    cache_salt: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0  # estimate (chars / 4) for load accounting
+    priority: int = 0
+    stream: bool = False
+
+
+class CycleState(dict[str, Any]):
+    """Data one plugin leaves for another within a single scheduling cycle."""
+
+
+@dataclass(slots=True)
+class ProfileResult:
+    targets: list[Endpoint]
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    profile_results: dict[str, ProfileResult | None]
+    primary_profile: str
+
+    @property
+    def targets(self) -> list[Endpoint]:
+        primary = self.profile_results.get(self.primary_profile)
+        return primary.targets if primary else []
