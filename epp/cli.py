@@ -166,3 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     from epp.runner import run  # heavy imports only after the flags are known to be good
 
     sys.exit(run(opts, warnings))
+
+
+if __name__ == "__main__":
+    main()

@@ -162,7 +162,10 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         name = p.name or p.type
         if name in plugins:
             raise ConfigError(f"{source}: plugins[{i}]: duplicate plugin name {name!r}")
-        plugins[name] = build_plugin(p.type, name, p.parameters)
+        try:
+            plugins[name] = build_plugin(p.type, name, p.parameters)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: plugins[{i}]: {exc}") from None
 
     def ref(where: str, name: str) -> Plugin:
         if name not in plugins:
