@@ -1,0 +1,302 @@
+"""One simulated vLLM server: an aiohttp app in front of an engine and its real-time driver.
+
+Tokens reach HTTP handlers through a per-request TokenSink: the engine loop appends the
+step's tokens and resolves one future; the handler wakes once per step, not per token,
+and writes all the chunks it has in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from epp.sim.costmodel import CostModel
+from epp.sim.engine import FINISHED, Engine, EngineConfig, SimRequest, StepResult, TokenEvent
+from epp.sim.kvevents import KVEventPublisher, offset_endpoint
+from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
+from epp.sim.protocol import DONE, ApiError, ParsedRequest, ResponseWriter, parse_request, usage_dict
+from epp.sim.realtime import RealtimeDriver
+from epp.sim.tokenizer import VOCAB_SIZE, OutputVocab, Tokenizer, natural_output_len, render_chat, request_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    index: int = 0
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 = any free port
+    pod_name: str = "sim-0"
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    served_model_names: tuple[str, ...] = ()  # default: (model,)
+    lora_modules: tuple[str, ...] = ()
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cost: CostModel = field(default_factory=CostModel)
+    time_scale: float = 1.0
+    engine_kind: str = "vllm"
+    seed: int = 0
+    fail_rate: float = 0.0
+    natural_output_len: int = 256  # mean EOS position when ignore_eos is off
+    kv_events_endpoint: str | None = None
+    kv_events_connect: bool = False
+    kv_events_topic: str = "kv@{host}:{port}@{model}"
+    kv_events_format: str = "array"
+    lora_ids: tuple[tuple[str, int], ...] = ()  # adapter -> lora_int_id, shared across the fleet
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.served_model_names or (self.model,)
+
+
+class TokenSink:
+    __slots__ = ("buf", "waiter")
+
+    def __init__(self) -> None:
+        self.buf: list[TokenEvent] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, ev: TokenEvent) -> None:
+        self.buf.append(ev)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def take(self) -> list[TokenEvent]:
+        if not self.buf:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        out, self.buf = self.buf, []
+        return out
+
+
+class SimServer:
+    def __init__(self, cfg: ReplicaConfig, tokenizer: Tokenizer | None = None, vocab: OutputVocab | None = None) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer or Tokenizer()
+        self.vocab = vocab or OutputVocab(self.tokenizer)
+        self.engine = Engine(cfg.engine, cfg.cost, self.vocab.token, dict(cfg.lora_ids))
+        self.metrics = MetricsRenderer(self.engine, cfg.names[0], cfg.engine_kind)
+        self.port = cfg.port
+        self.driver: RealtimeDriver | None = None
+        self.publisher: KVEventPublisher | None = None
+        self._runner: web.AppRunner | None = None
+        self._rng = random.Random(cfg.seed * 1_000_003 + cfg.index)
+        self._headers: dict[str, str] = {}
+        self._by_id = self.vocab.by_id
+        self.created = int(time.time())
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.on_response_prepare.append(self._add_headers)
+        return app
+
+    async def start(self) -> None:
+        self.driver = RealtimeDriver(self.engine, self.cfg.time_scale, self._on_step)
+        # handler_cancellation: a client that hangs up cancels its handler, which aborts
+        # the request in the engine and frees its KV blocks.
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        await site.start()
+        server = site._server  # the only way to learn the port when binding port 0
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        self._headers = {"x-inference-pod": self.cfg.pod_name, "x-inference-port": str(self.port)}
+        if self.cfg.kv_events_endpoint:
+            ep = self.cfg.kv_events_endpoint
+            if not self.cfg.kv_events_connect:
+                ep = offset_endpoint(ep, self.cfg.index)
+            topic = self.cfg.kv_events_topic.format(
+                host=self.cfg.host, port=self.port, pod=self.cfg.pod_name, model=self.cfg.names[0]
+            )
+            self.publisher = KVEventPublisher(ep, topic, self.cfg.kv_events_format, connect=self.cfg.kv_events_connect)
+        self.driver.start()
+
+    async def stop(self) -> None:
+        if self.driver is not None:
+            await self.driver.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.publisher is not None:
+            self.publisher.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    # ---- engine -> streams ---------------------------------------------------------------
+
+    def _on_step(self, res: StepResult) -> None:
+        for ev in res.tokens:
+            sink = ev.request.handle
+            if sink is not None:
+                sink.push(ev)
+        if self.publisher is not None and res.kv_events:
+            self.publisher.publish(res.kv_events)
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(self._headers)
+
+    def _error(self, e: ApiError) -> web.Response:
+        return web.Response(status=e.status, body=e.body(), content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def models(self, request: web.Request) -> web.Response:
+        import orjson
+
+        perm = [{"id": "modelperm-sim", "object": "model_permission", "created": self.created, "allow_create_engine": False,
+                 "allow_sampling": True, "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+                 "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False}]
+        data = [
+            {"id": n, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.cfg.model,
+             "parent": None, "max_model_len": self.cfg.engine.max_model_len, "permission": perm}
+            for n in self.cfg.names
+        ]
+        data += [
+            {"id": a, "object": "model", "created": self.created, "owned_by": "vllm", "root": f"/adapters/{a}",
+             "parent": self.cfg.names[0], "max_model_len": None, "permission": perm}
+            for a in self.cfg.lora_modules
+        ]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    def _prepare(self, p: ParsedRequest) -> SimRequest:
+        cfg = self.cfg
+        if p.model in cfg.names:
+            lora = None
+        elif p.model in cfg.lora_modules:
+            lora = p.model
+        else:
+            raise ApiError(404, f"The model `{p.model}` does not exist.", param="model")
+        if cfg.fail_rate > 0 and self._rng.random() < cfg.fail_rate:
+            raise ApiError(500, "Simulated failure (--fail-rate).")
+        if p.chat:
+            ids = self.tokenizer.encode(render_chat(p.messages or []))
+        elif p.prompt_token_ids is not None:
+            ids = p.prompt_token_ids
+            if any(t < 0 or t >= VOCAB_SIZE for t in ids):
+                raise ApiError(400, f"Token id out of vocabulary (size {VOCAB_SIZE}).", param="prompt")
+        else:
+            # vLLM prepends BOS to completion prompts for Llama tokenizers.
+            ids = self.tokenizer.encode(p.prompt_text or "", add_bos=True)
+        n = len(ids)
+        limit = cfg.engine.max_model_len
+        if p.max_tokens is None:
+            if n >= limit:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {limit} tokens. However, your request has {n} input tokens. "
+                    "Please reduce the length of the input messages.",
+                )
+            max_tokens = limit - n
+        else:
+            max_tokens = p.max_tokens
+            if n + max_tokens > limit:
+                raise ApiError(
+                    400,
+                    f"This model's maximum context length is {limit} tokens. However, you requested {n + max_tokens} tokens "
+                    f"({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                )
+        key = request_key(cfg.seed, ids)
+        if p.ignore_eos:
+            out_len, reason = max_tokens, "length"
+        else:
+            natural = natural_output_len(key, cfg.natural_output_len)
+            out_len, reason = (natural, "stop") if natural < max_tokens else (max_tokens, "length")
+        rid = ("chatcmpl-" if p.chat else "cmpl-") + os.urandom(16).hex()
+        return SimRequest(rid, ids, max_tokens, output_len=out_len, lora=lora, output_key=key, finish_reason=reason)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        driver = self.driver
+        assert driver is not None
+        try:
+            p = parse_request(await request.read(), chat)
+            req = self._prepare(p)
+        except ApiError as e:
+            return self._error(e)
+        arrival = driver.now_sim()
+        sink = TokenSink()
+        req.handle = sink
+        submitted = False
+        try:
+            delay = self.cfg.cost.frontend_latency * self.cfg.time_scale
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                driver.submit(req, arrival)
+            except ValueError as e:
+                return self._error(ApiError(400, str(e)))
+            submitted = True
+            writer = ResponseWriter(chat, req.request_id, p.model)
+            if p.stream:
+                return await self._stream(request, p, req, sink, writer)
+            texts: list[str] = []
+            by_id = self._by_id
+            while True:
+                evs = await sink.take()
+                texts.extend(by_id[ev.token_id].text for ev in evs)
+                if evs[-1].finished:
+                    break
+            usage = usage_dict(req.num_prompt_tokens, req.num_output_tokens, max(0, req.num_cached_tokens))
+            return web.Response(body=writer.full("".join(texts), req.finish_reason, usage), content_type="application/json")
+        finally:
+            if submitted and req.status != FINISHED:
+                driver.abort(req.request_id)
+
+    async def _stream(
+        self, request: web.Request, p: ParsedRequest, req: SimRequest, sink: TokenSink, writer: ResponseWriter
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        by_id = self._by_id
+        first = True
+        while True:
+            evs = await sink.take()
+            parts: list[bytes] = []
+            if first and p.chat:
+                parts.append(writer.role_chunk())
+            first = False
+            done = evs[-1].finished
+            last = len(evs) - 1
+            for i, ev in enumerate(evs):
+                parts.append(writer.token_chunk(by_id[ev.token_id].json, req.finish_reason if (done and i == last) else None))
+            if done:
+                if p.include_usage:
+                    parts.append(writer.usage_chunk(usage_dict(req.num_prompt_tokens, req.num_output_tokens, max(0, req.num_cached_tokens))))
+                parts.append(DONE)
+            try:
+                await resp.write(b"".join(parts))
+            except (ConnectionError, RuntimeError):
+                return resp  # client went away; the finally in _generate aborts
+            if done:
+                break
+        await resp.write_eof()
+        return resp
