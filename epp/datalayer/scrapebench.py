@@ -92,6 +92,28 @@ async def _measure(ports: list[int], backend: str, interval: float, seconds: flo
     }
 
 
+def _parse_cost() -> tuple[float, float]:
+    """Microseconds per page: our selective parse+extract, and prometheus_client's full parse."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from epp.datalayer.engines import WANTED, extract
+    from epp.datalayer.promtext import parse_bytes
+
+    body = vllm_page(VllmState(waiting=3, running=5, kv_usage=0.5)).encode()
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        extract("vllm", parse_bytes(body, WANTED["vllm"]))
+    ours = (time.perf_counter() - t0) / n
+    n = 50
+    t0 = time.perf_counter()
+    for _ in range(n):
+        for _family in text_string_to_metric_families(body.decode()):
+            pass
+    full = (time.perf_counter() - t0) / n
+    return ours * 1e6, full * 1e6
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--endpoints", type=int, default=32)
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         ideal = args.endpoints / args.interval
         print(f"{args.endpoints} endpoints, interval {args.interval * 1000:g} ms "
               f"(ideal {ideal:.0f} scrapes/s), page {page_kb:.0f} KB, {args.seconds:g} s per backend")
+        ours, full = _parse_cost()
+        print(f"  parse: selective parse+extract {ours:.0f} us/page; prometheus_client full parse {full:.0f} us/page")
         backends = list(BACKENDS) if args.backend == "both" else [args.backend]
         for b in backends:
             r = asyncio.run(_measure(ports, b, args.interval, args.seconds))

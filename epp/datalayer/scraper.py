@@ -49,6 +49,8 @@ class MetricsCollector:
         fetcher: Fetcher | None = None,
         backend: str = DEFAULT_BACKEND,
     ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise ValueError(f"scrape interval and timeout must be positive (got {interval}, {timeout})")
         self._ds = datastore
         self.interval = interval
         self.timeout = timeout
@@ -90,8 +92,7 @@ class MetricsCollector:
     # ---- observability ----------------------------------------------------------------
 
     def stats(self) -> dict[str, ScrapeStats]:
-        """Counters by endpoint name (endpoints removed since keep their last counters
-        until a new endpoint takes the name)."""
+        """Counters by endpoint name, for endpoints being scraped (dropped on removal)."""
         return self._stats
 
     def scraping(self) -> list[str]:
@@ -116,8 +117,11 @@ class MetricsCollector:
             running = None
         if running is loop:
             fn(ep)
-        else:
+            return
+        try:
             loop.call_soon_threadsafe(fn, ep)
+        except RuntimeError:  # the loop closed between the check and the call: nothing to do
+            pass
 
     def _start_task(self, ep: Endpoint) -> None:
         if self._loop is None or ep in self._tasks:
@@ -129,6 +133,8 @@ class MetricsCollector:
         task = self._tasks.pop(ep, None)
         if task is not None:
             task.cancel()
+            # Forget the counters too: with pod churn, names of dead pods would pile up.
+            self._stats.pop(ep.name, None)
 
     # ---- the loop ---------------------------------------------------------------------
 

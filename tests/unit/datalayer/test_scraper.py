@@ -70,6 +70,7 @@ async def test_removed_endpoint_stops_being_scraped(metrics_server_factory, coll
     await wait_until(lambda: server.hits >= 3)
     ds.remove(f"127.0.0.1:{server.port}")
     await wait_until(lambda: collector.scraping() == [])
+    assert collector.stats() == {}  # counters of removed endpoints do not pile up
     await asyncio.sleep(3 * INTERVAL)  # let a request already on the wire land
     hits = server.hits
     await asyncio.sleep(10 * INTERVAL)
@@ -168,5 +169,10 @@ async def test_stop_is_clean_and_idempotent(metrics_server_factory):
     await c.stop()
     await c.stop()
     assert c.scraping() == []
-    ds.upsert(_ep(server.port + 0).__class__(name="late", address="127.0.0.1", port=server.port))
+    ds.upsert(Endpoint(name="late", address="127.0.0.1", port=server.port))
     assert c.scraping() == []  # unsubscribed: no loop started after stop
+
+
+def test_rejects_non_positive_interval():
+    with pytest.raises(ValueError):
+        MetricsCollector(Datastore(), interval=0)
