@@ -165,8 +165,12 @@ class MetricsCollector:
         except Exception as e:  # connection refused/reset, bad status, protocol errors
             self._fail(ep, stats, f"{type(e).__name__}: {e}")
             return
-        families = parse_bytes(body, WANTED.get(ep.engine) or WANTED[DEFAULT_ENGINE])
-        fields, errors = extract(ep.engine, families)
+        try:
+            families = parse_bytes(body, WANTED.get(ep.engine) or WANTED[DEFAULT_ENGINE])
+            fields, errors = extract(ep.engine, families)
+        except Exception as e:  # neither should raise; if one does, the loop must live on
+            self._fail(ep, stats, f"parse: {type(e).__name__}: {e}")
+            return
         if fields:
             fields["update_time"] = time.monotonic()
             ep.metrics = dataclasses.replace(ep.metrics, **fields)
