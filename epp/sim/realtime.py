@@ -4,7 +4,8 @@ Step k is computed when it starts and its tokens are delivered when it ends, at
 t0 + engine.now * time_scale on the loop clock. Deadlines are absolute, so a late wake-up
 (the event loop's ~1 ms timer granularity, CPU contention) shortens the next sleep rather
 than accumulating drift; if the process falls further behind, the engine clock is pulled
-forward to the wall clock so reported latencies show the lag instead of hiding it.
+forward to the wall clock (beyond `max_lag`) so reported latencies show the lag
+instead of hiding it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class RealtimeDriver:
         self._t0 = self._loop.time()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Engine seconds the driver may trail the wall clock before the engine clock is
+        # pulled forward. Below it, absolute deadlines absorb timer jitter (asyncio wakes
+        # up to ~1 ms late, which at --time-scale 0.1 is a whole simulated decode step).
+        self.max_lag = max(0.05, 0.02 / time_scale) if time_scale > 0 else 0.0
 
     def now_sim(self) -> float:
         """Engine seconds elapsed on the wall clock."""
@@ -55,10 +60,12 @@ class RealtimeDriver:
     async def _run(self) -> None:
         engine, loop, scale = self.engine, self._loop, self.time_scale
         while True:
-            if engine.idle:
+            was_idle = engine.idle
+            if was_idle:
                 self._wake.clear()
                 await self._wake.wait()
-            engine.advance_to(self.now_sim())
+            if was_idle or self.now_sim() - engine.now > self.max_lag:
+                engine.advance_to(self.now_sim())
             try:
                 res = engine.step()
             except Exception:  # a bug in the model must not take the server down
