@@ -21,7 +21,7 @@ and chunked prefill on. Where each number comes from (see docs/simulator.md for 
 * prefill_attn 1.75e-6 ms per (new token x context token): 4 * 32 layers * 4096 hidden
   FLOP per pair at ~300 TFLOPS; makes long prompts super-linear, as they are.
 * decode_per_seq 0.08 ms: per-sequence sampling, logits and MLP growth once a batch
-  leaves the pure memory-bound regime; ITL ~= 30 ms at 256 concurrent short sequences.
+  leaves the pure memory-bound regime; ITL ~= 37 ms at 256 sequences of 500 tokens.
 * kv_read_per_token 5e-5 ms: 128 KiB of K/V per token (32 layers x 8 KV heads x 128 dim
   x 2 x bf16) read at ~2.6 TB/s effective.
 * lora_overhead 1.5 ms: punica/SGMV kernels on every layer when any adapter is batched.

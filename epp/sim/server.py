@@ -14,6 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import orjson
 from aiohttp import web
 
 from epp.sim.costmodel import CostModel
@@ -165,8 +166,6 @@ class SimServer:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:
-        import orjson
-
         perm = [{"id": "modelperm-sim", "object": "model_permission", "created": self.created, "allow_create_engine": False,
                  "allow_sampling": True, "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
                  "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False}]
