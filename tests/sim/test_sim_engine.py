@@ -154,3 +154,77 @@ def test_virtual_time_is_deterministic_and_fast():
     assert len(a) == 2000 and a == run()
     assert sum(1 for r in a if r[3] > 0) > 1500  # shared prefixes hit
     assert elapsed < 10
+
+
+from collections import Counter as _Counter
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+def _check_invariants(eng: Engine) -> None:
+    kv = eng.kv
+    holders = _Counter(b for r in eng.running for b in r.block_ids)
+    for b in range(kv.num_blocks):
+        assert kv._ref[b] == holders.get(b, 0)
+        assert (b in kv._free) == (holders.get(b, 0) == 0)
+    for h, b in kv._cached.items():
+        assert kv._hash[b] == h
+    assert len(eng.running) <= eng.config.max_num_seqs
+    assert len({r.lora for r in eng.running if r.lora}) <= eng.config.max_loras
+    assert all(not r.block_ids for r in eng.waiting)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    reqs=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # shared prefix id
+            st.integers(1, 120),  # own suffix length
+            st.integers(1, 40),  # max_tokens
+            st.sampled_from([None, None, "a", "b", "c"]),
+            st.booleans(),  # abort it midway
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    blocks=st.integers(20, 80),
+    seqs=st.integers(1, 6),
+    budget=st.integers(16, 256),
+)
+def test_engine_invariants_hold_under_random_load(reqs, blocks, seqs, budget):
+    eng = Engine(EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=budget, num_gpu_blocks=blocks, block_size=8, max_model_len=160, max_loras=2))
+    expect = {}
+    aborts = []
+    done: dict[str, int] = {}
+
+    def record(res):
+        for ev in res.tokens:
+            if ev.finished:
+                done[ev.request.request_id] = ev.request.num_output_tokens
+
+    for i, (pfx, n, mt, lora, abort) in enumerate(reqs):
+        ids = [1000 + pfx] * 16 + [(i * 13 + k) % 500 + 1 for k in range(n)]
+        mt = min(mt, 160 - len(ids))
+        if mt < 1:
+            continue
+        eng.add_request(SimRequest(f"r{i}", ids, mt, lora=lora), eng.now)
+        (aborts if abort else []).append(f"r{i}")
+        expect[f"r{i}"] = mt
+        record(eng.step())
+        _check_invariants(eng)
+    steps = 0
+    while not eng.idle:
+        record(eng.step())
+        steps += 1
+        if steps == 3:
+            for rid in aborts:
+                eng.abort(rid)
+        _check_invariants(eng)
+        assert steps < 20_000
+    for rid, mt in expect.items():
+        if rid in done:
+            assert done[rid] == mt
+        else:
+            assert rid in aborts
+    assert eng.kv_usage == 0.0
