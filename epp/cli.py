@@ -45,6 +45,13 @@ def duration(text: str) -> float:
     return value
 
 
+def positive_duration(text: str) -> float:
+    value = duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be greater than zero")
+    return value
+
+
 def port(text: str) -> int:
     try:
         value = int(text)
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--static-endpoints", default="",
       help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
     flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
-    a("--refresh-metrics-interval", type=duration, default=0.05, help="per-endpoint scrape period (default 50ms)")
+    a("--refresh-metrics-interval", type=positive_duration, default=0.05, help="per-endpoint scrape period (default 50ms)")
     a("--refresh-prometheus-metrics-interval", type=duration, default=5.0, help="pool gauges period (default 5s)")
     a("--metrics-staleness-threshold", type=duration, default=2.0, help="metrics older than this are stale (2s)")
     a("--config-file", default="", help="EndpointPickerConfig YAML file")
