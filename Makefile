@@ -4,9 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install system-deps run test bench bench-deps clean
 
-install: $(STAMP)
+install: $(STAMP) system-deps
+
+# Debian packages the tests and benchmarks drive for real: nginx + njs (NGINX gateway), wrk (load).
+SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing >/dev/null; }; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +26,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Local stack: an epp-sim fleet, the EPP and real Envoy on 127.0.0.1:8081 (Ctrl-C stops all).
-run: $(STAMP)
+run: install
 	$(BIN)/epp-stack $(if $(GATEWAY),--gateway $(GATEWAY),)
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/epp-bench report
 
 clean:

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-request-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body accepted")
     a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
     a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    a("--http-picker-port", type=port, default=0,
+      help="serve the NGINX bridge HTTP contract on this port (0 = off)")
     a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
     a("--zap-encoder", default="console", choices=("console", "json"), help="log encoding")
     for name in IGNORED_FLAGS:
@@ -164,6 +166,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
+        http_picker_port=ns.http_picker_port,
     )
     return opts, warnings
 

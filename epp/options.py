@@ -32,3 +32,4 @@ class Options:
     max_request_body_bytes: int = 64 * 1024 * 1024
     kube_api_server: str = ""
     kubeconfig: str = ""
+    http_picker_port: int = 0  # 0 = off; NGINX bridge contract served by the EPP itself

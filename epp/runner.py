@@ -30,6 +30,7 @@ from epp.observability.health import HealthServicer, HealthState
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
+from epp.sources import SourceError, build_sources
 from epp.requestcontrol.director import Director
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
@@ -61,17 +62,18 @@ def run(opts: Options, warnings: list[str]) -> int:
     except ConfigError as exc:
         print(f"epp: error: {exc}", file=sys.stderr)
         return 2
-    if opts.pool_name or opts.endpoint_selector:
-        print("epp: error: Kubernetes endpoint sources are not available in this build; "
-              "use --static-endpoints", file=sys.stderr)
-        return 2
-    try:
-        endpoints = parse_static_endpoints(opts.static_endpoints)
-    except ValueError as exc:
-        print(f"epp: error: --static-endpoints: {exc}", file=sys.stderr)
-        return 2
+    endpoints = []
+    if opts.static_endpoints:
+        try:
+            endpoints = parse_static_endpoints(opts.static_endpoints)
+        except ValueError as exc:
+            print(f"epp: error: --static-endpoints: {exc}", file=sys.stderr)
+            return 2
     try:
         asyncio.run(serve(opts, config, endpoints))
+    except SourceError as exc:
+        print(f"epp: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"epp: error: {exc}", file=sys.stderr)
         return 1
@@ -100,8 +102,9 @@ class Epp:
             remove = getattr(producer, "remove_endpoint", None)
             if remove is not None:
                 self.datastore.subscribe(on_remove=lambda ep, r=remove: r(ep.name))
-        self.datastore.replace_all(endpoints)
-        self.datastore.mark_synced()
+        if opts.static_endpoints:
+            self.datastore.replace_all(endpoints)
+            self.datastore.mark_synced()
         self.collector = MetricsCollector(self.datastore, interval=opts.refresh_metrics_interval)
         self.scheduler = Scheduler(config)
         self.director = Director(self.datastore, self.scheduler, self.metrics,
@@ -114,6 +117,9 @@ class Epp:
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
         self._http = None
+        # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
+        self.sources = build_sources(opts, self)
+        self.http_picker = None
 
     async def start(self) -> None:
         o = self.opts
@@ -148,11 +154,21 @@ class Epp:
         self._http, _ = start_http_server(o.metrics_port, addr=o.bind_address, registry=self.metrics.registry)
         await self.collector.start()
         self.pool_gauges.start()
+        for source in self.sources:
+            await source.start()
+        if o.http_picker_port:
+            from epp.bridge.inproc import start_http_picker
+
+            self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
         log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
                  __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
                  o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.http_picker is not None:
+            await self.http_picker.cleanup()
+        for source in reversed(self.sources):
+            await source.stop()
         await self.pool_gauges.stop()
         await self.collector.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
