@@ -92,3 +92,14 @@ class EppMetrics:
         self.inflight_requests = Gauge("epp_endpoint_inflight_requests",
                                        "Requests sent to an endpoint and not yet finished.", ("endpoint",),
                                        registry=r)
+        # epp extensions: Kubernetes watches, so an API-server outage (serving last known state) is visible.
+        self.kube_watch_up = Gauge("epp_kubernetes_watch_up",
+                                   "1 while the watch of a Kubernetes resource is connected.", ("resource",),
+                                   registry=r)
+        self.kube_watch_staleness = Gauge("epp_kubernetes_watch_staleness_seconds",
+                                          "Seconds since the API server was last heard from for a resource "
+                                          "(0 while its watch is connected).", ("resource",), registry=r)
+        self.kube_watch_restarts = Counter("epp_kubernetes_watch_restarts",
+                                           "Watches re-opened: expired (410), stalled, error.",
+                                           ("resource", "reason"), registry=r)
+        self.leader = Gauge("epp_leader", "1 while this replica holds the leader-election lease.", registry=r)
