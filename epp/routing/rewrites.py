@@ -1,4 +1,9 @@
-"""InferenceModelRewrite rules: exact model matches over generic ones, oldest rule first, weighted targets."""
+"""InferenceModelRewrite rules: exact model matches over generic ones, oldest rule first, weighted targets.
+
+Precedence as the reference's modelrewritestore: exact matches beat generic (match-everything)
+rules; among several, the oldest object wins (then its name), and within one object its list
+order (`min` keeps the first of equals, and rules are stored in list order).
+"""
 
 from __future__ import annotations
 
@@ -44,8 +49,8 @@ class RewriteStore:
 
     def _choose(self, targets: tuple[WeightedTarget, ...]) -> str:
         total = sum(max(0, t.weight) for t in targets)
-        if total <= 0:
-            return targets[0].model
+        if total <= 0:  # no weights given: uniform, as the reference's selectWeightedModel
+            return targets[self.rng.randrange(len(targets))].model
         x = self.rng.random() * total
         for t in targets:
             x -= max(0, t.weight)

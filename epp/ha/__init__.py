@@ -1,0 +1,1 @@
+"""High availability: leader election on a coordination.k8s.io Lease."""
