@@ -83,3 +83,24 @@ async def kube_epp(server: KubeApiServer, config_text: str | None = None, tuning
     finally:
         await channel.close()
         await epp.stop(grace=0.5)
+
+
+async def pick(channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, str] | None = None
+               ) -> tuple[int, str, str]:
+    """One request through ext_proc: (HTTP status, destination endpoint, model in the forwarded body)."""
+    import orjson
+
+    from tests.support.extproc_client import request_body, request_headers, run_stream, set_headers, streamed_body
+
+    out = await run_stream(channel, [request_headers(extra=headers),
+                                     request_body(orjson.dumps({"model": model, "prompt": "hello"}))])
+    first = out[0]
+    if first.WhichOneof("response") == "immediate_response":
+        return int(first.immediate_response.status.code), "", ""
+    dest = set_headers(first.request_headers.response)["x-gateway-destination-endpoint"]
+    body, _ = streamed_body(out)
+    return 200, dest, orjson.loads(body)["model"]
+
+
+def metric(epp: Epp, name: str, **labels: str) -> float | None:
+    return epp.metrics.registry.get_sample_value(name, labels)
