@@ -1,17 +1,131 @@
-"""`epp-bench`: benchmarks that report numbers (never timed assertions in tests)."""
+"""`epp-bench`: benchmarks that report numbers (never timed assertions in tests).
+
+    epp-bench run [--workloads ...] [--routers ...]   live: routers + Envoy + epp-sim fleet
+    epp-bench des [--workloads ...] [--routers ...]   virtual time: engines + the EPP scheduler in-process
+    epp-bench report [--render-only]                  the committed suite (live + des), then report.md + plots
+    epp-bench inference-perf                          cross-check with kubernetes-sigs/inference-perf
+    epp-bench overhead                                Envoy alone vs Envoy+EPP
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
+from datetime import date
 from pathlib import Path
 
 RESULTS = Path("bench/results")
+SUITE_WORKLOADS = ("shared-prefix", "sharegpt-like", "hot-prefix")
+DES_WORKLOADS = ("shared-prefix", "sharegpt-like", "hot-prefix", "multi-lora", "long-prompt", "multi-turn")
+DEFAULT_LOADS = "0.3,0.6,0.9,1.2"
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _names(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser, workloads: tuple[str, ...], routers: str) -> None:
+    p.add_argument("--workloads", default=",".join(workloads), help="comma-separated workload names")
+    p.add_argument("--routers", default=routers,
+                   help="comma-separated: epp, epp:<config file or named config>, envoy-rr, envoy-lr, "
+                        "smg-<policy>, vllm-router-<policy>")
+    p.add_argument("--loads", default=DEFAULT_LOADS, help="load points as fractions of fleet capacity")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--replicas", type=int, default=8)
+
+
+def _meta(extra: dict) -> dict:
+    from epp.bench.results import git_commit, machine
+
+    return {"machine": machine(), "commit": git_commit(), "date": date.today().isoformat(),
+            "command": "epp-bench " + shlex.join(sys.argv[1:]), **extra}
+
+
+def cmd_run(args: argparse.Namespace, out: Path) -> dict:
+    from epp.bench.capacity import fleet_capacity
+    from epp.bench.live import LiveOptions, run_live, time_scale_for, workload_at
+    from epp.bench.results import ResultFile
+    from epp.bench.routers import parse_router
+
+    opts = LiveOptions(loads=_floats(args.loads), seed=args.seed, replicas=args.replicas,
+                       max_wall_rps=args.max_wall_rps, drain_s=args.drain_s)
+    routers = [parse_router(r) for r in _names(args.routers)]
+    caps, scales = {}, {}
+    for w in _names(args.workloads):
+        cap = fleet_capacity(workload_at(w, opts.seed * 1000, opts))
+        caps[w], scales[w] = round(cap, 2), time_scale_for(max(opts.loads) * cap, opts)
+    rf = ResultFile(out, _meta({"mode": "live", "capacity": caps, "time_scales": scales, "skipped": {}}))
+    t0 = time.monotonic()
+    skipped = run_live(_names(args.workloads), routers, opts, rf.add)
+    rf.meta["skipped"] = skipped
+    rf.meta["wall_s"] = round(time.monotonic() - t0)
+    rf.save()
+    print(f"wrote {out} ({len(rf.rows)} points, {rf.meta['wall_s']} s)")
+    return rf.meta
+
+
+def cmd_des(args: argparse.Namespace, out: Path) -> None:
+    from epp.bench.capacity import fleet_capacity
+    from epp.bench.des import des_router, run_ladder
+    from epp.bench.live import LiveOptions, time_scale_for
+    from epp.bench.results import ResultFile
+    from epp.bench.workloads import make
+
+    loads = _floats(args.loads)
+    routers = [des_router(r) for r in _names(args.routers)]
+    opts = LiveOptions(loads=loads, max_wall_rps=args.max_wall_rps)
+    caps, scales = {}, {}
+    rf = ResultFile(out, _meta({"mode": "des", "capacity": caps, "time_scales": scales}))
+    t0 = time.monotonic()
+    for w in _names(args.workloads):
+        def mk(s: int, w: str = w):
+            return make(w, s, replicas=args.replicas)
+        cap = fleet_capacity(mk(args.seed * 1000))
+        # Same scrape lag in simulated time as the live EPP has at the live run's time scale.
+        ts = time_scale_for(max(loads) * cap, opts)
+        caps[w], scales[w] = round(cap, 2), ts
+        for row in run_ladder(mk, routers, loads, cap, args.seed, scrape_interval=0.05 / ts):
+            rf.add(row)
+    rf.meta["wall_s"] = round(time.monotonic() - t0, 1)
+    rf.save()
+    print(f"wrote {out} ({len(rf.rows)} points, {rf.meta['wall_s']} s)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="epp-bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="epp-bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    from epp.bench.routers import DEFAULT_ROUTERS
+
+    r = sub.add_parser("run", help="live benchmark: routers + Envoy + epp-sim fleet")
+    _add_common(r, SUITE_WORKLOADS, ",".join(DEFAULT_ROUTERS))
+    r.add_argument("--max-wall-rps", type=float, default=40.0,
+                   help="slow simulated time so the top load point sends at most this many requests per wall second")
+    r.add_argument("--drain-s", type=float, default=45.0, help="wall seconds a point may run after its last arrival")
+    r.add_argument("--out", type=Path, default=RESULTS / "live.json")
+
+    d = sub.add_parser("des", help="virtual time: epp-sim engines + the EPP scheduler in one process")
+    _add_common(d, DES_WORKLOADS, "epp,envoy-rr,envoy-lr")
+    d.add_argument("--max-wall-rps", type=float, default=40.0, help="as for `run`: sets the matching scrape lag")
+    d.add_argument("--out", type=Path, default=RESULTS / "des.json")
+
+    rep = sub.add_parser("report", help="run the committed suite (live + des), then write report.md and plots")
+    rep.add_argument("--render-only", action="store_true", help="only re-render report.md and plots from the JSON")
+    rep.add_argument("--results", type=Path, default=RESULTS)
+    rep.add_argument("--routers", default=",".join(DEFAULT_ROUTERS))
+    rep.add_argument("--repeat", action="store_true", help="also repeat the shared-prefix ladder (spread)")
+
+    ip = sub.add_parser("inference-perf", help="the same fleet driven by kubernetes-sigs/inference-perf")
+    ip.add_argument("--router", default="epp")
+    ip.add_argument("--rates", default="2,5")
+    ip.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
+    ip.add_argument("--out", type=Path, default=RESULTS / "inference-perf")
+
     o = sub.add_parser("overhead", help="Envoy alone vs Envoy+EPP: req/s, added latency, EPP CPU and memory")
     o.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point (after 2 s warm-up)")
     o.add_argument("--connections", default="1,32")
@@ -19,7 +133,30 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--out", type=Path, default=RESULTS)
     o.add_argument("--epp-arg", action="append", default=[], help="extra flag for the EPP (repeatable)")
     args = p.parse_args(argv)
-    if args.cmd == "overhead":
+
+    if args.cmd == "run":
+        cmd_run(args, args.out)
+    elif args.cmd == "des":
+        cmd_des(args, args.out)
+    elif args.cmd == "report":
+        from epp.bench.report import write_report
+
+        if not args.render_only:
+            suite = ["--routers", args.routers]
+            cmd_des(p.parse_args(["des"]), args.results / "des.json")
+            cmd_run(p.parse_args(["run", *suite]), args.results / "live.json")
+            if args.repeat:
+                cmd_run(p.parse_args(["run", "--workloads", "shared-prefix", "--routers", "epp,envoy-rr",
+                                      "--seed", "1"]), args.results / "live-repeat.json")
+        print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "inference-perf":
+        from epp.bench.inferenceperf import run_inference_perf
+
+        try:
+            run_inference_perf(args.router, _floats(args.rates), args.duration, args.out)
+        except RuntimeError as exc:
+            sys.exit(f"epp-bench: {exc}")
+    elif args.cmd == "overhead":
         from epp.bench.overhead import overhead_table, run_overhead
 
         try:

@@ -1,0 +1,212 @@
+"""`epp-bench des`: the same workloads in virtual time, epp-sim's engines and the EPP's scheduler in one process.
+
+The EPP sees what it sees live: endpoint metrics refreshed every `scrape_interval` seconds (not
+instantly), its own in-flight counters added at the pick and released when the response ends
+(as `epp/requestcontrol/director.py` does), its prefix index fed by `pre_request`. Baselines
+are Envoy's round-robin and least-request (power of two choices on active requests, Envoy's
+default `choice_count` 2). Deterministic for a seed: no clocks, seeded random choices.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from epp.bench.configs import resolve_config
+from epp.bench.summary import Outcome, summarize
+from epp.bench.workloads import MODEL, BenchRequest, Workload, poisson_arrivals
+from epp.datalayer.endpoint import Endpoint, EndpointMetrics
+from epp.requests.usage import Usage
+from epp.scheduling.config import load_config
+from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.types import SchedulingRequest
+from epp.sim.costmodel import CostModel
+from epp.sim.engine import Engine, EngineConfig, StepResult
+from epp.sim.tokenizer import Tokenizer, render_chat
+from epp.sim.vtime import TraceItem, VirtualFleet
+
+CHARS_PER_TOKEN = 4  # the director's estimate of prompt tokens
+DES_ROUTERS = ("epp", "envoy-rr", "envoy-lr")
+
+_tokenizer = Tokenizer()
+
+
+def token_ids(req: BenchRequest) -> list[int]:
+    """What epp-sim's HTTP server tokenizes for this body (see epp/sim/server.py `_prepare`)."""
+    if req.api == "chat":
+        return _tokenizer.encode(render_chat([{"role": r, "content": c} for r, c in req.messages or ()]))
+    return _tokenizer.encode(req.prompt or "", add_bos=True)
+
+
+def prefix_input(req: BenchRequest) -> bytes:
+    """What the EPP's request parser hashes for this body (epp/requests/body.py `_prefix_input`)."""
+    if req.api == "chat":
+        return orjson.dumps([{"role": r, "content": c} for r, c in req.messages or ()])
+    return (req.prompt or "").encode()
+
+
+@dataclass
+class DesRouter:
+    name: str
+    config_text: str | None = None  # EndpointPickerConfig for the EPP; None = its built-in default
+
+
+class _Policy:
+    """A route function plus the bookkeeping the live router would do at request end."""
+
+    def route(self, i: int, fleet: VirtualFleet) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def finished(self, i: int, replica: int, rec_usage: Usage) -> None:
+        pass
+
+
+class _RoundRobin(_Policy):
+    def __init__(self, n: int) -> None:
+        self.n, self.next = n, 0
+
+    def route(self, i: int, fleet: VirtualFleet) -> int:
+        idx = self.next
+        self.next = (idx + 1) % self.n
+        return idx
+
+
+class _LeastRequest(_Policy):
+    """Envoy LEAST_REQUEST with equal weights: two random hosts, the one with fewer active requests."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.active, self.rng = n, [0] * n, random.Random(f"envoy-lr/{seed}")
+
+    def route(self, i: int, fleet: VirtualFleet) -> int:
+        a, b = self.rng.randrange(self.n), self.rng.randrange(self.n)
+        idx = a if self.active[a] <= self.active[b] else b
+        self.active[idx] += 1
+        return idx
+
+    def finished(self, i: int, replica: int, rec_usage: Usage) -> None:
+        self.active[replica] -= 1
+
+
+class _Epp(_Policy):
+    def __init__(self, config_text: str | None, engines: list[Engine], requests: list[BenchRequest],
+                 block_size: int, num_blocks: int, max_loras: int) -> None:
+        self.sched = Scheduler(load_config(config_text, "bench config"))
+        self.engines = engines
+        self.requests = requests
+        self.endpoints = [Endpoint(f"127.0.0.1:{8000 + k}", "127.0.0.1", 8000 + k, pod_name=f"sim-{k}")
+                          for k in range(len(engines))]
+        self.block_size, self.num_blocks, self.max_loras = block_size, num_blocks, max_loras
+        self.open: dict[int, tuple[Endpoint, int, SchedulingRequest, object]] = {}
+
+    def scrape(self) -> None:
+        now = time.monotonic()  # plugins compare update_time with the real clock (staleness)
+        for ep, eng in zip(self.endpoints, self.engines):
+            ep.metrics = EndpointMetrics(
+                waiting_queue_size=eng.num_waiting, running_requests_size=eng.num_running,
+                kv_cache_usage_percent=eng.kv_usage, active_models=frozenset(eng.running_loras()),
+                waiting_models=frozenset(eng.waiting_loras()), max_active_models=self.max_loras,
+                cache_block_size=self.block_size, cache_num_blocks=self.num_blocks,
+                prefix_cache_queries=float(eng.stats.prefix_cache_queries),
+                prefix_cache_hits=float(eng.stats.prefix_cache_hits), update_time=now)
+
+    def route(self, i: int, fleet: VirtualFleet) -> int:
+        req = self.requests[i]
+        pin = prefix_input(req)
+        tokens = len(pin) // CHARS_PER_TOKEN
+        sreq = SchedulingRequest(f"r{i}", req.model, incoming_model=req.model,
+                                 api="chat-completions" if req.api == "chat" else "completions",
+                                 prefix_input=pin, prompt_tokens=tokens, stream=True)
+        result, cycle = self.sched.schedule(sreq, list(self.endpoints))
+        self.sched.pre_request(cycle, sreq, result)
+        ep = result.targets[0]
+        ep.inflight.add(tokens)
+        self.open[i] = (ep, tokens, sreq, result)
+        return self.endpoints.index(ep)
+
+    def finished(self, i: int, replica: int, usage: Usage) -> None:
+        ep, tokens, sreq, result = self.open.pop(i)
+        ep.inflight.release(tokens)
+        for plugin in self.sched.config.response_complete:
+            plugin.response_complete(sreq, result, usage)
+
+
+def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load: float | None = None,
+              scrape_interval: float = 0.05) -> dict:
+    """One load point: a fresh virtual fleet, Poisson arrivals at `qps`, every request to completion."""
+    spec = workload.fleet
+    reqs = workload.requests
+    cfg = EngineConfig(num_gpu_blocks=spec.num_gpu_blocks, max_model_len=min(131_072, spec.num_gpu_blocks * 16),
+                       max_loras=spec.max_loras, hash_seed=0)
+    lora_ids = {a: k + 1 for k, a in enumerate(spec.lora_modules)}
+    engines = [Engine(cfg, CostModel(), lora_ids=lora_ids) for _ in range(spec.replicas)]
+    fleet = VirtualFleet(engines, keep_token_times=True)
+    arrivals = poisson_arrivals(len(reqs), qps, seed)
+    trace = [TraceItem(arrivals[i], token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model,
+                       request_id=str(i)) for i, r in enumerate(reqs)]
+    policy: _Policy
+    if router.name == "envoy-rr":
+        policy = _RoundRobin(len(engines))
+    elif router.name == "envoy-lr":
+        policy = _LeastRequest(len(engines), seed)
+    else:
+        policy = _Epp(router.config_text, engines, reqs, cfg.block_size, cfg.num_gpu_blocks, cfg.max_loras)
+        epp = policy
+        horizon = arrivals[-1] if arrivals else 0.0
+        t = 0.0
+        while t <= horizon:  # scrapes only while requests still arrive: the loop must end
+            fleet.call_at(t, epp.scrape)
+            t += scrape_interval
+
+    done: set[str] = set()
+
+    def on_step(idx: int, res: StepResult) -> None:
+        for ev in res.tokens:
+            if ev.finished and ev.request.request_id not in done:
+                r = ev.request
+                done.add(r.request_id)
+                policy.finished(int(r.request_id), idx, Usage(r.num_prompt_tokens, r.num_output_tokens,
+                                                               r.num_prompt_tokens + r.num_output_tokens,
+                                                               max(0, r.num_cached_tokens)))
+
+    fleet.on_step = on_step
+    records = fleet.run_trace(trace, route=lambda item, f: policy.route(int(item.request_id), f))
+    outs = [Outcome(True, rec.arrival, rec.ttft, rec.e2e,
+                    [b - a for a, b in zip(rec.token_times, rec.token_times[1:])], rec.completion_tokens,
+                    f"sim-{rec.replica}") for rec in records]
+    hits = sum(e.stats.prefix_cache_hits for e in engines)
+    queries = sum(e.stats.prefix_cache_queries for e in engines)
+    return summarize(outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
+                     router=router.name, workload=workload.name, qps=qps, load=load,
+                     servers=[f"sim-{k}" for k in range(len(engines))], prefix_hits=hits, prefix_queries=queries,
+                     extra={"mode": "des", "seed": seed,
+                            "preemptions": sum(e.stats.preemptions for e in engines)})
+
+
+def des_router(spec: str) -> DesRouter:
+    """`epp`, `epp:<config file or named config>`, `envoy-rr`, `envoy-lr`."""
+    if spec in ("envoy-rr", "envoy-lr", "epp"):
+        return DesRouter(spec)
+    if spec.startswith("epp:"):
+        path = resolve_config(spec[4:])
+        return DesRouter(f"epp[{path.stem}]", Path(path).read_text())
+    raise ValueError(f"virtual-time mode has no model of router {spec!r} (use epp, epp:<config>, envoy-rr, envoy-lr)")
+
+
+def run_ladder(make: Callable[[int], Workload], routers: list[DesRouter], loads: list[float], capacity: float,
+               seed: int, progress: Callable[[str], None] = print, scrape_interval: float = 0.05) -> list[dict]:
+    rows = []
+    for k, frac in enumerate(loads):
+        w = make(seed * 1000 + k)
+        for r in routers:
+            t0 = time.perf_counter()
+            row = run_point(w, r, frac * capacity, seed * 1000 + k, load=frac, scrape_interval=scrape_interval)
+            rows.append(row)
+            progress(f"  des {w.name:14s} {r.name:22s} load {frac:4.2f} qps {row['qps']:7.2f}  "
+                     f"ttft p90 {row['ttft_p90']:.3f}s  tok/s {row['output_tokens_per_s']:8.1f}  "
+                     f"hit {row['prefix_cache_hit_rate']}  ({time.perf_counter() - t0:.1f}s)")
+    return rows

@@ -1,0 +1,37 @@
+"""PNG plots: TTFT p90 and output tokens/s against offered load, one line per router (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_workload(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for router in dict.fromkeys(r["router"] for r in rows):
+        pts = sorted((r for r in rows if r["router"] == router), key=lambda r: r["qps"])
+        xs = [p["qps"] for p in pts]
+        a.plot(xs, [p["ttft_p90"] if p["ttft_p90"] is not None else float("nan") for p in pts], marker="o",
+               label=router)
+        b.plot(xs, [p["output_tokens_per_s"] for p in pts], marker="o", label=router)
+    a.set_yscale("log")
+    a.set_xlabel("offered load (requests / simulated s)")
+    a.set_ylabel("TTFT p90 (s)")
+    a.set_title(f"{title}: TTFT p90")
+    b.set_xlabel("offered load (requests / simulated s)")
+    b.set_ylabel("output tokens / s")
+    b.set_title(f"{title}: output throughput")
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+    b.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No timestamps in the file: the same JSON gives the same PNG bytes with the same matplotlib.
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return path

@@ -1,0 +1,51 @@
+"""Result files: one JSON object per run, `{"meta": {...}, "rows": [...]}`, rewritten after every point
+so an interrupted run keeps what it measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class ResultFile:
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta, self.rows = path, meta, []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())

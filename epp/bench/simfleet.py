@@ -1,0 +1,55 @@
+"""The simulated fleet for live runs: one `epp-sim` process with N replicas on consecutive ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from epp.bench.workloads import MODEL, FleetSpec
+from epp.stack.processes import Proc, bin_path, free_ports, wait_port
+
+COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:generation_tokens_total")
+
+
+@dataclass
+class SimFleet:
+    proc: Proc
+    ports: list[int]
+    time_scale: float
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.ports]
+
+    @property
+    def pods(self) -> list[str]:
+        return [f"sim-{i}" for i in range(len(self.ports))]
+
+    def counters(self) -> dict[str, float]:
+        """Fleet-wide sums of the simulators' own counters (tokens)."""
+        total = dict.fromkeys(COUNTERS, 0.0)
+        for url in self.urls:
+            for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name in total:
+                    total[name] += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_fleet(spec: FleetSpec, time_scale: float, workdir: Path, seed: int = 0) -> SimFleet:
+    ports = free_ports(spec.replicas, consecutive=True)
+    args = [bin_path("epp-sim"), "--port", str(ports[0]), "--model", MODEL, "--time-scale", str(time_scale),
+            "--seed", str(seed), *spec.sim_args()]
+    proc = Proc("epp-sim", args, workdir / f"sim-{ports[0]}.log").start()
+    try:
+        for p in ports:
+            wait_port(p, proc=proc.popen, timeout=30)
+    except Exception:
+        proc.stop()
+        raise
+    return SimFleet(proc, ports, time_scale)
