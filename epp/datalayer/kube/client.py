@@ -43,12 +43,12 @@ def served_resources(api: client.ApiClient, group: str, version: str, timeout: f
     that the CRDs are absent.
     """
     path = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    try:
-        resp = api.call_api(path, "GET", header_params={"Accept": "application/json"},
-                            auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    doc = orjson.loads(resp.data)
+    method, url, headers, body, post = api.param_serialize(
+        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers, body=body, post_params=post, _request_timeout=timeout)
+    if resp.status == 404:
+        return None
+    if resp.status >= 400:
+        raise ApiException(status=resp.status, reason=resp.reason)
+    doc = orjson.loads(resp.read())
     return {r["name"] for r in doc.get("resources", []) if "/" not in r["name"]}

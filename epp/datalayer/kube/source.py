@@ -138,12 +138,15 @@ class KubeSource:
     def _discover(self, custom: client.CustomObjectsApi) -> None:
         """Find out (retrying until the API server answers) whether the policy CRDs are installed."""
         delay = self.tuning.backoff_initial
+        failures = 0
         while not self._stop.is_set():
             try:
                 kinds = served_resources(self.api, POLICY_GROUP, POLICY_VERSION, self.tuning.connect_timeout) or set()
                 break
             except Exception as exc:  # unreachable: try again, like the informers do
-                log.debug("discovery of %s/%s failed: %s", POLICY_GROUP, POLICY_VERSION, exc)
+                failures += 1
+                (log.warning if failures == 1 else log.debug)("discovery of %s/%s failed (retrying): %s",
+                                                               POLICY_GROUP, POLICY_VERSION, exc)
                 self._stop.wait(delay)
                 delay = min(self.tuning.backoff_max, delay * 2)
         else:
