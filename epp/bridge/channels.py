@@ -27,9 +27,9 @@ _OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     # A restarted EPP is back within a second or so; the default 1 s..120 s backoff would turn
-    # that into minutes of 502s.
+    # that into minutes of 502s. (Not grpc.min_reconnect_backoff_ms: it is also the connect
+    # timeout, and a TLS handshake on a busy loop can take longer than a small value.)
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -116,6 +116,7 @@ class TlsTunnel:
     async def _connect(self, local: _Relay) -> None:
         loop = asyncio.get_running_loop()
         remote = _Relay()
+        remote.peer = local  # before connecting: the EPP's SETTINGS can arrive with the handshake
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: remote, self.host, self.port, ssl=self._ssl,
@@ -129,7 +130,6 @@ class TlsTunnel:
         if local.closed:
             remote.transport.close()
             return
-        remote.peer = local
         local.attach(remote)
 
     async def close(self) -> None:
