@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--metrics-staleness-threshold", type=duration, default=2.0, help="metrics older than this are stale (2s)")
     a("--config-file", default="", help="EndpointPickerConfig YAML file")
     a("--config-text", default="", help="EndpointPickerConfig YAML text")
+    a("--config-name", default="",
+      help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity")
     flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
     a("--cert-path", default="", help="directory holding tls.crt and tls.key")
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
@@ -140,8 +142,8 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     """Options plus warnings to log once logging is set up."""
     parser = build_parser()
     ns = parser.parse_args(normalize_go_args(argv))
-    if ns.config_file and ns.config_text:
-        parser.error("--config-file and --config-text are mutually exclusive")
+    if sum(bool(x) for x in (ns.config_file, ns.config_text, ns.config_name)) > 1:
+        parser.error("--config-file, --config-text and --config-name are mutually exclusive")
     modes = [bool(ns.pool_name), bool(ns.endpoint_selector), bool(ns.static_endpoints)]
     if sum(modes) > 1:
         parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
@@ -162,7 +164,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         refresh_metrics_interval=ns.refresh_metrics_interval,
         refresh_prometheus_metrics_interval=ns.refresh_prometheus_metrics_interval,
         metrics_staleness_threshold=ns.metrics_staleness_threshold, config_file=ns.config_file,
-        config_text=ns.config_text, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
+        config_text=ns.config_text, config_name=ns.config_name, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
         health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,

@@ -23,6 +23,7 @@ class Options:
     metrics_staleness_threshold: float = 2.0
     config_file: str = ""
     config_text: str = ""
+    config_name: str = ""  # a built-in named config (epp-default, reference-default, llm-d-affinity)
     secure_serving: bool = True
     cert_path: str = ""
     health_checking: bool = False

@@ -34,7 +34,7 @@ from epp.sources import SourceError, build_sources
 from epp.requestcontrol.director import Director
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
-from epp.scheduling.plugins.passive import UtilizationDetector as UtilizationDetectorPlugin
+from epp.scheduling.plugins.filters import UtilizationDetector as UtilizationDetectorPlugin
 from epp.scheduling.scheduler import Scheduler
 from epp.duration import parse_duration
 
@@ -50,6 +50,13 @@ def load_options_config(opts: Options) -> LoadedConfig:
         return load_config(text, opts.config_file)
     if opts.config_text:
         return load_config(opts.config_text, "--config-text")
+    if opts.config_name:
+        from epp.scheduling import configs
+
+        try:
+            return load_config(configs.text(opts.config_name), f"built-in config {opts.config_name!r}")
+        except KeyError as exc:
+            raise ConfigError(f"--config-name: {exc.args[0]}") from None
     return load_config(None)
 
 

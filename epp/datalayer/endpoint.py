@@ -38,18 +38,27 @@ class InflightLoad:
 
     Updated on the hot path at pick time and released at response end or stream abort,
     so a burst inside one scrape interval still sees the load it is creating.
+    `prefill_tokens` is released earlier, at the first response byte: from then on the
+    request no longer holds up other requests' prefill, only their decode steps.
     """
 
     requests: int = 0
-    prompt_tokens: int = 0  # uncached prompt tokens (estimate)
+    prompt_tokens: int = 0  # uncached prompt tokens (estimate) of unfinished requests
+    prefill_tokens: int = 0  # uncached prompt tokens of requests whose first byte has not come back
 
     def add(self, tokens: int) -> None:
         self.requests += 1
         self.prompt_tokens += tokens
+        self.prefill_tokens += tokens
 
-    def release(self, tokens: int) -> None:
+    def prefill_done(self, tokens: int) -> None:
+        self.prefill_tokens = max(0, self.prefill_tokens - tokens)
+
+    def release(self, tokens: int, prefill_pending: bool = False) -> None:
         self.requests = max(0, self.requests - 1)
         self.prompt_tokens = max(0, self.prompt_tokens - tokens)
+        if prefill_pending:
+            self.prefill_tokens = max(0, self.prefill_tokens - tokens)
 
 
 @dataclass(slots=True, eq=False)

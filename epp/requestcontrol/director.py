@@ -21,6 +21,7 @@ from epp.requests.modelname import restore_model_name
 from epp.requests.usage import SseUsageScanner, Usage, usage_from_json_body
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
+from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import SchedulingRequest, SchedulingResult
 
@@ -34,6 +35,13 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER,
                    "x-gateway-destination-endpoint-subset")
 CHARS_PER_TOKEN = 4
+
+
+def uncached_tokens(cycle, endpoint: Endpoint, tokens: int) -> int:
+    info = cycle.get(PREFIX_MATCH_KEY)
+    if info is None or not info.matches:
+        return tokens
+    return max(0, tokens - info.matches.get(endpoint.name, 0) * info.block_size_tokens)
 
 
 class EndpointSource:
@@ -67,7 +75,7 @@ class Exchange:
 
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
-                 "closed", "failed", "priority", "request_size", "model_error")
+                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -89,6 +97,7 @@ class Exchange:
         self.priority = 0
         self.request_size = 0
         self.model_error = False
+        self.prefill_pending = False
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -139,8 +148,11 @@ class Exchange:
                                             primary.namespace, str(primary.port)).inc()
         d.scheduler.pre_request(cycle, sreq, result)
         # Count the load at the moment of the pick: the next request in this burst sees it.
-        primary.inflight.add(tokens)
-        self.endpoint, self.tokens, self.sched_req, self.result = primary, tokens, sreq, result
+        # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
+        uncached = uncached_tokens(cycle, primary, tokens)
+        primary.inflight.add(uncached)
+        self.prefill_pending = True
+        self.endpoint, self.tokens, self.sched_req, self.result = primary, uncached, sreq, result
 
         body = req.body
         if target != incoming and parsed.data is not None:
@@ -149,7 +161,10 @@ class Exchange:
         d.metrics.running_requests.labels(incoming).inc()
         d.metrics.request_sizes.labels(incoming, target).observe(len(req.body))
         destination = primary.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
-        return RouteDecision(destination, body, self._request_id_header(req), self._removals(req))
+        extra = self._request_id_header(req)
+        if result.request_headers:
+            extra.extend(result.request_headers)
+        return RouteDecision(destination, body, extra, self._removals(req))
 
     def _candidates(self, req: IncomingRequest) -> list[Endpoint]:
         eps = self.d.datastore.endpoints()
@@ -191,6 +206,8 @@ class Exchange:
         if self.streaming:
             self.sse = SseUsageScanner()
         decision = ResponseHeadersDecision([("x-went-into-resp-headers", "true")])
+        if self.result is not None and self.result.response_headers:
+            decision.set_headers.extend(self.result.response_headers)
         if self._rewrites_name() and "content-length" in headers:
             # The body length changes when the model name is written back; let Envoy re-frame it.
             decision.remove_headers.append("content-length")
@@ -199,6 +216,10 @@ class Exchange:
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None:
         """Streaming: returns the chunk to forward now. Buffered JSON: None until end of stream."""
         self.response_size += len(chunk)
+        if self.prefill_pending and chunk and self.endpoint is not None:
+            # The first byte back means the server finished this request's prefill.
+            self.prefill_pending = False
+            self.endpoint.inflight.prefill_done(self.tokens)
         if self.streaming:
             if self.sse is not None:
                 self.sse.feed(chunk)
@@ -230,7 +251,8 @@ class Exchange:
         ep = self.endpoint
         if ep is None:
             return
-        ep.inflight.release(self.tokens)
+        ep.inflight.release(self.tokens, self.prefill_pending)
+        self.prefill_pending = False
         m = self.d.metrics
         inc, tgt = self.incoming_model, self.target_model
         m.running_requests.labels(inc).dec()

@@ -87,23 +87,6 @@ class EndpointPickerConfigSpec(_Strict):
     parser: PluginRef | None = None
 
 
-DEFAULT_CONFIG_TEXT = """\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-    weight: 2
-  - pluginRef: kv-cache-utilization-scorer
-    weight: 2
-  - pluginRef: prefix-cache-scorer
-    weight: 3
-"""
 
 
 @dataclass
@@ -152,8 +135,12 @@ def parse_config_text(text: str, source: str = "config") -> EndpointPickerConfig
 
 
 def load_config(text: str | None, source: str = "config") -> LoadedConfig:
-    spec = parse_config_text(text if text else DEFAULT_CONFIG_TEXT, source if text else "default config")
-    return build_config(spec, source if text else "default config")
+    """Load a config; None means the project's default (`epp-default`)."""
+    if not text:
+        from epp.scheduling import configs
+
+        text, source = configs.text(configs.DEFAULT), f"built-in config {configs.DEFAULT!r}"
+    return build_config(parse_config_text(text, source), source)
 
 
 def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
@@ -217,6 +204,16 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         handler = handlers[0]
     else:
         handler = build_plugin("single-profile-handler", "single-profile-handler", {})  # type: ignore[assignment]
+    bind = getattr(handler, "bind", None)
+    if bind is not None:
+        try:
+            bind(plugins)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: plugin {handler.name!r}: {exc}") from None
+    if handler.type_name == "disagg-profile-handler":
+        missing = {handler.params.decode_profile} - set(profiles)  # type: ignore[attr-defined]
+        if missing:
+            raise ConfigError(f"{source}: disagg-profile-handler needs a scheduling profile named {missing.pop()!r}")
     if handler.type_name == "single-profile-handler" and len(profiles) > 1:
         raise ConfigError(f"{source}: single-profile-handler cannot run {len(profiles)} profiles; "
                           "configure a profile handler that chooses between them")

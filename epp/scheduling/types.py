@@ -35,6 +35,9 @@ class ProfileResult:
 class SchedulingResult:
     profile_results: dict[str, ProfileResult | None]
     primary_profile: str
+    # Headers to add to the request sent upstream (e.g. x-prefiller-host-port) and to the response.
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def targets(self) -> list[Endpoint]:

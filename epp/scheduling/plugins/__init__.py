@@ -1,6 +1,8 @@
 """Built-in plugins. Importing this package registers them all by their reference type names."""
 
 from epp.scheduling.plugins import (  # noqa: F401
+    affinity,
+    disagg,
     filters,
     lora,
     load,
@@ -8,4 +10,5 @@ from epp.scheduling.plugins import (  # noqa: F401
     pickers,
     prefix,
     profiles,
+    ttft,
 )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+from pydantic import Field
+
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.plugin import Filter, register
+from epp.scheduling.plugin import Filter, Params, register
 from epp.scheduling.types import CycleState, SchedulingRequest
 
 TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
@@ -21,3 +25,112 @@ class HeaderBasedTestingFilter(Filter):
         if not wanted:
             return []
         return [e for e in endpoints if e.address in wanted or e.hostport in wanted]
+
+
+ROLE_LABEL = "llm-d.ai/role"
+
+
+@register
+class DecodeFilter(Filter):
+    """Endpoints that decode: role `decode` or `both`, or no role label (a plain server does both)."""
+
+    type_name = "decode-filter"
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        return [e for e in endpoints if e.labels.get(ROLE_LABEL, "both") in ("decode", "both")]
+
+
+@register
+class PrefillFilter(Filter):
+    """Endpoints labelled for prefill (role `prefill` or `both`)."""
+
+    type_name = "prefill-filter"
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        return [e for e in endpoints if e.labels.get(ROLE_LABEL) in ("prefill", "both")]
+
+
+class ByLabelParams(Params):
+    label: str
+    valid_values: list[str] = Field(default_factory=list, alias="validValues")
+    allows_no_label: bool = Field(False, alias="allowsNoLabel")
+
+
+@register
+class ByLabelFilter(Filter):
+    """Keep endpoints whose `label` has one of `validValues` (or no such label, if allowed)."""
+
+    type_name = "by-label"
+    Params = ByLabelParams
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        p = self.params
+        valid = set(p.valid_values)
+        return [e for e in endpoints
+                if (e.labels[p.label] in valid if p.label in e.labels else p.allows_no_label)]
+
+
+class LabelSelectorParams(Params):
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+
+
+@register
+class LabelSelectorFilter(Filter):
+    """Keep endpoints whose labels include every `matchLabels` pair (Kubernetes selector semantics)."""
+
+    type_name = "label-selector-filter"
+    Params = LabelSelectorParams
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        want = self.params.match_labels.items()
+        return [e for e in endpoints if all(e.labels.get(k) == v for k, v in want)]
+
+
+class UtilizationDetectorParams(Params):
+    queue_depth_threshold: int = Field(5, alias="queueDepthThreshold", gt=0)
+    kv_cache_util_threshold: float = Field(0.8, alias="kvCacheUtilThreshold", gt=0)
+    metrics_staleness_threshold: str = Field("200ms", alias="metricsStalenessThreshold")
+    headroom: float = Field(0.0, ge=0)
+
+
+@register
+class UtilizationDetector(Filter):
+    """Saturation detector (admission) that doubles as a filter: drops endpoints above their
+    limits (plus headroom) or with stale metrics; keeps everything if that would drop all."""
+
+    type_name = "utilization-detector"
+    Params = UtilizationDetectorParams
+
+    def __init__(self, name: str, params: UtilizationDetectorParams) -> None:
+        super().__init__(name, params)
+        from epp.duration import parse_duration
+
+        self.staleness = parse_duration(params.metrics_staleness_threshold)
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        p = self.params
+        now = time.monotonic()
+        limit = 1.0 + p.headroom
+        keep = [e for e in endpoints
+                if e.metrics.update_time and now - e.metrics.update_time <= self.staleness
+                and max(e.metrics.waiting_queue_size / p.queue_depth_threshold,
+                        e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold) <= limit]
+        return keep or endpoints
+
+
+class ConcurrencyDetectorParams(Params):
+    max_concurrency: int = Field(100, alias="maxConcurrency", gt=0)
+    headroom: float = Field(0.0, ge=0)
+
+
+@register
+class ConcurrencyDetector(Filter):
+    """Drops endpoints with more in-flight requests than `maxConcurrency` (fail-open if all are)."""
+
+    type_name = "concurrency-detector"
+    Params = ConcurrencyDetectorParams
+
+    def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
+        limit = self.params.max_concurrency * (1 + self.params.headroom)
+        keep = [e for e in endpoints if e.inflight.requests < limit]
+        return keep or endpoints

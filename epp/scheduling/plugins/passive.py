@@ -48,19 +48,6 @@ class CoreMetricsExtractor(Plugin):
     Params = CoreMetricsExtractorParams
 
 
-class UtilizationDetectorParams(Params):
-    queue_depth_threshold: int = Field(5, alias="queueDepthThreshold")
-    kv_cache_util_threshold: float = Field(0.8, alias="kvCacheUtilThreshold")
-    metrics_staleness_threshold: str = Field("200ms", alias="metricsStalenessThreshold")
-    headroom: float = 0.0
-
-
-@register
-class UtilizationDetector(Plugin):
-    type_name = "utilization-detector"
-    Params = UtilizationDetectorParams
-
-
 @register
 class OpenAIParser(Plugin):
     type_name = "openai-parser"
@@ -84,6 +71,6 @@ class InflightLoadProducer(Plugin):
 
 
 def passive_types() -> set[str]:
-    return {"metrics-data-source", "core-metrics-extractor", "utilization-detector", "openai-parser",
+    return {"metrics-data-source", "core-metrics-extractor", "openai-parser",
             "passthrough-parser", "inflight-load-producer"}
 

@@ -61,7 +61,7 @@ def schedule(config_text, endpoints, prompt=b"", n=1):
     sched = Scheduler(load_config(config_text))
     picks = []
     for _ in range(n):
-        req = SchedulingRequest("r", "m", prefix_input=prompt)
+        req = SchedulingRequest("r", "m", prefix_input=prompt, prompt_tokens=len(prompt) // 4)
         result, cycle = sched.schedule(req, endpoints)
         sched.pre_request(cycle, req, result)
         picks.append(result.targets)
@@ -74,10 +74,13 @@ def test_default_config_prefers_short_queue_and_low_kv():
     assert all(t[0].name == "b" for t in schedule(None, eps, n=5))
 
 
-def test_default_config_follows_prefix_once_recorded():
+@pytest.mark.parametrize("name", ["epp-default", "reference-default", "llm-d-affinity"])
+def test_named_configs_follow_prefix_once_recorded(name):
+    from epp.scheduling import configs
+
     eps = [ep("a"), ep("b"), ep("c")]
     prompt = b"system prompt " * 100
-    picks = schedule(None, eps, prompt, n=10)
+    picks = schedule(configs.text(name), eps, prompt, n=10)
     assert len({t[0].name for t in picks}) == 1  # equal load: affinity keeps the same endpoint
 
 

@@ -1,0 +1,87 @@
+"""`estimated-ttft-scorer` (this project's own): pick the endpoint that will answer first.
+
+Estimate, in prompt-token equivalents, the work standing between a new request and its first
+token on each endpoint:
+
+    cost(e) = pending_prefill(e)          uncached prompt tokens sent to e whose first byte is not back
+            + uncached(e)                 this request's prompt minus what e already holds (prefix match)
+            + runningTokens * running(e)  each running sequence slows every engine step a little
+            + waitingTokens * waiting(e)  a request queued on the server waits for a free slot
+            + loraLoadTokens              when the request's LoRA adapter is not resident on e
+                                          (x2 when e has no free adapter slot: it must evict first)
+
+Prefix affinity is followed exactly while it pays: a cache-hot endpoint wins by `uncached`, and
+loses as soon as the prefill queued on it costs more than the cache saves; a hot prefix then
+spreads to a second endpoint, a third, and so on. The EPP's own in-flight counts make a burst
+that arrives inside one scrape interval see the load it creates.
+
+Score = min cost / cost, so the cheapest endpoint gets 1.0 and one twice as expensive 0.5.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from epp.datalayer.endpoint import Endpoint
+from epp.scheduling.plugin import Category, Params, Scorer, register
+from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY, PrefixMatchInfo
+from epp.scheduling.types import CycleState, SchedulingRequest
+
+
+class EstimatedTtftParams(Params):
+    running_tokens: float = Field(64.0, alias="runningTokens", ge=0)
+    waiting_tokens: float = Field(2048.0, alias="waitingTokens", ge=0)
+    kv_pressure_tokens: float = Field(8192.0, alias="kvPressureTokens", ge=0)
+    kv_pressure_threshold: float = Field(0.9, alias="kvPressureThreshold", gt=0, le=1)
+    lora_load_tokens: float = Field(1024.0, alias="loraLoadTokens", ge=0)
+
+
+def lora_cost(e: Endpoint, target: str, p: EstimatedTtftParams) -> float:
+    m = e.metrics
+    if m.max_active_models <= 0 or target in m.active_models:
+        return 0.0
+    if len(m.active_models) + len(m.waiting_models) < m.max_active_models:
+        return p.lora_load_tokens
+    return 2 * p.lora_load_tokens
+
+
+def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str = "") -> float:
+    m = e.metrics
+    running = m.running_requests_size
+    waiting = m.waiting_queue_size
+    inflight = e.inflight.requests
+    # Scraped counts lag; what we sent and have not seen finish is a floor on what the server holds.
+    if inflight > running + waiting:
+        running = inflight - waiting
+    cost = e.inflight.prefill_tokens + uncached + p.running_tokens * running + p.waiting_tokens * waiting
+    if lora:
+        cost += lora_cost(e, lora, p)
+    kv = m.kv_cache_usage_percent
+    if kv > p.kv_pressure_threshold:
+        # Near-full KV means preemption and recomputation: steer away before it happens.
+        cost += p.kv_pressure_tokens * (kv - p.kv_pressure_threshold) / (1 - p.kv_pressure_threshold + 1e-9)
+    return cost
+
+
+@register
+class EstimatedTtftScorer(Scorer):
+    type_name = "estimated-ttft-scorer"
+    category = Category.BALANCE
+    Params = EstimatedTtftParams
+
+    def score(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[float]:
+        info: PrefixMatchInfo | None = cycle.get(PREFIX_MATCH_KEY)
+        tokens = req.prompt_tokens
+        p = self.params
+        # Only adapters some endpoint knows about cost a load; the base model never does.
+        lora = req.target_model if any(req.target_model in e.metrics.active_models
+                                       or req.target_model in e.metrics.waiting_models for e in endpoints) else ""
+        if info is not None and info.matches:
+            bs, matches = info.block_size_tokens, info.matches
+            costs = [endpoint_cost(e, max(0, tokens - matches.get(e.name, 0) * bs), p, lora) for e in endpoints]
+        else:
+            costs = [endpoint_cost(e, tokens, p, lora) for e in endpoints]
+        best = min(costs)
+        if best <= 0:
+            return [1.0 if c <= 0 else 0.0 for c in costs]
+        return [best / c for c in costs]
