@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import httpx
+import orjson
 
 from epp.bench.capacity import fleet_capacity
+from epp.bench.des import token_ids
 from epp.bench.loadgen import Sample, run_open_loop
 from epp.bench.peers import PeerUnavailable
 from epp.bench.routers import RouterSpec, start_router
@@ -113,6 +115,9 @@ def _run_point(wname: str, spec: RouterSpec, url: str, fleet: SimFleet, k: int, 
     qps = frac * cap
     arrivals = [a * ts for a in poisson_arrivals(len(w.requests), qps, point_seed)]
     deadline = arrivals[-1] + opts.drain_s
+    bodies = None
+    if spec.token_ids:  # same tokens, as ids (the simulators tokenize text to exactly these ids)
+        bodies = [orjson.dumps(r.body(token_ids(r) if r.api == "completions" else None)) for r in w.requests]
     before = fleet.counters()
     t0 = time.perf_counter()
     marks = {len(w.requests) * q // 4 for q in (1, 2, 3)}
@@ -121,7 +126,7 @@ def _run_point(wname: str, spec: RouterSpec, url: str, fleet: SimFleet, k: int, 
         if done in marks:
             log(f"    {spec.name} load {frac:.2f}: {done}/{total} done ({time.perf_counter() - t0:.0f}s)")
 
-    samples = asyncio.run(run_open_loop(url, w.requests, arrivals, deadline, progress))
+    samples = asyncio.run(run_open_loop(url, w.requests, arrivals, deadline, progress, bodies))
     _wait_idle(fleet)
     after = fleet.counters()
     row = summarize(_outcomes(samples, ts), router=spec.name, workload=wname, qps=qps, load=frac,

@@ -49,12 +49,12 @@ def _has_content(event: dict) -> bool:
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, req: BenchRequest, sample: Sample,
-                      clock: Callable[[], float]) -> None:
+                      clock: Callable[[], float], body: bytes | None = None) -> None:
     t0 = clock()
     last = None
     chunks = 0
     try:
-        async with session.post(url + req.path, data=orjson.dumps(req.body()),
+        async with session.post(url + req.path, data=body or orjson.dumps(req.body()),
                                 headers={"content-type": "application/json"}) as resp:
             sample.status = resp.status
             sample.pod = resp.headers.get("x-inference-pod", "")
@@ -96,10 +96,12 @@ async def one_request(session: aiohttp.ClientSession, url: str, req: BenchReques
 
 
 async def run_open_loop(url: str, requests: list[BenchRequest], arrivals_wall: list[float], deadline: float,
-                        progress: Callable[[int, int], None] | None = None) -> list[Sample]:
+                        progress: Callable[[int, int], None] | None = None,
+                        bodies: list[bytes] | None = None) -> list[Sample]:
     """Send request i at `arrivals_wall[i]` seconds after start; stop everything at `deadline` seconds.
 
     Requests still running at the deadline are cancelled and recorded as failures ("timeout").
+    `bodies` (precomputed, e.g. token-id prompts) replace the requests' default JSON bodies.
     """
     samples = [Sample(i, a) for i, a in enumerate(arrivals_wall)]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -126,7 +128,8 @@ async def run_open_loop(url: str, requests: list[BenchRequest], arrivals_wall: l
                 if delay > 0:
                     await asyncio.sleep(delay)
                 samples[i].start = clock()
-                t = asyncio.create_task(one_request(session, url, req, samples[i], clock))
+                t = asyncio.create_task(one_request(session, url, req, samples[i], clock,
+                                                  bodies[i] if bodies else None))
                 t.add_done_callback(finished)
                 tasks.append(t)
 

@@ -31,6 +31,9 @@ class RouterSpec:
     kind: str  # epp | envoy | smg | vllm-router
     policy: str = ""  # envoy lb / peer policy
     config: Path | None = None  # EndpointPickerConfig for kind == "epp"
+    # vllm-router's cache_aware hashes token ids and cannot tokenize text without a HF tokenizer
+    # (it records `missing_tokens` and falls back): give it the prompt as token ids, its best case.
+    token_ids: bool = False
 
 
 @dataclass
@@ -56,7 +59,7 @@ def parse_router(text: str) -> RouterSpec:
     if text.startswith("smg-"):
         return RouterSpec(text, "smg", text[4:])
     if text.startswith("vllm-router-"):
-        return RouterSpec(text, "vllm-router", text[len("vllm-router-"):])
+        return RouterSpec(text, "vllm-router", text[len("vllm-router-"):], token_ids=True)
     raise ValueError(f"unknown router {text!r}")
 
 

@@ -27,13 +27,14 @@ class BenchRequest:
     messages: tuple[tuple[str, str], ...] | None = None  # (role, content)
     group: int = -1  # shared-prefix group / session (for analysis only)
 
-    def body(self) -> dict[str, Any]:
+    def body(self, prompt_ids: list[int] | None = None) -> dict[str, Any]:
+        """The JSON body; `prompt_ids` sends the completion prompt as token ids instead of text."""
         b: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "stream": True,
                              "ignore_eos": True, "stream_options": {"include_usage": True}}
         if self.api == "chat":
             b["messages"] = [{"role": r, "content": c} for r, c in self.messages or ()]
         else:
-            b["prompt"] = self.prompt
+            b["prompt"] = prompt_ids if prompt_ids is not None else self.prompt
         return b
 
     @property
@@ -171,8 +172,14 @@ def multi_turn(seed: int, sessions: int = 24, turns: int = 5, system_len: int = 
             conv.append(BenchRequest("chat", answer_len, messages=tuple(msgs), group=s))
             msgs.append(("assistant", w.text(answer_len)))
         convs.append(conv)
-    # Interleave sessions so consecutive turns of one session are `sessions` requests apart.
-    reqs = [convs[s][t] for t in range(turns) for s in range(sessions)]
+    # Turn t of every session comes before turn t+1 of any; within a round the session order is
+    # shuffled, so a round-robin balancer does not land each session on one server by accident
+    # (sessions a multiple of replicas apart would).
+    reqs = []
+    for t in range(turns):
+        order = list(range(sessions))
+        rng.shuffle(order)
+        reqs += [convs[s][t] for s in order]
     return Workload("multi-turn", reqs, FleetSpec(replicas, num_gpu_blocks),
                     dict(sessions=sessions, turns=turns, system_len=system_len, user_len=user_len,
                          answer_len=answer_len))
