@@ -1,0 +1,67 @@
+"""A real pick through ChannelPool's TLS relay to an in-process ext_proc server with an unnamed self-signed cert."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from epp.bridge.channels import ChannelPool, TlsMode
+from epp.bridge.contract import Cause
+from epp.bridge.extproc_client import pick
+from epp.errors import bad_request
+from epp.extproc import tls
+from epp.extproc.servicer import ExternalProcessor
+from epp.requestcontrol.exchange import IncomingRequest, RouteDecision
+
+
+class FixedExchange:
+    """Routes every request to one endpoint; remembers what it was given and whether it was finished."""
+
+    seen: list[IncomingRequest] = []
+    finished: list[bool] = []
+
+    def route(self, req: IncomingRequest) -> RouteDecision:
+        FixedExchange.seen.append(req)
+        if req.body == b"bad":
+            raise bad_request("bad body")
+        return RouteDecision("10.0.0.7:8000,10.0.0.8:8000", None)
+
+    def route_headers_only(self, req: IncomingRequest) -> RouteDecision:
+        FixedExchange.seen.append(req)
+        return RouteDecision("10.0.0.9:8000", None)
+
+    def finish(self, completed: bool) -> None:
+        FixedExchange.finished.append(completed)
+
+
+async def test_pick_through_tls_without_verification_reuses_one_channel():
+    key, cert = tls.self_signed()  # no CN, no SAN: grpc-python alone could not verify it
+    server = grpc.aio.server()
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(FixedExchange), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    pool = ChannelPool(TlsMode.INSECURE)
+    try:
+        body = b"x" * 200_000
+        for _ in range(3):
+            out = await pick(await pool.get("127.0.0.1", port), {":path": "/v1/completions"}, body, 5)
+            assert (out.status, out.endpoint, out.fallbacks) == (200, "10.0.0.7:8000", ["10.0.0.8:8000"])
+        assert len(pool) == 1
+        assert FixedExchange.seen[-1].body == body  # four 62,000-byte messages reassembled
+        assert FixedExchange.seen[-1].headers[":path"] == "/v1/completions"
+
+        out = await pick(await pool.get("127.0.0.1", port), {}, b"", 5)
+        assert out.endpoint == "10.0.0.9:8000"
+        out = await pick(await pool.get("127.0.0.1", port), {}, b"bad", 5)
+        assert (out.status, out.cause, out.body) == (400, Cause.IMMEDIATE,
+                                                      b"inference error: BadRequest - bad body")
+        # Every stream ended without a response phase, and each one released its exchange.
+        assert FixedExchange.finished == [False] * 5
+
+        plain = ChannelPool(TlsMode.PLAINTEXT)
+        out = await pick(await plain.get("127.0.0.1", port), {}, b"{}", 5)
+        assert out.cause is Cause.UNREACHABLE
+        await plain.close()
+    finally:
+        await pool.close()
+        await server.stop(None)
