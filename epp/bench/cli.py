@@ -47,6 +47,14 @@ def _meta(extra: dict) -> dict:
             "command": "epp-bench " + shlex.join(sys.argv[1:]), **extra}
 
 
+def _epp_configs(routers) -> dict[str, str]:
+    """The exact config text each EPP ran with, so virtual-time replays use the same policy."""
+    from epp.scheduling import configs
+
+    return {r.name: r.config.read_text() if r.config else configs.text(configs.DEFAULT)
+            for r in routers if r.kind == "epp"}
+
+
 def cmd_run(args: argparse.Namespace, out: Path) -> dict:
     from epp.bench.capacity import fleet_capacity
     from epp.bench.live import LiveOptions, run_live, time_scale_for, workload_at
@@ -60,7 +68,8 @@ def cmd_run(args: argparse.Namespace, out: Path) -> dict:
     for w in _names(args.workloads):
         cap = fleet_capacity(workload_at(w, opts.seed * 1000, opts))
         caps[w], scales[w] = round(cap, 2), time_scale_for(max(opts.loads) * cap, opts)
-    rf = ResultFile(out, _meta({"mode": "live", "capacity": caps, "time_scales": scales, "skipped": {}}))
+    rf = ResultFile(out, _meta({"mode": "live", "capacity": caps, "time_scales": scales, "skipped": {},
+                                "epp_configs": _epp_configs(routers)}))
     t0 = time.monotonic()
     skipped = run_live(_names(args.workloads), routers, opts, rf.add)
     rf.meta["skipped"] = skipped
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--out", type=Path, default=RESULTS / "live.json")
 
     d = sub.add_parser("des", help="virtual time: epp-sim engines + the EPP scheduler in one process")
-    _add_common(d, DES_WORKLOADS, "epp,envoy-rr,envoy-lr")
+    _add_common(d, DES_WORKLOADS, "epp,epp:reference-default,envoy-rr,envoy-lr")
     d.add_argument("--max-wall-rps", type=float, default=40.0, help="as for `run`: sets the matching scrape lag")
     d.add_argument("--out", type=Path, default=RESULTS / "des.json")
 

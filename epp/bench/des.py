@@ -1,8 +1,10 @@
 """`epp-bench des`: the same workloads in virtual time, epp-sim's engines and the EPP's scheduler in one process.
 
 The EPP sees what it sees live: endpoint metrics refreshed every `scrape_interval` seconds (not
-instantly), its own in-flight counters added at the pick and released when the response ends
-(as `epp/requestcontrol/director.py` does), its prefix index fed by `pre_request`. Baselines
+instantly), its own in-flight counters added at the pick (uncached prompt tokens), the prefill
+part released at the first token and the rest when the response ends (as
+`epp/requestcontrol/director.py` does), its prefix index fed by `pre_request`, and the
+`response_complete` plugins called with the usage. Plugins' random generators are seeded. Baselines
 are Envoy's round-robin and least-request (power of two choices on active requests, Envoy's
 default `choice_count` 2). Deterministic for a seed: no clocks, seeded random choices.
 """
@@ -21,6 +23,7 @@ from epp.bench.configs import resolve_config
 from epp.bench.summary import Outcome, summarize
 from epp.bench.workloads import MODEL, BenchRequest, Workload, poisson_arrivals
 from epp.datalayer.endpoint import Endpoint, EndpointMetrics
+from epp.requestcontrol.director import uncached_tokens
 from epp.requests.usage import Usage
 from epp.scheduling.config import load_config
 from epp.scheduling.scheduler import Scheduler
@@ -62,6 +65,9 @@ class _Policy:
     def route(self, i: int, fleet: VirtualFleet) -> int:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def first_token(self, i: int) -> None:
+        pass
+
     def finished(self, i: int, replica: int, rec_usage: Usage) -> None:
         pass
 
@@ -94,14 +100,18 @@ class _LeastRequest(_Policy):
 
 class _Epp(_Policy):
     def __init__(self, config_text: str | None, engines: list[Engine], requests: list[BenchRequest],
-                 block_size: int, num_blocks: int, max_loras: int) -> None:
+                 block_size: int, num_blocks: int, max_loras: int, seed: int) -> None:
         self.sched = Scheduler(load_config(config_text, "bench config"))
+        for name, plugin in self.sched.config.plugins.items():
+            if isinstance(getattr(plugin, "rng", None), random.Random):
+                plugin.rng.seed(f"{seed}/{name}")
         self.engines = engines
         self.requests = requests
         self.endpoints = [Endpoint(f"127.0.0.1:{8000 + k}", "127.0.0.1", 8000 + k, pod_name=f"sim-{k}")
                           for k in range(len(engines))]
         self.block_size, self.num_blocks, self.max_loras = block_size, num_blocks, max_loras
         self.open: dict[int, tuple[Endpoint, int, SchedulingRequest, object]] = {}
+        self.prefill_pending: set[int] = set()
 
     def scrape(self) -> None:
         now = time.monotonic()  # plugins compare update_time with the real clock (staleness)
@@ -124,13 +134,22 @@ class _Epp(_Policy):
         result, cycle = self.sched.schedule(sreq, list(self.endpoints))
         self.sched.pre_request(cycle, sreq, result)
         ep = result.targets[0]
-        ep.inflight.add(tokens)
-        self.open[i] = (ep, tokens, sreq, result)
+        uncached = uncached_tokens(cycle, ep, tokens)
+        ep.inflight.add(uncached)
+        self.prefill_pending.add(i)
+        self.open[i] = (ep, uncached, sreq, result)
         return self.endpoints.index(ep)
+
+    def first_token(self, i: int) -> None:
+        ep, tokens, _, _ = self.open[i]
+        self.prefill_pending.discard(i)
+        ep.inflight.prefill_done(tokens)
 
     def finished(self, i: int, replica: int, usage: Usage) -> None:
         ep, tokens, sreq, result = self.open.pop(i)
-        ep.inflight.release(tokens)
+        pending = i in self.prefill_pending
+        self.prefill_pending.discard(i)
+        ep.inflight.release(tokens, pending)
         for plugin in self.sched.config.response_complete:
             plugin.response_complete(sreq, result, usage)
 
@@ -154,7 +173,7 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
     elif router.name == "envoy-lr":
         policy = _LeastRequest(len(engines), seed)
     else:
-        policy = _Epp(router.config_text, engines, reqs, cfg.block_size, cfg.num_gpu_blocks, cfg.max_loras)
+        policy = _Epp(router.config_text, engines, reqs, cfg.block_size, cfg.num_gpu_blocks, cfg.max_loras, seed)
         epp = policy
         horizon = arrivals[-1] if arrivals else 0.0
         t = 0.0
@@ -166,6 +185,8 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
 
     def on_step(idx: int, res: StepResult) -> None:
         for ev in res.tokens:
+            if ev.index == 0:
+                policy.first_token(int(ev.request.request_id))
             if ev.finished and ev.request.request_id not in done:
                 r = ev.request
                 done.add(r.request_id)

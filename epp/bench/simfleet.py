@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +43,32 @@ class SimFleet:
         self.proc.stop()
 
 
+def _consecutive_ports(n: int) -> list[int]:
+    """N bindable consecutive ports below the kernel's ephemeral range.
+
+    Inside the ephemeral range, other benchmarks' TIME-WAIT sockets (tens of thousands on this
+    shared machine) can leave no run of free ports at all.
+    """
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - n)
+        ports = list(range(base, base + n))
+        if all(_bindable(p) for p in ports):
+            return ports
+    return free_ports(n, consecutive=True)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def start_fleet(spec: FleetSpec, time_scale: float, workdir: Path, seed: int = 0) -> SimFleet:
-    ports = free_ports(spec.replicas, consecutive=True)
+    ports = _consecutive_ports(spec.replicas)
     args = [bin_path("epp-sim"), "--port", str(ports[0]), "--model", MODEL, "--time-scale", str(time_scale),
             "--seed", str(seed), *spec.sim_args()]
     proc = Proc("epp-sim", args, workdir / f"sim-{ports[0]}.log").start()
