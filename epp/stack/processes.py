@@ -7,6 +7,7 @@ process that stays alive: this one (the supervisor) or a test fixture.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,16 +27,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 def free_ports(n: int, consecutive: bool = False, host: str = "127.0.0.1") -> list[int]:
     if not consecutive:
         return [free_port(host) for _ in range(n)]
-    for _ in range(200):
-        base = free_port(host)
+    # Below the kernel's ephemeral range, so outgoing connections (and their TIME_WAIT) never
+    # sit on these ports; random so parallel runs rarely collide.
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - n)
         ports = list(range(base, base + n))
-        if ports[-1] < 65535 and all(_port_free(p, host) for p in ports):
+        if all(_port_free(p, host) for p in ports):
             return ports
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def _port_free(port: int, host: str) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is fine
         try:
             s.bind((host, port))
             return True
