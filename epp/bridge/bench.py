@@ -83,23 +83,30 @@ def run(seconds: float, connections: list[int], body_bytes: int) -> list[Point]:
         _nginx(work / "plain", PLAIN_PROXY.format(backend=backend, port=port), port, procs)
         gateways["nginx alone"] = port
 
-        grpc_port, picker_port = free_port(), free_port()
-        epp = Proc("epp", [bin_path("epp"), "--static-endpoints", f"127.0.0.1:{backend}", "--grpc-port",
-                           str(grpc_port), "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()),
-                           "--http-picker-port", str(picker_port), "-v=1"], work / "epp.log").start()
-        procs.append(epp)
-        wait_port(grpc_port, proc=epp.popen)
+        # One EPP serves TLS ext_proc and the HTTP picker port; a second one plaintext ext_proc.
+        grpc_port, plain_port, picker_port = free_port(), free_port(), free_port()
+        for port, extra in [(grpc_port, ["--http-picker-port", str(picker_port)]),
+                            (plain_port, ["--secure-serving=false"])]:
+            epp = Proc("epp", [bin_path("epp"), "--static-endpoints", f"127.0.0.1:{backend}", "--grpc-port",
+                               str(port), "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()),
+                               "-v=1", *extra], work / f"epp-{port}.log").start()
+            procs.append(epp)
+            wait_port(port, proc=epp.popen)
         wait_port(picker_port, proc=epp.popen)
-        bridge_port = free_port()
-        bridge = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(bridge_port), "--metrics-port", "0"],
-                      work / "bridge.log").start()
-        procs.append(bridge)
-        wait_port(bridge_port, proc=bridge.popen)
+        bridges = {}
+        for mode in ([], ["--plaintext"]):
+            bridges[bool(mode)] = free_port()
+            bridge = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(bridges[bool(mode)]),
+                                         "--metrics-port", "0", *mode], work / f"bridge-{len(mode)}.log").start()
+            procs.append(bridge)
+            wait_port(bridges[bool(mode)], proc=bridge.popen)
 
-        for name, picker in [("nginx+NJS+epp-bridge+EPP (TLS)", bridge_port), ("nginx+NJS+EPP picker port", picker_port)]:
+        for name, picker, epp_port in [("nginx+NJS+epp-bridge+EPP (TLS)", bridges[False], grpc_port),
+                                       ("nginx+NJS+epp-bridge+EPP (plaintext)", bridges[True], plain_port),
+                                       ("nginx+NJS+EPP picker port", picker_port, grpc_port)]:
             port = free_port()
             settings = nginxconf.NginxSettings(listen_port=port, picker_url=f"http://127.0.0.1:{picker}/",
-                                               epp_port=grpc_port, pool=[f"127.0.0.1:{backend}"], access_log=False)
+                                               epp_port=epp_port, pool=[f"127.0.0.1:{backend}"], access_log=False)
             nginxconf.write(settings, work / f"gw-{port}")
             p = Proc("nginx", nginxconf.command(work / f"gw-{port}"), work / f"gw-{port}.out").start()
             procs.append(p)
@@ -115,7 +122,7 @@ def run(seconds: float, connections: list[int], body_bytes: int) -> list[Point]:
                 wrk.run(url, body, c, 1, work)  # warm-up: connections, channels, JIT-free but caches
                 r = wrk.run(url, body, c, seconds, work)
                 points.append(Point(name, c, r.rps, r.p50_ms, r.p99_ms, r.errors))
-                print(f"{name:34s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                print(f"{name:38s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
                       f"  errors {r.errors}", flush=True)
         return points
     finally:

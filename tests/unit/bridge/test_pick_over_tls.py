@@ -65,3 +65,29 @@ async def test_pick_through_tls_without_verification_reuses_one_channel():
     finally:
         await pool.close()
         await server.stop(None)
+
+
+async def test_ngf_shim_wire_format_is_understood():
+    """What NGF's Go shim sends (gateways.md §2.4): values in `value`, no pseudo-headers, one big body message."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+    from epp.bridge.extproc_client import destination_of
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 << 20)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(FixedExchange), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    body = b'{"model":"m","messages":[]' + b" " * (1 << 20) + b"}"
+    msgs = [pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+                base_pb2.HeaderValue(key="content-type", value="application/json")]))),
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                             options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+            replies = [r async for r in pb_grpc.ExternalProcessorStub(ch).Process(iter(msgs), timeout=5)]
+        assert destination_of(replies[0]) == "10.0.0.7:8000,10.0.0.8:8000"
+        seen = FixedExchange.seen[-1]
+        assert seen.headers == {"content-type": "application/json"} and seen.body == body
+    finally:
+        await server.stop(None)
