@@ -186,3 +186,19 @@ async def test_legacy_v1alpha2_pool_shape():
         async with kube_epp(server, pool_group="inference.networking.x-k8s.io") as (epp, ch):
             await until(lambda: epp.datastore.synced)
             assert {e.hostport for e in epp.datastore.endpoints()} == {"10.0.0.1:8000"}
+
+
+async def test_starts_without_an_api_server_and_syncs_once_it_appears():
+    server = KubeApiServer()  # port chosen, nothing listening yet
+    try:
+        server.create(POOL_V1, pool())
+        server.create(PODS, pod("vllm-0", "10.0.0.1"))
+        async with kube_epp(server) as (epp, ch):
+            await asyncio.sleep(0.5)
+            assert not epp.datastore.synced and epp.health.status("") == NOT_SERVING
+            assert "pods watch down" in epp.sources[0].detail()
+            server.start()
+            await until(lambda: epp.datastore.synced and epp.sources[0].policy_kinds is not None, timeout=5)
+            assert names(epp) == {"vllm-0-rank-0"}
+    finally:
+        server.close()
