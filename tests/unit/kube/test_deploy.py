@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
 from epp.cli import parse_options
 from epp.scheduling.config import load_config
 
+# Dev dependency (pyproject `dev` extra); jsonschema comes with it.
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "deploy" / "manifests"
