@@ -57,6 +57,7 @@ def _epp_configs(routers) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace, out: Path) -> dict:
     from epp.bench.capacity import fleet_capacity
+    from epp.bench.fingerprint import scheduler_fingerprint
     from epp.bench.live import LiveOptions, run_live, time_scale_for, workload_at
     from epp.bench.results import ResultFile
     from epp.bench.routers import parse_router
@@ -69,7 +70,8 @@ def cmd_run(args: argparse.Namespace, out: Path) -> dict:
         cap = fleet_capacity(workload_at(w, opts.seed * 1000, opts))
         caps[w], scales[w] = round(cap, 2), time_scale_for(max(opts.loads) * cap, opts)
     rf = ResultFile(out, _meta({"mode": "live", "capacity": caps, "time_scales": scales, "skipped": {},
-                                "epp_configs": _epp_configs(routers)}))
+                                "epp_configs": _epp_configs(routers),
+                                "scheduler_fingerprint": scheduler_fingerprint()}))
     t0 = time.monotonic()
     skipped = run_live(_names(args.workloads), routers, opts, rf.add)
     rf.meta["skipped"] = skipped
