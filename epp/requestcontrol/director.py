@@ -258,6 +258,13 @@ class Exchange:
         m.running_requests.labels(inc).dec()
         if self.model_error:
             m.request_error_total.labels(inc, tgt, ErrorCode.MODEL_SERVER_ERROR.value).inc()
+        if self.result is not None and self.sched_req is not None:
+            # Plugins that count what is in flight must hear about aborts too (usage is None then).
+            for plugin in self.d.scheduler.config.response_complete:
+                try:
+                    plugin.response_complete(self.sched_req, self.result, self.usage if completed else None)
+                except Exception:  # a plugin bug must not break the response path
+                    log.exception("response-complete plugin %s failed", plugin.name)
         if not completed:
             return
         duration = time.monotonic() - self.start
@@ -271,9 +278,3 @@ class Exchange:
                 m.output_tokens.labels(inc, tgt).observe(u.completion_tokens)
                 m.ntpot.labels(inc, tgt).observe(duration / u.completion_tokens)
             m.prompt_cached_tokens.labels(inc, tgt).observe(u.cached_tokens)
-        if self.result is not None and self.sched_req is not None:
-            for plugin in self.d.scheduler.config.response_complete:
-                try:
-                    plugin.response_complete(self.sched_req, self.result, u)
-                except Exception:  # a plugin bug must not break the response path
-                    log.exception("response-complete plugin %s failed", plugin.name)

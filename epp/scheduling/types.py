@@ -20,6 +20,7 @@ class SchedulingRequest:
     prompt_tokens: int = 0  # estimate (chars / 4) for load accounting
     priority: int = 0
     stream: bool = False
+    prefix_key: int = 0  # first prefix-block hash, set by the prefix producer (0 = none)
 
 
 class CycleState(dict[str, Any]):

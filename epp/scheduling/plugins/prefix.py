@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydantic import Field, model_validator
 
 from epp.datalayer.endpoint import Endpoint
-from epp.scheduling.plugin import Category, DataProducer, Params, PreRequest, Scorer, register
+from epp.scheduling.plugin import Category, DataProducer, Params, PreRequest, ResponseComplete, Scorer, register
 from epp.scheduling.plugins.prefix_index import PrefixIndex, block_hashes
 from epp.scheduling.types import CycleState, SchedulingRequest, SchedulingResult
 
@@ -21,6 +21,7 @@ class PrefixMatchInfo:
     hashes: list[int]
     matches: dict[str, int]  # endpoint name -> matched blocks
     block_size_tokens: int
+    popularity: float = 0.0  # share of in-flight requests that begin with this request's first block
 
     @property
     def total_blocks(self) -> int:
@@ -43,13 +44,14 @@ class PrefixProducerParams(Params):
 
 
 @register
-class ApproxPrefixCacheProducer(DataProducer, PreRequest):
+class ApproxPrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
     type_name = "approx-prefix-cache-producer"
     Params = PrefixProducerParams
 
     def __init__(self, name: str, params: PrefixProducerParams) -> None:
         super().__init__(name, params)
         self.index = PrefixIndex(params.lru_capacity_per_server)
+        self.popularity = PrefixPopularity()
         self.max_blocks = params.max_prefix_blocks_to_match
         if params.max_prefix_tokens_to_match > 0:
             self.max_blocks = params.max_prefix_tokens_to_match // params.block_size_tokens
@@ -67,9 +69,12 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest):
         bs = self._block_size(endpoints)
         hashes = block_hashes(req.target_model, req.cache_salt, req.prefix_input, bs * CHARS_PER_TOKEN,
                               self.max_blocks)
-        cycle[PREFIX_MATCH_KEY] = PrefixMatchInfo(hashes, self.index.match(hashes) if hashes else {}, bs)
+        req.prefix_key = hashes[0] if hashes else 0
+        cycle[PREFIX_MATCH_KEY] = PrefixMatchInfo(hashes, self.index.match(hashes) if hashes else {}, bs,
+                                                  self.popularity.share(req.prefix_key, len(endpoints)))
 
     def pre_request(self, cycle: CycleState, req: SchedulingRequest, result: SchedulingResult) -> None:
+        self.popularity.started(req.prefix_key)
         info: PrefixMatchInfo | None = cycle.get(PREFIX_MATCH_KEY)
         if info is None or not info.hashes:
             return
@@ -80,8 +85,42 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest):
             cap = ep.metrics.cache_num_blocks if self.params.auto_tune else 0
             self.index.add(ep.name, info.hashes, cap)
 
+    def response_complete(self, req: SchedulingRequest, result: SchedulingResult, usage: object) -> None:
+        self.popularity.finished(req.prefix_key)
+
     def remove_endpoint(self, name: str) -> None:
         self.index.remove_endpoint(name)
+
+
+class PrefixPopularity:
+    """How much of the traffic in flight right now starts with a given first block.
+
+    A prefix that a burst or a hot system prompt shares deserves as many copies as its share
+    of the load; a prefix a handful of requests share deserves one. Counted at pick time,
+    released when the response ends (or the stream aborts), so it follows demand as it moves.
+    """
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, int] = {}
+        self.total = 0
+
+    def share(self, key: int, endpoints: int) -> float:
+        # With less in flight than endpoints, nothing is concentrated enough to replicate.
+        return self.inflight.get(key, 0) / max(self.total, endpoints, 1)
+
+    def started(self, key: int) -> None:
+        self.total += 1
+        if key:
+            self.inflight[key] = self.inflight.get(key, 0) + 1
+
+    def finished(self, key: int) -> None:
+        self.total = max(0, self.total - 1)
+        if key:
+            n = self.inflight.get(key, 0) - 1
+            if n > 0:
+                self.inflight[key] = n
+            else:
+                self.inflight.pop(key, None)
 
 
 @register

@@ -20,6 +20,8 @@ Score = min cost / cost, so the cheapest endpoint gets 1.0 and one twice as expe
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from epp.datalayer.endpoint import Endpoint
@@ -29,11 +31,17 @@ from epp.scheduling.types import CycleState, SchedulingRequest
 
 
 class EstimatedTtftParams(Params):
-    running_tokens: float = Field(64.0, alias="runningTokens", ge=0)
-    waiting_tokens: float = Field(2048.0, alias="waitingTokens", ge=0)
+    running_tokens: float = Field(4.0, alias="runningTokens", ge=0)
+    waiting_tokens: float = Field(256.0, alias="waitingTokens", ge=0)
     kv_pressure_tokens: float = Field(8192.0, alias="kvPressureTokens", ge=0)
     kv_pressure_threshold: float = Field(0.9, alias="kvPressureThreshold", gt=0, le=1)
     lora_load_tokens: float = Field(1024.0, alias="loraLoadTokens", ge=0)
+    # Computing uncached tokens also delays every later request on that endpoint and spends KV
+    # on another copy of a prefix some endpoint already holds: weigh it above queued prefill...
+    uncached_weight: float = Field(8.0, alias="uncachedWeight", ge=0)
+    # ...unless the prefix is popular enough to deserve more copies than it has: then the
+    # request is free to go wherever its first token comes soonest.
+    replicate_uncached_weight: float = Field(1.0, alias="replicateUncachedWeight", ge=0)
 
 
 def lora_cost(e: Endpoint, target: str, p: EstimatedTtftParams) -> float:
@@ -45,7 +53,8 @@ def lora_cost(e: Endpoint, target: str, p: EstimatedTtftParams) -> float:
     return 2 * p.lora_load_tokens
 
 
-def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str = "") -> float:
+def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str = "",
+                  uncached_weight: float = 1.0) -> float:
     m = e.metrics
     running = m.running_requests_size
     waiting = m.waiting_queue_size
@@ -53,7 +62,8 @@ def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str 
     # Scraped counts lag; what we sent and have not seen finish is a floor on what the server holds.
     if inflight > running + waiting:
         running = inflight - waiting
-    cost = e.inflight.prefill_tokens + uncached + p.running_tokens * running + p.waiting_tokens * waiting
+    cost = (e.inflight.prefill_tokens + uncached_weight * uncached + p.running_tokens * running
+            + p.waiting_tokens * waiting)
     if lora:
         cost += lora_cost(e, lora, p)
     kv = m.kv_cache_usage_percent
@@ -78,10 +88,22 @@ class EstimatedTtftScorer(Scorer):
                                        or req.target_model in e.metrics.waiting_models for e in endpoints) else ""
         if info is not None and info.matches:
             bs, matches = info.block_size_tokens, info.matches
-            costs = [endpoint_cost(e, max(0, tokens - matches.get(e.name, 0) * bs), p, lora) for e in endpoints]
+            weight = self._uncached_weight(info, len(endpoints))
+            costs = [endpoint_cost(e, max(0, tokens - matches.get(e.name, 0) * bs), p, lora, weight)
+                     for e in endpoints]
         else:
-            costs = [endpoint_cost(e, tokens, p, lora) for e in endpoints]
+            # Nobody holds any of it: every endpoint computes the whole prompt, plain TTFT decides.
+            costs = [endpoint_cost(e, tokens, p, lora, 1.0) for e in endpoints]
         best = min(costs)
         if best <= 0:
             return [1.0 if c <= 0 else 0.0 for c in costs]
         return [best / c for c in costs]
+
+    def _uncached_weight(self, info: PrefixMatchInfo, n: int) -> float:
+        """Replicate a prefix while it has fewer holders than its share of traffic justifies."""
+        p = self.params
+        total = info.total_blocks
+        holders = sum(1 for m in info.matches.values() if 2 * m >= total)
+        wanted = max(1, math.ceil(info.popularity * n))
+        return p.replicate_uncached_weight if holders < wanted else p.uncached_weight
+

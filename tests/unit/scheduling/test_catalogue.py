@@ -107,13 +107,43 @@ def test_estimated_ttft_trades_cache_hit_against_queued_prefill():
     hot, cold = ep("hot"), ep("cold")
     info = PrefixMatchInfo(list(range(100)), {"hot": 100}, 16)  # hot holds the whole 1,600-token prompt
     req = SchedulingRequest("r", "m", prompt_tokens=1600)
-    s = lambda: score("estimated-ttft-scorer", [hot, cold], req, CycleState({PREFIX_MATCH_KEY: info}),
-                      runningTokens=0, waitingTokens=0)
-    assert s()[0] > s()[1]  # cache hit wins while hot is idle
+    s = lambda **kw: score("estimated-ttft-scorer", [hot, cold], req, CycleState({PREFIX_MATCH_KEY: info}),
+                           runningTokens=0, waitingTokens=0, **kw)
+    assert s(uncachedWeight=1)[0] > s(uncachedWeight=1)[1]  # cache hit wins while hot is idle
     hot.inflight.add(1500)
-    assert s()[0] > s()[1]  # 1,500 queued < 1,600 saved: still worth it
+    assert s(uncachedWeight=1)[0] > s(uncachedWeight=1)[1]  # 1,500 queued < 1,600 saved: still worth it
     hot.inflight.add(200)
-    assert s()[0] < s()[1]  # 1,700 queued > 1,600 saved: let go
+    assert s(uncachedWeight=1)[0] < s(uncachedWeight=1)[1]  # 1,700 queued > 1,600 saved: let go
+    # A second copy of an unpopular prefix is charged 8x (default): hot stays preferred...
+    assert s()[0] > s()[1]
+    hot.inflight.add(11200)  # 12,900 queued > 8 x 1,600
+    assert s()[0] < s()[1]  # ...until the queue on it outweighs even that
+
+
+def test_popular_prefix_is_replicated_unpopular_one_is_not():
+    hot, cold = ep("hot"), ep("cold")
+    req = SchedulingRequest("r", "m", prompt_tokens=1600)
+    hot.inflight.add(1700)
+    s = lambda pop: score("estimated-ttft-scorer", [hot, cold], req,
+                          CycleState({PREFIX_MATCH_KEY: PrefixMatchInfo(list(range(100)), {"hot": 100}, 16, pop)}),
+                          runningTokens=0, waitingTokens=0)
+    assert s(0.1)[0] > s(0.1)[1]  # one copy is all 10 % of the traffic deserves: stay
+    assert s(0.9)[0] < s(0.9)[1]  # 90 % of the traffic on one copy: make another
+
+
+def test_prefix_popularity_follows_in_flight_requests():
+    from epp.scheduling.plugins.prefix import PrefixPopularity
+
+    p = PrefixPopularity()
+    for _ in range(6):
+        p.started(7)
+    p.started(9)
+    p.started(0)
+    assert p.share(7, 4) == 6 / 8 and p.share(9, 4) == 1 / 8
+    assert p.share(9, 16) == 1 / 16  # fewer in flight than endpoints: nothing is concentrated
+    for _ in range(6):
+        p.finished(7)
+    assert p.share(7, 2) == 0 and p.total == 2
 
 
 def test_estimated_ttft_counts_lora_loads():
