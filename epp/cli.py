@@ -149,6 +149,8 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
     if sum(modes) == 0:
         parser.error("one of --pool-name, --endpoint-selector or --static-endpoints is required")
+    if ns.ha_enable_leader_election and not (ns.pool_name or ns.endpoint_selector):
+        parser.error("--ha-enable-leader-election needs Kubernetes mode (--pool-name or --endpoint-selector)")
     if ns.endpoint_selector and not ns.endpoint_target_ports:
         parser.error("--endpoint-selector needs --endpoint-target-ports")
     warnings = [f"flag --{n} is accepted for compatibility and has no effect"

@@ -37,6 +37,7 @@ def test_durations(text, seconds):
     (["--static-endpoints", "h:1", "--config-file", "a", "--config-text", "b"], "mutually exclusive"),
     ([], "one of --pool-name, --endpoint-selector or --static-endpoints is required"),
     (["--static-endpoints", "h:1", "--grpc-port", "70000"], "out of range"),
+    (["--static-endpoints", "h:1", "--ha-enable-leader-election"], "needs Kubernetes mode"),
 ])
 def test_bad_flags_stop_startup_naming_the_problem(args, message):
     r = subprocess.run([sys.executable, "-m", "epp.cli", *args], capture_output=True, text=True, timeout=30)
