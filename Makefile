@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-deps clean
+.PHONY: install system-deps run test bench bench-overhead bench-nginx clean
 
 install: $(STAMP) system-deps
 
@@ -34,6 +34,14 @@ test: install
 
 bench: install
 	$(BIN)/epp-bench report
+
+# What the EPP adds to a request (Envoy alone vs Envoy + EPP), written to bench/results/overhead.*
+bench-overhead: install
+	$(BIN)/epp-bench overhead --out bench/results
+
+# NGINX alone vs NGINX + bridge + EPP (docs/nginx.md)
+bench-nginx: install
+	$(BIN)/python -m epp.bridge.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
