@@ -20,6 +20,7 @@ import orjson
 
 from epp.bench.capacity import fleet_capacity
 from epp.bench.des import token_ids
+from epp.bench.fingerprint import scheduler_fingerprint
 from epp.bench.loadgen import Sample, run_open_loop
 from epp.bench.peers import PeerUnavailable
 from epp.bench.routers import RouterSpec, start_router
@@ -98,9 +99,14 @@ def run_live(workloads: list[str], routers: list[RouterSpec], opts: LiveOptions,
                     skipped[spec.name] = f"did not start: {exc}"[:300]
                     log(f"  {spec.name}: skipped: {exc}")
                     continue
+                # The EPP process loaded the scheduler code as it was when it started.
+                fp = scheduler_fingerprint() if spec.kind == "epp" else None
                 try:
                     for k, frac in enumerate(opts.loads):
-                        on_row(_run_point(wname, spec, router.url, fleet, k, frac, cap, ts, opts, log))
+                        row = _run_point(wname, spec, router.url, fleet, k, frac, cap, ts, opts, log)
+                        if fp:
+                            row["scheduler_fingerprint"] = fp
+                        on_row(row)
                 finally:
                     router.stop()
             finally:

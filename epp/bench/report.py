@@ -124,7 +124,10 @@ def render(results: Path, plots: bool = True) -> str:
     live = load(results / LIVE) if (results / LIVE).exists() else None
     des = load(results / DES) if (results / DES).exists() else None
     if live:
-        parts += ["## Live: real routers, real Envoy, epp-sim fleet", "", *_meta_lines(live["meta"]), "",
+        fps = sorted({r["scheduler_fingerprint"] for r in live["rows"] if r.get("scheduler_fingerprint")})
+        warn = ([f"- **The EPP's scheduler code changed during this run** ({len(fps)} versions): "
+                 "compare EPP rows across workloads with care."] if len(fps) > 1 else [])
+        parts += ["## Live: real routers, real Envoy, epp-sim fleet", "", *_meta_lines(live["meta"]), *warn, "",
                   "### Headline (highest load point)", "", headline(live["rows"]), ""]
         for wname, wrows in _by_workload(live["rows"]).items():
             png = f"live-{wname}.png"

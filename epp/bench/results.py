@@ -25,9 +25,13 @@ def machine() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    """HEAD, with "+dirty" when epp/ has uncommitted changes (the code that ran is then not HEAD)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "epp"], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+        return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return ""
 
