@@ -19,6 +19,7 @@ from epp.scheduling.plugin import (
     ResponseComplete,
     Scorer,
     build_plugin,
+    registered_types,
 )
 
 API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
@@ -156,6 +157,11 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
 
     def ref(where: str, name: str) -> Plugin:
         if name not in plugins:
+            # The reference instantiates its defaults (parser, saturation detector, data source and
+            # extractor) when a config refers to them by type name without declaring them.
+            if name in registered_types():
+                plugins[name] = build_plugin(name, name, {})
+                return plugins[name]
             raise ConfigError(f"{source}: {where}: pluginRef {name!r} names no plugin in 'plugins'")
         return plugins[name]
 

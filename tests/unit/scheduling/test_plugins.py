@@ -140,13 +140,11 @@ parser: {pluginRef: openai-parser}
 """
 
 
-def test_reference_sample_config_loads_once_referenced_plugins_exist():
-    text = REFERENCE_SAMPLE.replace("plugins:\n- name: q", "plugins:\n- type: utilization-detector\n"
-                                    "- type: metrics-data-source\n- type: core-metrics-extractor\n"
-                                    "- type: openai-parser\n- name: q", 1)
-    cfg = load_config(text)
+def test_reference_sample_config_from_section_4_2_loads_verbatim():
+    cfg = load_config(REFERENCE_SAMPLE)
     assert list(cfg.profiles) == ["default"] and cfg.profiles["default"].scorers[0][1] == 2
-    assert cfg.parser == "openai-parser"
+    assert cfg.parser == "openai-parser" and cfg.feature_gates == {"flowControl"}
+    assert {"utilization-detector", "metrics-data-source", "core-metrics-extractor"} <= set(cfg.plugins)
 
 
 def test_max_score_picker_breaks_ties_randomly():
