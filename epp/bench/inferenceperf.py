@@ -26,7 +26,12 @@ TOKENIZER_SCRIPT = """
 import sys
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
-words = [f"w{i}" for i in range(30000)]
+import random
+rng = random.Random(0)
+words = set()
+while len(words) < 30000:  # letters only: epp-sim's tokenizer makes each exactly one token
+    words.add("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 7))))
+words = sorted(words)
 vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
 tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
 tok.pre_tokenizer = pre_tokenizers.Whitespace()

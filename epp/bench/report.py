@@ -147,8 +147,8 @@ def render(results: Path, plots: bool = True) -> str:
             if plots:
                 plot_workload(wrows, f"des {wname}", results / png)
             parts += [f"### {wname}", "", f"![{wname}]({png})", "", table(wrows), ""]
-    if (results / "overhead.md").exists():
-        parts += ["## Overhead (`epp-bench overhead`)", "", (results / "overhead.md").read_text().rstrip(), ""]
+    # Linked, not inlined: `epp-bench overhead` rewrites its own file without re-rendering this one.
+    parts += ["## Overhead", "", "Envoy alone vs Envoy+EPP (`epp-bench overhead`): [overhead.md](overhead.md).", ""]
     text = "\n".join(parts).rstrip() + "\n"
     return text
 

@@ -29,7 +29,7 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "epp"], capture_output=True, text=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "epp", ":(exclude)epp/bench"], capture_output=True, text=True,
                                timeout=5).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
