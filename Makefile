@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/epp-bench report
+	$(BIN)/epp-bench report --repeat
 
 # What the EPP adds to a request (Envoy alone vs Envoy + EPP), written to bench/results/overhead.*
 bench-overhead: install

@@ -205,7 +205,8 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
                      router=router.name, workload=workload.name, qps=qps, load=load,
                      servers=[f"sim-{k}" for k in range(len(engines))], prefix_hits=hits, prefix_queries=queries,
                      extra={"mode": "des", "seed": seed,
-                            "preemptions": sum(e.stats.preemptions for e in engines)})
+                            "preemptions": sum(e.stats.preemptions for e in engines),
+                            "lora_loads": sum(e.stats.lora_loads for e in engines)})
 
 
 def des_router(spec: str) -> DesRouter:

@@ -295,6 +295,7 @@ class Engine:
                         self._resident.move_to_end(lora)
                     else:
                         lora_loads += 1
+                        stats.lora_loads += 1
                         if len(self._resident) >= cfg.max_loras:
                             for name in self._resident:
                                 if name not in active_loras:

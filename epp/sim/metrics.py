@@ -141,6 +141,8 @@ class MetricsRenderer:
             "Running stats on lora requests.",
         )
         w.counter("vllm:num_preemptions_total", lab, s.preemptions, "Cumulative number of preemption from the engine.")
+        w.counter("epp_sim:lora_adapter_loads_total", lab, s.lora_loads,
+                  "Adapters loaded into a GPU slot (simulator only: vLLM does not export this).")
         w.counter("vllm:prompt_tokens_total", lab, s.prompt_tokens, "Number of prefill tokens processed.")
         w.counter("vllm:generation_tokens_total", lab, s.generation_tokens, "Number of generation tokens processed.")
         w.counter("vllm:prefix_cache_queries_total", lab, s.prefix_cache_queries, "Prefix cache queries, in terms of number of queried tokens.")

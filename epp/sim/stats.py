@@ -45,6 +45,7 @@ class EngineStats:
     prefix_cache_queries: int = 0  # tokens looked up
     prefix_cache_hits: int = 0  # tokens found
     preemptions: int = 0
+    lora_loads: int = 0  # adapters copied into a GPU slot (not a vLLM metric; the benchmark needs it)
     finished: Counter = field(default_factory=Counter)  # finish reason -> count
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
