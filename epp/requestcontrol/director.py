@@ -75,7 +75,7 @@ class Exchange:
 
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
-                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending")
+                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -98,6 +98,7 @@ class Exchange:
         self.request_size = 0
         self.model_error = False
         self.prefill_pending = False
+        self.series = None
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class Exchange:
         # Count the load at the moment of the pick: the next request in this burst sees it.
         # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
         uncached = uncached_tokens(cycle, primary, tokens)
+        series = self.series = d.metrics.series(incoming, target)
+        series.running.inc()
         primary.inflight.add(uncached)
         self.prefill_pending = True
         self.endpoint, self.tokens, self.sched_req, self.result = primary, uncached, sreq, result
@@ -158,8 +161,7 @@ class Exchange:
         if target != incoming and parsed.data is not None:
             body = replace_model(body, target)
         d.metrics.request_total.labels(incoming, target, str(self.priority)).inc()
-        d.metrics.running_requests.labels(incoming).inc()
-        d.metrics.request_sizes.labels(incoming, target).observe(len(req.body))
+        series.request_sizes.observe(len(req.body))
         destination = primary.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
         extra = self._request_id_header(req)
         if result.request_headers:
@@ -255,7 +257,8 @@ class Exchange:
         self.prefill_pending = False
         m = self.d.metrics
         inc, tgt = self.incoming_model, self.target_model
-        m.running_requests.labels(inc).dec()
+        series = self.series
+        series.running.dec()
         if self.model_error:
             m.request_error_total.labels(inc, tgt, ErrorCode.MODEL_SERVER_ERROR.value).inc()
         if self.result is not None and self.sched_req is not None:
@@ -268,13 +271,13 @@ class Exchange:
         if not completed:
             return
         duration = time.monotonic() - self.start
-        m.request_duration.labels(inc, tgt).observe(duration)
-        m.response_sizes.labels(inc, tgt).observe(self.response_size)
+        series.request_duration.observe(duration)
+        series.response_sizes.observe(self.response_size)
         u = self.usage
         if u is not None:
             if u.prompt_tokens > 0:
-                m.input_tokens.labels(inc, tgt).observe(u.prompt_tokens)
+                series.input_tokens.observe(u.prompt_tokens)
             if u.completion_tokens > 0:
-                m.output_tokens.labels(inc, tgt).observe(u.completion_tokens)
-                m.ntpot.labels(inc, tgt).observe(duration / u.completion_tokens)
-            m.prompt_cached_tokens.labels(inc, tgt).observe(u.cached_tokens)
+                series.output_tokens.observe(u.completion_tokens)
+                series.ntpot.observe(duration / u.completion_tokens)
+            series.prompt_cached_tokens.observe(u.cached_tokens)
