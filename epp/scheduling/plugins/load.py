@@ -45,17 +45,6 @@ class KVCacheUtilizationScorer(Scorer):
         return [1.0 - e.metrics.kv_cache_usage_percent for e in endpoints]
 
 
-def requests_on(e: Endpoint) -> int:
-    """Requests on an endpoint: what it reported, or what we sent since if that is more.
-
-    Scraped counts lag by up to one scrape interval; the EPP's own in-flight count does not,
-    but misses traffic that reached the server some other way. The larger is the safer estimate.
-    """
-    m = e.metrics
-    scraped = m.waiting_queue_size + m.running_requests_size
-    return scraped if scraped > e.inflight.requests else e.inflight.requests
-
-
 class TokenLoadParams(Params):
     queue_threshold_tokens: int = Field(4_194_304, alias="queueThresholdTokens", gt=0)
 
