@@ -29,6 +29,7 @@ from epp.bench.summary import Outcome, summarize
 from epp.bench.workloads import Workload, make, poisson_arrivals
 
 HITS, QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
+LORA_LOADS = "epp_sim:lora_adapter_loads_total"
 
 
 @dataclass
@@ -140,7 +141,8 @@ def _run_point(wname: str, spec: RouterSpec, url: str, fleet: SimFleet, k: int, 
                     prefix_queries=after[QUERIES] - before[QUERIES],
                     extra={"mode": "live", "seed": point_seed, "time_scale": ts,
                            "wall_s": round(time.perf_counter() - t0, 1),
-                           "errors": _error_kinds(samples)})
+                           "errors": _error_kinds(samples),
+                           "lora_loads": int(after[LORA_LOADS] - before[LORA_LOADS])})
     log(f"  {wname:13s} {spec.name:24s} load {frac:4.2f} qps {qps:6.2f}  ok {row['success_rate']:.3f}  "
         f"ttft p50/p90 {row['ttft_p50']}/{row['ttft_p90']}s  tok/s {row['output_tokens_per_s']}  "
         f"hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)")

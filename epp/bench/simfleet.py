@@ -12,7 +12,8 @@ import httpx
 from epp.bench.workloads import MODEL, FleetSpec
 from epp.stack.processes import Proc, bin_path, free_ports, wait_port
 
-COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:generation_tokens_total")
+COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:generation_tokens_total",
+            "epp_sim:lora_adapter_loads_total")
 
 
 @dataclass
