@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as extproc_grpc
 from grpc_health.v1 import health_pb2_grpc
-from prometheus_client import start_http_server
 
 from epp import __version__
 from epp.datalayer.datastore import Datastore
@@ -27,6 +26,7 @@ from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.saturation import UtilizationDetector
 from epp.observability import logs
 from epp.observability.health import HealthServicer, HealthState
+from epp.observability.http import start_observability_server
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
@@ -158,7 +158,8 @@ class Epp:
         await server.start()
         await health_server.start()
         self._servers = [server, health_server]
-        self._http, _ = start_http_server(o.metrics_port, addr=o.bind_address, registry=self.metrics.registry)
+        self._http = start_observability_server(o.metrics_port, o.bind_address, self.metrics.registry, self.health,
+                                                self.readiness_detail)
         await self.collector.start()
         self.pool_gauges.start()
         for source in self.sources:
@@ -170,6 +171,16 @@ class Epp:
         log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
                  __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
                  o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
+
+    def readiness_detail(self) -> str:
+        parts = [f"{len(self.datastore)} endpoints", "synced" if self.datastore.synced else "not synced"]
+        if self.health.leader_election:
+            parts.append("leader" if self.health.is_leader else "follower")
+        for source in self.sources:
+            detail = getattr(source, "detail", None)
+            if detail is not None:
+                parts.append(detail())
+        return "; ".join(parts)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.http_picker is not None:

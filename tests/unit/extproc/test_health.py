@@ -45,3 +45,18 @@ def test_leader_election_semantics():
     synced["v"] = False
     assert h.status("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
     assert HealthState(lambda: False).status("anything") == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_readyz_says_why_in_text_and_metrics_still_served():
+    import httpx
+
+    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)]) as (epp, ch):
+        base = f"http://127.0.0.1:{epp.opts.metrics_port}"
+        async with httpx.AsyncClient() as c:
+            r = await c.get(base + "/readyz")
+            assert r.status_code == 200 and r.text == "ready; 1 endpoints; synced\n"
+            assert (await c.get(base + "/healthz")).text == "ok\n"
+            assert "inference_extension_info" in (await c.get(base + "/metrics")).text
+            epp.datastore.clear()
+            r = await c.get(base + "/readyz")
+            assert r.status_code == 503 and r.text == "not ready; 0 endpoints; not synced\n"

@@ -144,6 +144,7 @@ async def test_api_server_down_10s_keeps_endpoints_and_reports_staleness(kubeapi
         stale = epp.metrics.registry.get_sample_value("epp_kubernetes_watch_staleness_seconds", {"resource": "pods"})
         assert stale >= 9.0
         assert "serving last known state" in source.detail() and "pods watch down" in source.detail()
+        assert "pods watch down" in epp.readiness_detail()  # what /readyz shows operators
         kubeapi.create(PODS, pod("vllm-3", "10.0.0.4"))  # changed during the outage
         kubeapi.start()
         await until(lambda: len(epp.datastore) == 4, timeout=5, what="catch-up after the outage")
