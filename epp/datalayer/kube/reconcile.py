@@ -113,16 +113,25 @@ class PoolReconciler:
         self._by_pod = {name: [ep.name for ep in eps] for name, eps in by_pod.items() if eps}
 
 
-class ObjectiveReconciler:
-    def __init__(self, store: ObjectiveStore, pool_name: str, pool_group: str) -> None:
-        self.store, self.pool_name, self.pool_group = store, pool_name, pool_group
-        self.names: set[str] = set()
+class _PolicyReconciler:
+    """Shared by the policy CRDs: a full listing is replayed as events, vanished names as deletions."""
+
+    names: set[str]
 
     def replace(self, objects: dict[str, Obj]) -> None:
         for name in self.names - set(objects):
             self.event("DELETED", {"metadata": {"name": name}})
         for obj in objects.values():
             self.event("MODIFIED", obj)
+
+    def event(self, typ: str, obj: Obj) -> None:
+        raise NotImplementedError
+
+
+class ObjectiveReconciler(_PolicyReconciler):
+    def __init__(self, store: ObjectiveStore, pool_name: str, pool_group: str) -> None:
+        self.store, self.pool_name, self.pool_group = store, pool_name, pool_group
+        self.names: set[str] = set()
 
     def event(self, typ: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
@@ -138,16 +147,10 @@ class ObjectiveReconciler:
             self.names.discard(name)
 
 
-class RewriteReconciler:
+class RewriteReconciler(_PolicyReconciler):
     def __init__(self, store: RewriteStore, pool_name: str, pool_group: str) -> None:
         self.store, self.pool_name, self.pool_group = store, pool_name, pool_group
         self.names: set[str] = set()
-
-    def replace(self, objects: dict[str, Obj]) -> None:
-        for name in self.names - set(objects):
-            self.event("DELETED", {"metadata": {"name": name}})
-        for obj in objects.values():
-            self.event("MODIFIED", obj)
 
     def event(self, typ: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
