@@ -45,20 +45,24 @@ class InflightLoad:
     requests: int = 0
     prompt_tokens: int = 0  # uncached prompt tokens (estimate) of unfinished requests
     prefill_tokens: int = 0  # uncached prompt tokens of requests whose first byte has not come back
+    prefill_requests: int = 0  # how many requests those are
 
     def add(self, tokens: int) -> None:
         self.requests += 1
         self.prompt_tokens += tokens
         self.prefill_tokens += tokens
+        self.prefill_requests += 1
 
     def prefill_done(self, tokens: int) -> None:
         self.prefill_tokens = max(0, self.prefill_tokens - tokens)
+        self.prefill_requests = max(0, self.prefill_requests - 1)
 
     def release(self, tokens: int, prefill_pending: bool = False) -> None:
         self.requests = max(0, self.requests - 1)
         self.prompt_tokens = max(0, self.prompt_tokens - tokens)
         if prefill_pending:
             self.prefill_tokens = max(0, self.prefill_tokens - tokens)
+            self.prefill_requests = max(0, self.prefill_requests - 1)
 
 
 @dataclass(slots=True, eq=False)

@@ -5,8 +5,12 @@ token on each endpoint:
 
     cost(e) = pending_prefill(e)          uncached prompt tokens sent to e whose first byte is not back
             + uncached(e)                 this request's prompt minus what e already holds (prefix match)
-            + runningTokens * running(e)  each running sequence slows every engine step a little
-            + waitingTokens * waiting(e)  a request queued on the server waits for a free slot
+            + runningTokens * running(e)  each running sequence slows every engine step (and the
+                                          new request's decode) a little
+            + waitingTokens * waiting(e)  a request queued on the server waits for a free slot;
+                                          only waiting requests beyond those the EPP itself sent and
+                                          still counts as pending prefill (no double charge, and a
+                                          scrape up to an interval old cannot starve an endpoint)
             + loraLoadTokens              when the request's LoRA adapter is not resident on e
                                           (x2 when e has no free adapter slot: it must evict first)
 
@@ -31,7 +35,10 @@ from epp.scheduling.types import CycleState, SchedulingRequest
 
 
 class EstimatedTtftParams(Params):
-    running_tokens: float = Field(4.0, alias="runningTokens", ge=0)
+    # ~1 prefill token per running sequence per step is pure TTFT; the output length would be
+    # pure end-to-end latency. 32 caps how many more running sequences a cached prefix of P
+    # tokens attracts (about P/32) without changing any benchmark workload (docs/routing.md).
+    running_tokens: float = Field(32.0, alias="runningTokens", ge=0)
     waiting_tokens: float = Field(256.0, alias="waitingTokens", ge=0)
     kv_pressure_tokens: float = Field(8192.0, alias="kvPressureTokens", ge=0)
     kv_pressure_threshold: float = Field(0.9, alias="kvPressureThreshold", gt=0, le=1)
@@ -62,6 +69,9 @@ def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str 
     # Scraped counts lag; what we sent and have not seen finish is a floor on what the server holds.
     if inflight > running + waiting:
         running = inflight - waiting
+    # A scraped waiting request that is one we sent and have not seen start is already charged
+    # as pending prefill; the scrape is also up to an interval old. Charge only the excess.
+    waiting = max(0, waiting - e.inflight.prefill_requests)
     cost = (e.inflight.prefill_tokens + uncached_weight * uncached + p.running_tokens * running
             + p.waiting_tokens * waiting)
     if lora:

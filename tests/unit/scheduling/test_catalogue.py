@@ -146,6 +146,21 @@ def test_prefix_popularity_follows_in_flight_requests():
     assert p.share(7, 2) == 0 and p.total == 2
 
 
+def test_estimated_ttft_charges_scraped_waiting_only_beyond_its_own_pending_prefill():
+    # Both scrapes show 2 waiting; on "ours" those are the 2 requests the EPP just sent (already
+    # charged as pending prefill), on "theirs" they come from elsewhere and queue ahead.
+    ours, theirs = ep("ours", waiting_queue_size=2), ep("theirs", waiting_queue_size=2)
+    ours.inflight.add(100)
+    ours.inflight.add(100)
+    theirs.inflight.add(200)
+    req = SchedulingRequest("r", "m", prompt_tokens=100)
+    costs = [1 / x for x in score("estimated-ttft-scorer", [ours, theirs], req, runningTokens=0, waitingTokens=256)]
+    assert costs[1] / costs[0] == pytest.approx((200 + 100 + 256) / (200 + 100))
+    ours.inflight.prefill_done(100)  # one started: the scrape's second waiting request is unexplained
+    costs = [1 / x for x in score("estimated-ttft-scorer", [ours, theirs], req, runningTokens=0, waitingTokens=256)]
+    assert costs[1] / costs[0] == pytest.approx((200 + 100 + 256) / (100 + 100 + 256))
+
+
 def test_estimated_ttft_counts_lora_loads():
     a = ep("a", active_models=frozenset({"sql"}), max_active_models=1)
     b = ep("b", active_models=frozenset({"chat"}), max_active_models=1)
