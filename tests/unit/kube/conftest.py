@@ -16,6 +16,7 @@ from epp.options import Options
 from epp.runner import Epp
 from epp.scheduling.config import load_config
 from epp.stack.processes import free_port
+from tests.support.inproc import serving
 from tests.support.kubeapi import KubeApiServer
 
 NS = "default"
@@ -76,13 +77,8 @@ async def kube_epp(server: KubeApiServer, config_text: str | None = None, tuning
             source.tuning = lease if type(source).__name__ == "LeaderElection" else tuning
         if identity is not None and hasattr(source, "identity"):
             source.identity = identity
-    await epp.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{o.grpc_port}")
-    try:
-        yield epp, channel
-    finally:
-        await channel.close()
-        await epp.stop(grace=0.5)
+    async with serving(epp) as running:
+        yield running
 
 
 async def pick(channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, str] | None = None
