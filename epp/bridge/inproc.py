@@ -53,7 +53,9 @@ class InprocHandler:
         """Synchronous on purpose: no await between the pick and its accounting, like the ext_proc path."""
         exchange = self.epp.director.exchange()
         try:
-            decision = exchange.route(req) if req.body else exchange.route_headers_only(req)
+            # No response phase tells us when a prefill ends, so nothing is held on this path.
+            decision = exchange.route(req, may_hold=False) if req.body else exchange.route_headers_only(req)
+            assert decision is not None
             return PickOutcome.picked(decision.destination)
         except EppError as err:
             return PickOutcome.immediate(err.http_status, err.body)

@@ -46,23 +46,27 @@ class InflightLoad:
     prompt_tokens: int = 0  # uncached prompt tokens (estimate) of unfinished requests
     prefill_tokens: int = 0  # uncached prompt tokens of requests whose first byte has not come back
     prefill_requests: int = 0  # how many requests those are
+    cold_prefills: int = 0  # of those, how many are long cold prompts (flowcontrol/prefill_gate.py)
 
-    def add(self, tokens: int) -> None:
+    def add(self, tokens: int, cold: bool = False) -> None:
         self.requests += 1
         self.prompt_tokens += tokens
         self.prefill_tokens += tokens
         self.prefill_requests += 1
+        if cold:
+            self.cold_prefills += 1
 
-    def prefill_done(self, tokens: int) -> None:
+    def prefill_done(self, tokens: int, cold: bool = False) -> None:
         self.prefill_tokens = max(0, self.prefill_tokens - tokens)
         self.prefill_requests = max(0, self.prefill_requests - 1)
+        if cold:
+            self.cold_prefills = max(0, self.cold_prefills - 1)
 
-    def release(self, tokens: int, prefill_pending: bool = False) -> None:
+    def release(self, tokens: int, prefill_pending: bool = False, cold: bool = False) -> None:
         self.requests = max(0, self.requests - 1)
         self.prompt_tokens = max(0, self.prompt_tokens - tokens)
         if prefill_pending:
-            self.prefill_tokens = max(0, self.prefill_tokens - tokens)
-            self.prefill_requests = max(0, self.prefill_requests - 1)
+            self.prefill_done(tokens, cold)
 
 
 @dataclass(slots=True, eq=False)

@@ -33,6 +33,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     return
                 try:
                     responses, close = state.handle(req)
+                    while state.held is not None:  # the cold-prefill gate holds it: wait, route again
+                        await state.exchange.wait_to_route()
+                        responses = state.resume()
                 except EppError as err:
                     await write(error_response(err))
                     return

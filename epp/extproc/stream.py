@@ -26,7 +26,8 @@ _NONE = 0
 
 
 class Exchange(Protocol):
-    def route(self, req: IncomingRequest) -> RouteDecision: ...
+    def route(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: held, see resume()
+    async def wait_to_route(self) -> None: ...
     def route_headers_only(self, req: IncomingRequest) -> RouteDecision: ...
     def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision: ...
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None: ...
@@ -46,7 +47,7 @@ class StreamState:
     """Per-stream state. `handle()` returns the responses to send for one incoming message."""
 
     __slots__ = ("exchange", "request_mode", "response_mode", "headers", "body_parts", "body_size",
-                 "subset", "request_done", "response_eos", "max_body", "routed_with_trailers")
+                 "subset", "request_done", "response_eos", "max_body", "routed_with_trailers", "held")
 
     def __init__(self, exchange: Exchange, max_body: int) -> None:
         self.exchange = exchange
@@ -60,6 +61,8 @@ class StreamState:
         self.response_eos = False
         self.max_body = max_body
         self.routed_with_trailers = False
+        # Set while the director holds the request (cold-prefill gate): what to route once it may go.
+        self.held: tuple[IncomingRequest, bytes, bool, list[pb.ProcessingResponse]] | None = None
 
     def handle(self, req: pb.ProcessingRequest) -> tuple[list[pb.ProcessingResponse], bool]:
         """Returns (responses, close_stream)."""
@@ -126,15 +129,31 @@ class StreamState:
         if self.request_done:
             return [msg.trailers_response(False)], False
         # Trailers tell us the body is complete (no body chunk carried end_of_stream).
-        out = self._route(eos_on_body=False)
-        out.append(msg.trailers_response(False))
+        out = self._route(eos_on_body=False, tail=[msg.trailers_response(False)])
         return out, False
 
-    def _route(self, eos_on_body: bool) -> list[pb.ProcessingResponse]:
+    def _route(self, eos_on_body: bool, tail: list[pb.ProcessingResponse] | None = None) -> list[pb.ProcessingResponse]:
         self.request_done = True
         body = b"".join(self.body_parts) if len(self.body_parts) != 1 else self.body_parts[0]
         self.body_parts = []
-        decision = self.exchange.route(IncomingRequest(self.headers or {}, body, self.subset))
+        incoming = IncomingRequest(self.headers or {}, body, self.subset)
+        decision = self.exchange.route(incoming)
+        if decision is None:
+            self.held = (incoming, body, eos_on_body, tail or [])
+            return []
+        return self._routed(decision, body, eos_on_body) + (tail or [])
+
+    def resume(self) -> list[pb.ProcessingResponse]:
+        """Route a held request again; [] (and still held) if it must keep waiting."""
+        assert self.held is not None
+        incoming, body, eos_on_body, tail = self.held
+        decision = self.exchange.route(incoming)
+        if decision is None:
+            return []
+        self.held = None
+        return self._routed(decision, body, eos_on_body) + tail
+
+    def _routed(self, decision, body: bytes, eos_on_body: bool) -> list[pb.ProcessingResponse]:
         new_body = decision.body if decision.body is not None else body
         if self.request_mode in (_BUFFERED, _BUFFERED_PARTIAL):
             changed = new_body if new_body is not body else None

@@ -14,6 +14,7 @@ import uuid
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import EppError, ErrorCode
 from epp.flowcontrol.admission import LegacyAdmission
+from epp.flowcontrol.prefill_gate import ColdPrefillGate
 from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
@@ -65,6 +66,16 @@ class Director:
         self.passthrough = parser == "passthrough-parser"
         self.use_subset_hint = use_subset_hint
         self.rng = random.Random()
+        self._gate_config: object = None
+        self._gate: ColdPrefillGate | None = None
+
+    @property
+    def gate(self) -> ColdPrefillGate | None:
+        config = self.scheduler.config
+        if config is not self._gate_config:  # the scheduler's config can be swapped at runtime
+            gates = config.plugins_of(ColdPrefillGate)
+            self._gate_config, self._gate = config, (gates[0] if gates else None)
+        return self._gate
 
     def exchange(self) -> "Exchange":
         return Exchange(self)
@@ -75,7 +86,8 @@ class Exchange:
 
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
-                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series")
+                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series",
+                 "cold", "gate", "held_since")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -99,6 +111,9 @@ class Exchange:
         self.model_error = False
         self.prefill_pending = False
         self.series = None
+        self.cold = False  # a long uncached prompt: counted by the cold-prefill gate until its first byte
+        self.gate: ColdPrefillGate | None = None
+        self.held_since: float | None = None
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -110,25 +125,16 @@ class Exchange:
         ep = eps[self.d.rng.randrange(len(eps))] if len(eps) > 1 else eps[0]
         return RouteDecision(ep.hostport, None, self._request_id_header(req), self._removals(req))
 
-    def route(self, req: IncomingRequest) -> RouteDecision:
+    def route(self, req: IncomingRequest, may_hold: bool = True) -> RouteDecision | None:
+        """The routing decision, or None when the cold-prefill gate holds the request: then await
+        `wait_to_route()` and call `route()` again with the same request."""
         d = self.d
-        self.request_size = len(req.body)
-        try:
-            parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
-        except EppError as err:
-            raise self._fail(err)
-        self.parsed = parsed
+        if self.parsed is None:
+            self._prepare(req)
+        parsed = self.parsed
+        assert parsed is not None
         headers = req.headers
-        incoming = parsed.model
-        target = headers.get(MODEL_REWRITE_HEADER) or incoming
-        if incoming and d.rewrites.rules:
-            hit = d.rewrites.lookup(incoming)
-            if hit is not None:
-                rule, target = hit
-                d.metrics.model_rewrite_decisions.labels(rule, incoming, target).inc()
-        self.incoming_model, self.target_model = incoming, target
-        self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
-
+        incoming, target = self.incoming_model, self.target_model
         candidates = self._candidates(req)
         try:
             d.admission.admit(self.priority, candidates)
@@ -142,19 +148,30 @@ class Exchange:
             d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
         except EppError as err:
             d.metrics.scheduler_attempts.labels("failure", target, "", "", "").inc()
+            self._unhold()
             raise self._fail(err)
         targets = result.targets
         primary = targets[0]
+        # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
+        uncached = uncached_tokens(cycle, primary, tokens)
+        gate = d.gate
+        cold = gate is not None and gate.is_cold(uncached)
+        if cold and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start):
+            if self.held_since is None:
+                self.held_since = time.monotonic()
+                d.metrics.cold_prefill_held.inc()
+            self.gate = gate
+            return None
+        self._unhold()
         d.metrics.scheduler_attempts.labels("success", target, primary.pod_name or primary.name,
                                             primary.namespace, str(primary.port)).inc()
         d.scheduler.pre_request(cycle, sreq, result)
         # Count the load at the moment of the pick: the next request in this burst sees it.
-        # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
-        uncached = uncached_tokens(cycle, primary, tokens)
         series = self.series = d.metrics.series(incoming, target)
         series.running.inc()
-        primary.inflight.add(uncached)
+        primary.inflight.add(uncached, cold)
         self.prefill_pending = True
+        self.cold, self.gate = cold, gate
         self.endpoint, self.tokens, self.sched_req, self.result = primary, uncached, sreq, result
 
         body = req.body
@@ -167,6 +184,44 @@ class Exchange:
         if result.request_headers:
             extra.extend(result.request_headers)
         return RouteDecision(destination, body, extra, self._removals(req))
+
+    def _prepare(self, req: IncomingRequest) -> None:
+        """Parse the body and settle the names and priority: once per request, however often it is routed."""
+        d = self.d
+        self.request_size = len(req.body)
+        try:
+            self.parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
+        except EppError as err:
+            raise self._fail(err)
+        headers = req.headers
+        incoming = self.parsed.model
+        target = headers.get(MODEL_REWRITE_HEADER) or incoming
+        if incoming and d.rewrites.rules:
+            hit = d.rewrites.lookup(incoming)
+            if hit is not None:
+                rule, target = hit
+                d.metrics.model_rewrite_decisions.labels(rule, incoming, target).inc()
+        self.incoming_model, self.target_model = incoming, target
+        self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
+
+    async def wait_to_route(self) -> None:
+        """A held request waits here until routing it again may succeed (see flowcontrol/prefill_gate.py)."""
+        assert self.gate is not None
+        await self.gate.wait(time.monotonic() - self.start)
+
+    def _unhold(self) -> None:
+        if self.held_since is not None:
+            m = self.d.metrics
+            m.cold_prefill_held.dec()
+            m.cold_prefill_hold.observe(time.monotonic() - self.held_since)
+            self.held_since = None
+
+    def _prefill_finished(self) -> None:
+        self.prefill_pending = False
+        if self.cold:
+            self.cold = False
+            if self.gate is not None:
+                self.gate.released()
 
     def _candidates(self, req: IncomingRequest) -> list[Endpoint]:
         eps = self.d.datastore.endpoints()
@@ -220,8 +275,8 @@ class Exchange:
         self.response_size += len(chunk)
         if self.prefill_pending and chunk and self.endpoint is not None:
             # The first byte back means the server finished this request's prefill.
-            self.prefill_pending = False
-            self.endpoint.inflight.prefill_done(self.tokens)
+            self.endpoint.inflight.prefill_done(self.tokens, self.cold)
+            self._prefill_finished()
         if self.streaming:
             if self.sse is not None:
                 self.sse.feed(chunk)
@@ -250,11 +305,13 @@ class Exchange:
         if self.closed:
             return
         self.closed = True
+        self._unhold()  # a held request whose client went away
         ep = self.endpoint
         if ep is None:
             return
-        ep.inflight.release(self.tokens, self.prefill_pending)
-        self.prefill_pending = False
+        ep.inflight.release(self.tokens, self.prefill_pending, self.cold)
+        if self.prefill_pending:
+            self._prefill_finished()
         m = self.d.metrics
         inc, tgt = self.incoming_model, self.target_model
         series = self.series

@@ -53,7 +53,8 @@ class RequestRecord:
         return self.finish_time - self.arrival
 
 
-Route = Callable[[TraceItem, "VirtualFleet"], int]
+# The engine index, or None to hold the request in the router: it arrives again at `retry_parked()`.
+Route = Callable[[TraceItem, "VirtualFleet"], "int | None"]
 
 _ARRIVE, _ADD, _STEP_END, _CALL = 0, 1, 2, 3
 
@@ -72,6 +73,7 @@ class VirtualFleet:
         self._ids = itertools.count()
         self._route: Route | None = None
         self._open: dict[SimRequest, RequestRecord] = {}
+        self._parked: list[tuple[TraceItem, float]] = []
 
     def _push(self, t: float, kind: int, payload: object) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), kind, payload))
@@ -107,10 +109,24 @@ class VirtualFleet:
             else:
                 payload()  # type: ignore[operator]
 
-    def _arrive(self, item: TraceItem, replica: int | None) -> None:
+    def retry_parked(self) -> None:
+        """Route every request the router held again, oldest first, keeping their arrival times."""
+        parked, self._parked = self._parked, []
+        for item, arrival in parked:
+            self._arrive(item, None, arrival)
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def _arrive(self, item: TraceItem, replica: int | None, arrival: float | None = None) -> None:
+        arrival = self.now if arrival is None else arrival
         idx = replica if replica is not None else item.replica
         if idx is None:
             idx = self._route(item, self) if self._route else 0
+            if idx is None:
+                self._parked.append((item, arrival))
+                return
         eng = self.engines[idx]
         rid = item.request_id or f"req-{next(self._ids)}"
         req = SimRequest(
@@ -122,7 +138,7 @@ class VirtualFleet:
             output_key=item.output_key,
         )
         fl = self.frontend_latency if self.frontend_latency is not None else eng.cost.frontend_latency
-        self._push(self.now + fl, _ADD, (idx, req, self.now))
+        self._push(self.now + fl, _ADD, (idx, req, arrival))
 
     def _add(self, idx: int, req: SimRequest, arrival: float) -> None:
         eng = self.engines[idx]
