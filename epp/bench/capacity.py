@@ -18,7 +18,7 @@ def engine_seconds_per_request(w: Workload, cost: CostModel | None = None, batch
     cost = cost or CostModel()
     seen: set[int] = set()
     total = 0.0
-    for k, r in enumerate([*w.warmup, *w.requests]):
+    for r in w.requests:
         ids = token_ids(r)
         h, cached = hash(r.model), 0
         for start in range(0, len(ids) - len(ids) % block, block):
@@ -27,8 +27,6 @@ def engine_seconds_per_request(w: Workload, cost: CostModel | None = None, batch
                 cached = start + block
             else:
                 seen.add(h)
-        if k < len(w.warmup):  # warms the cache, costs nothing in the measured stream
-            continue
         cached = min(cached, len(ids) - 1)  # the last prompt token is always recomputed
         new = len(ids) - cached
         ms = (cost.prefill_ms_per_token * new + cost.prefill_attn_ms_per_pair * new * (cached + new / 2)

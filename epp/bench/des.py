@@ -36,7 +36,6 @@ from epp.sim.vtime import TraceItem, VirtualFleet
 
 CHARS_PER_TOKEN = 4  # the director's estimate of prompt tokens
 DES_ROUTERS = ("epp", "envoy-rr", "envoy-lr")
-WARMUP_LOAD = 0.3  # warm-up requests arrive at this fraction of fleet capacity, whatever the point's load
 
 _tokenizer = Tokenizer()
 
@@ -189,26 +188,18 @@ class _Epp(_Policy):
 
 
 def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load: float | None = None,
-              scrape_interval: float = 0.05, warmup_qps: float | None = None) -> dict:
-    """One load point: a fresh virtual fleet, Poisson arrivals at `qps`, every request to completion.
-
-    A workload's warm-up requests go first, through the same router, as Poisson arrivals at
-    `warmup_qps` (default `qps`); the measured stream starts once the fleet is idle again.
-    """
+              scrape_interval: float = 0.05) -> dict:
+    """One load point: a fresh virtual fleet, Poisson arrivals at `qps`, every request to completion."""
     spec = workload.fleet
-    warm = workload.warmup
-    reqs = [*warm, *workload.requests]  # the policies index requests by trace id
+    reqs = workload.requests
     cfg = EngineConfig(num_gpu_blocks=spec.num_gpu_blocks, max_model_len=min(131_072, spec.num_gpu_blocks * 16),
                        max_loras=spec.max_loras, hash_seed=0)
     lora_ids = {a: k + 1 for k, a in enumerate(spec.lora_modules)}
     engines = [Engine(cfg, CostModel(), lora_ids=lora_ids) for _ in range(spec.replicas)]
     fleet = VirtualFleet(engines, keep_token_times=True)
-
-    def trace(first: int, arrivals: list[float]) -> list[TraceItem]:
-        return [TraceItem(t, token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model,
-                          request_id=str(first + k))
-                for k, (t, r) in enumerate(zip(arrivals, reqs[first:first + len(arrivals)]))]
-
+    arrivals = poisson_arrivals(len(reqs), qps, seed)
+    trace = [TraceItem(arrivals[i], token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model,
+                       request_id=str(i)) for i, r in enumerate(reqs)]
     policy: _Policy
     if router.name == "envoy-rr":
         policy = _RoundRobin(len(engines))
@@ -216,13 +207,12 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
         policy = _LeastRequest(len(engines), seed)
     else:
         policy = _Epp(router.config_text, engines, reqs, cfg.block_size, cfg.num_gpu_blocks, cfg.max_loras, seed)
-
-    def scrapes(start: float, horizon: float) -> None:
-        if isinstance(policy, _Epp):
-            t = start
-            while t <= horizon:  # scrapes only while requests still arrive: the loop must end
-                fleet.call_at(t, policy.scrape)
-                t += scrape_interval
+        epp = policy
+        horizon = arrivals[-1] if arrivals else 0.0
+        t = 0.0
+        while t <= horizon:  # scrapes only while requests still arrive: the loop must end
+            fleet.call_at(t, epp.scrape)
+            t += scrape_interval
 
     done: set[str] = set()
 
@@ -238,35 +228,18 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
                                                                max(0, r.num_cached_tokens)))
 
     fleet.on_step = on_step
-
-    def route(item: TraceItem, f: VirtualFleet) -> int:
-        return policy.route(int(item.request_id), f)
-
-    start = 0.0
-    if warm:
-        warm_arrivals = poisson_arrivals(len(warm), warmup_qps or qps, seed + 500_000)
-        scrapes(0.0, warm_arrivals[-1])
-        fleet.run_trace(trace(0, warm_arrivals), route=route)
-        start = fleet.now + 1.0
-    stats0 = [(e.stats.prefix_cache_hits, e.stats.prefix_cache_queries, e.stats.preemptions, e.stats.lora_loads)
-              for e in engines]
-    arrivals = [start + t for t in poisson_arrivals(len(workload.requests), qps, seed)]
-    scrapes(start, arrivals[-1] if arrivals else start)
-    fleet.run_trace(trace(len(warm), arrivals), route=route)
-    records = [rec for rec in fleet.records if int(rec.request_id) >= len(warm)]
-    outs = [Outcome(True, rec.arrival - start, rec.ttft, rec.e2e,
+    records = fleet.run_trace(trace, route=lambda item, f: policy.route(int(item.request_id), f))
+    outs = [Outcome(True, rec.arrival, rec.ttft, rec.e2e,
                     [b - a for a, b in zip(rec.token_times, rec.token_times[1:])], rec.completion_tokens,
                     f"sim-{rec.replica}") for rec in records]
-    delta = [sum(e.stats.prefix_cache_hits for e in engines) - sum(s[0] for s in stats0),
-             sum(e.stats.prefix_cache_queries for e in engines) - sum(s[1] for s in stats0),
-             sum(e.stats.preemptions for e in engines) - sum(s[2] for s in stats0),
-             sum(e.stats.lora_loads for e in engines) - sum(s[3] for s in stats0)]
-    n = len(workload.requests)
-    return summarize(outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (n - len(records)),
+    hits = sum(e.stats.prefix_cache_hits for e in engines)
+    queries = sum(e.stats.prefix_cache_queries for e in engines)
+    return summarize(outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
                      router=router.name, workload=workload.name, qps=qps, load=load,
-                     servers=[f"sim-{k}" for k in range(len(engines))], prefix_hits=delta[0],
-                     prefix_queries=delta[1],
-                     extra={"mode": "des", "seed": seed, "preemptions": delta[2], "lora_loads": delta[3]})
+                     servers=[f"sim-{k}" for k in range(len(engines))], prefix_hits=hits, prefix_queries=queries,
+                     extra={"mode": "des", "seed": seed,
+                            "preemptions": sum(e.stats.preemptions for e in engines),
+                            "lora_loads": sum(e.stats.lora_loads for e in engines)})
 
 
 def des_router(spec: str) -> DesRouter:
@@ -286,8 +259,7 @@ def run_ladder(make: Callable[[int], Workload], routers: list[DesRouter], loads:
         w = make(seed * 1000 + k)
         for r in routers:
             t0 = time.perf_counter()
-            row = run_point(w, r, frac * capacity, seed * 1000 + k, load=frac, scrape_interval=scrape_interval,
-                            warmup_qps=WARMUP_LOAD * capacity)
+            row = run_point(w, r, frac * capacity, seed * 1000 + k, load=frac, scrape_interval=scrape_interval)
             rows.append(row)
             progress(f"  des {w.name:14s} {r.name:22s} load {frac:4.2f} qps {row['qps']:7.2f}  "
                      f"ttft p90 {row['ttft_p90']:.3f}s  tok/s {row['output_tokens_per_s']:8.1f}  "

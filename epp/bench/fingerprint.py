@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ("scheduling", "requestcontrol/director.py", "datalayer/endpoint.py")
+PATHS = ("scheduling", "flowcontrol", "requestcontrol/director.py", "datalayer/endpoint.py")
 
 
 def scheduler_fingerprint() -> str:

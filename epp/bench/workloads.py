@@ -66,9 +66,6 @@ class Workload:
     fleet: FleetSpec
     # Arrival gaps are Poisson except for sessions, whose next turn must come after the previous one.
     params: dict[str, Any] = field(default_factory=dict)
-    # Sent through the router before the measured stream, one at a time and not measured: the
-    # caches a long-running fleet would already hold (llm-d's ladders start with a warm-up stage).
-    warmup: list[BenchRequest] = field(default_factory=list)
 
 
 class Words:
@@ -84,7 +81,7 @@ class Words:
 
 def shared_prefix(seed: int, groups: int = 24, prompts_per_group: int = 5, system_len: int = 4000,
                   question_len: int = 800, output_len: int = 16, replicas: int = 8,
-                  num_gpu_blocks: int = 4096, warm: bool = False) -> Workload:
+                  num_gpu_blocks: int = 4096) -> Workload:
     """The peers' canonical shape (llm-d / inference-perf `shared_prefix`), scaled to this machine."""
     rng = random.Random(f"shared-prefix/{seed}")
     w = Words(rng)
@@ -92,11 +89,9 @@ def shared_prefix(seed: int, groups: int = 24, prompts_per_group: int = 5, syste
     reqs = [BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g)
             for g in range(groups) for _ in range(prompts_per_group)]
     rng.shuffle(reqs)
-    warmup = [BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g)
-              for g in range(groups)] if warm else []
-    return Workload("shared-prefix-warm" if warm else "shared-prefix", reqs, FleetSpec(replicas, num_gpu_blocks),
+    return Workload("shared-prefix", reqs, FleetSpec(replicas, num_gpu_blocks),
                     dict(groups=groups, prompts_per_group=prompts_per_group, system_len=system_len,
-                         question_len=question_len, output_len=output_len, warm=warm), warmup)
+                         question_len=question_len, output_len=output_len))
 
 
 def sharegpt_like(seed: int, n: int = 120, mean_prompt: int = 600, mean_output: int = 32, replicas: int = 8,

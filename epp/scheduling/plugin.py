@@ -118,7 +118,10 @@ def build_plugin(type_name: str, name: str, params: dict[str, Any] | None) -> Pl
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"plugin {name!r} ({type_name}): invalid parameters: {details}") from None
-    return cls(name, parsed)
+    try:
+        return cls(name, parsed)
+    except ValueError as exc:  # values pydantic lets through but the plugin cannot use (durations...)
+        raise ConfigError(f"plugin {name!r} ({type_name}): invalid parameters: {exc}") from None
 
 
 def _load_builtins() -> None:

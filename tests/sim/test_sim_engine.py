@@ -156,6 +156,29 @@ def test_virtual_time_is_deterministic_and_fast():
     assert elapsed < 10
 
 
+def test_a_request_the_router_holds_keeps_its_arrival_time():
+    cost = CostModel()
+    eng = Engine(EngineConfig(num_gpu_blocks=4096, max_model_len=8192), cost)
+    fleet = VirtualFleet([eng])
+    calls: list[str] = []
+
+    def route(item: TraceItem, f: VirtualFleet) -> int | None:
+        calls.append(item.request_id or "")
+        if item.request_id == "held" and f.now < 1.0:
+            return None  # the router keeps it for now
+        return 0
+
+    fleet.call_at(1.0, fleet.retry_parked)
+    recs = {r.request_id: r for r in fleet.run_trace(
+        [TraceItem(0.0, prompt(64, 1), 2, request_id="held"), TraceItem(0.5, prompt(64, 2), 2, request_id="free")],
+        route=route)}
+    assert calls == ["held", "free", "held"]
+    assert recs["held"].arrival == 0.0
+    assert recs["held"].ttft > 1.0 + cost.frontend_latency  # the wait in the router counts
+    assert recs["free"].ttft < 0.5
+    assert fleet.parked == 0
+
+
 from collections import Counter as _Counter
 
 from hypothesis import HealthCheck, given, settings

@@ -1,0 +1,157 @@
+"""The cold-prefill gate over real gRPC: which request waits, what wakes it, what a vanished client costs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from epp.datalayer.endpoint import Endpoint
+from tests.support.extproc_client import (
+    Conversation,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    set_headers,
+)
+from tests.support.inproc import running_epp
+
+DESTINATION = "x-gateway-destination-endpoint"
+
+
+def config(max_wait: str = "30s") -> str:
+    # One cold prefill per endpoint; a prompt of 100 estimated tokens (400 bytes) is cold.
+    return f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: approx-prefix-cache-producer
+- type: estimated-ttft-scorer
+- type: max-score-picker
+- type: cold-prefill-gate
+  parameters: {{minTokens: 100, maxPerEndpoint: 1, maxWait: {max_wait}, recheck: 50ms}}
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: estimated-ttft-scorer
+  - pluginRef: max-score-picker
+"""
+
+
+def one_endpoint() -> list[Endpoint]:
+    return [Endpoint(name="127.0.0.1:8000", address="127.0.0.1", port=8000)]
+
+
+def body(prompt: str) -> bytes:
+    return orjson.dumps({"model": "m1", "prompt": prompt, "max_tokens": 3, "stream": True})
+
+
+COLD_A = " ".join(f"alpha{i}" for i in range(200))  # ~1,400 bytes, nothing cached
+COLD_B = " ".join(f"bravo{i}" for i in range(200))
+
+
+async def start(ch, prompt: str) -> Conversation:
+    conv = Conversation(ch, timeout=30)
+    await conv.send(request_headers())
+    await conv.send(request_body(body(prompt)))
+    return conv
+
+
+async def routed_to(conv: Conversation, timeout: float) -> str:
+    first = await asyncio.wait_for(conv.recv(), timeout)
+    assert first.WhichOneof("response") == "request_headers"
+    await conv.recv()  # the body goes back after the headers answer
+    return set_headers(first.request_headers.response)[DESTINATION]
+
+
+async def until(cond, tries: int = 100) -> None:
+    for _ in range(tries):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    assert cond()
+
+
+def held(epp) -> float:
+    return epp.metrics.registry.get_sample_value("epp_cold_prefill_held")
+
+
+async def test_a_second_cold_prompt_waits_until_the_first_prefill_ends_and_short_ones_do_not():
+    async with running_epp(one_endpoint(), config()) as (epp, ch):
+        ep = epp.datastore.endpoints()[0]
+        a = await start(ch, COLD_A)
+        assert await routed_to(a, 5) == "127.0.0.1:8000"
+        assert ep.inflight.cold_prefills == 1
+
+        b = await start(ch, COLD_B)
+        b_answer = asyncio.ensure_future(b.recv())
+        done, _ = await asyncio.wait({b_answer}, timeout=0.4)
+        assert not done  # held: no answer, no load counted
+        assert held(epp) == 1
+        assert ep.inflight.requests == 1
+
+        short = await start(ch, "hi")  # below minTokens: never held
+        assert await routed_to(short, 5) == "127.0.0.1:8000"
+
+        # A's first response byte means its prefill is done: B goes now.
+        await a.send(response_headers({":status": "200", "content-type": "text/event-stream"}))
+        await a.recv()
+        await a.send(response_body(b'data: {"choices": []}\n\n', eos=False))
+        first = await asyncio.wait_for(b_answer, 5)
+        assert set_headers(first.request_headers.response)[DESTINATION] == "127.0.0.1:8000"
+        assert held(epp) == 0
+        assert epp.metrics.registry.get_sample_value("epp_cold_prefill_hold_seconds_count") == 1
+        assert ep.inflight.cold_prefills == 1  # B's, now outstanding
+        for conv in (a, b, short):
+            conv.call.cancel()
+        await until(lambda: ep.inflight.requests == 0)
+        assert ep.inflight.cold_prefills == 0 and ep.inflight.prefill_tokens == 0
+
+
+async def test_a_held_request_is_sent_anyway_after_max_wait():
+    async with running_epp(one_endpoint(), config(max_wait="300ms")) as (epp, ch):
+        ep = epp.datastore.endpoints()[0]
+        a = await start(ch, COLD_A)
+        await routed_to(a, 5)
+        b = await start(ch, COLD_B)  # A never answers: B must not wait forever
+        assert await routed_to(b, 5) == "127.0.0.1:8000"
+        assert ep.inflight.cold_prefills == 2
+        assert held(epp) == 0
+        a.call.cancel()
+        b.call.cancel()
+        await until(lambda: ep.inflight.requests == 0)
+        assert ep.inflight.cold_prefills == 0
+
+
+async def test_a_client_that_leaves_while_held_costs_nothing():
+    async with running_epp(one_endpoint(), config()) as (epp, ch):
+        ep = epp.datastore.endpoints()[0]
+        a = await start(ch, COLD_A)
+        await routed_to(a, 5)
+        b = await start(ch, COLD_B)
+        await until(lambda: held(epp) == 1)
+        b.call.cancel()
+        await until(lambda: held(epp) == 0)
+        assert ep.inflight.requests == 1 and ep.inflight.cold_prefills == 1  # only A
+        # A finishes normally; nothing is left behind and a new cold prompt goes straight through.
+        await a.send(response_headers({":status": "200", "content-type": "application/json"}))
+        await a.recv()
+        await a.send(response_body(b"{}", eos=True))
+        await a.recv()
+        await until(lambda: ep.inflight.requests == 0)
+        assert ep.inflight.cold_prefills == 0
+        c = await start(ch, COLD_B)
+        assert await routed_to(c, 5) == "127.0.0.1:8000"
+        c.call.cancel()
+
+
+async def test_without_the_gate_in_the_config_nothing_is_held():
+    async with running_epp(one_endpoint(), config().replace("- type: cold-prefill-gate\n", "").replace(
+            "  parameters: {minTokens: 100, maxPerEndpoint: 1, maxWait: 30s, recheck: 50ms}\n", "")) as (epp, ch):
+        a = await start(ch, COLD_A)
+        await routed_to(a, 5)
+        b = await start(ch, COLD_B)
+        assert await routed_to(b, 5) == "127.0.0.1:8000"
+        a.call.cancel()
+        b.call.cancel()
