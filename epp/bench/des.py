@@ -23,7 +23,7 @@ from epp.bench.configs import resolve_config
 from epp.bench.summary import Outcome, summarize
 from epp.bench.workloads import MODEL, BenchRequest, Workload, poisson_arrivals
 from epp.datalayer.endpoint import Endpoint, EndpointMetrics
-from epp.flowcontrol.prefill_gate import ColdPrefillGate
+from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.requestcontrol.director import uncached_tokens
 from epp.requests.usage import Usage
 from epp.scheduling.config import load_config
@@ -113,12 +113,13 @@ class _Epp(_Policy):
         self.block_size, self.num_blocks, self.max_loras = block_size, num_blocks, max_loras
         self.open: dict[int, tuple[Endpoint, int, SchedulingRequest, object]] = {}
         self.prefill_pending: set[int] = set()
-        gates = self.sched.config.plugins_of(ColdPrefillGate)
-        self.gate: ColdPrefillGate | None = gates[0] if gates else None
-        self.cold: set[int] = set()
+        gates = self.sched.config.plugins_of(PrefillGate)
+        self.gate: PrefillGate | None = gates[0] if gates else None
+        self.long: set[int] = set()
         self.first_seen: dict[int, float] = {}
         self.fleet: VirtualFleet | None = None
         self.recheck_pending = False
+        self.held_at: dict[int, tuple[Endpoint, int]] = {}
 
     def scrape(self) -> None:
         now = time.monotonic()  # plugins compare update_time with the real clock (staleness)
@@ -132,6 +133,9 @@ class _Epp(_Policy):
                 prefix_cache_hits=float(eng.stats.prefix_cache_hits), update_time=now)
 
     def route(self, i: int, fleet: VirtualFleet) -> int | None:
+        if i in self.held_at:
+            held_ep, held_tokens = self.held_at.pop(i)
+            held_ep.inflight.held_tokens -= held_tokens
         req = self.requests[i]
         pin = prefix_input(req)
         tokens = len(pin) // CHARS_PER_TOKEN
@@ -142,20 +146,22 @@ class _Epp(_Policy):
         ep = result.targets[0]
         uncached = uncached_tokens(cycle, ep, tokens)
         gate = self.gate
-        cold = gate is not None and gate.is_cold(uncached)
-        if cold:
-            # As the director: held while the endpoint has enough cold prefills outstanding, tried
+        long = gate is not None and gate.is_long(uncached)
+        if long:
+            # As the director: held while the endpoint has enough long prefills outstanding, tried
             # again when one finishes and at every recheck interval, let through after maxWait.
             first = self.first_seen.setdefault(i, fleet.now)
             if gate.holds(ep, uncached, fleet.now - first):
+                ep.inflight.held_tokens += uncached
+                self.held_at[i] = (ep, uncached)
                 self.fleet = fleet
                 if not self.recheck_pending:
                     self.recheck_pending = True
                     fleet.call_at(fleet.now + gate.recheck, self._recheck)
                 return None
-            self.cold.add(i)
+            self.long.add(i)
         self.sched.pre_request(cycle, sreq, result)
-        ep.inflight.add(uncached, cold)
+        ep.inflight.add(uncached, long)
         self.prefill_pending.add(i)
         self.open[i] = (ep, uncached, sreq, result)
         return self.endpoints.index(ep)
@@ -167,20 +173,20 @@ class _Epp(_Policy):
 
     def _prefill_finished(self, i: int) -> None:
         self.prefill_pending.discard(i)
-        if i in self.cold:
-            self.cold.discard(i)
+        if i in self.long:
+            self.long.discard(i)
             if self.fleet is not None and self.fleet.parked:
                 self.fleet.call_at(self.fleet.now, self.fleet.retry_parked)
 
     def first_token(self, i: int) -> None:
         ep, tokens, _, _ = self.open[i]
-        ep.inflight.prefill_done(tokens, i in self.cold)
+        ep.inflight.prefill_done(tokens, i in self.long)
         self._prefill_finished(i)
 
     def finished(self, i: int, replica: int, usage: Usage) -> None:
         ep, tokens, sreq, result = self.open.pop(i)
         pending = i in self.prefill_pending
-        ep.inflight.release(tokens, pending, i in self.cold)
+        ep.inflight.release(tokens, pending, i in self.long)
         if pending:
             self._prefill_finished(i)
         for plugin in self.sched.config.response_complete:

@@ -46,27 +46,31 @@ class InflightLoad:
     prompt_tokens: int = 0  # uncached prompt tokens (estimate) of unfinished requests
     prefill_tokens: int = 0  # uncached prompt tokens of requests whose first byte has not come back
     prefill_requests: int = 0  # how many requests those are
-    cold_prefills: int = 0  # of those, how many are long cold prompts (flowcontrol/prefill_gate.py)
+    long_prefills: int = 0  # of those, how many are long prompts (flowcontrol/prefill_gate.py)
+    # Uncached prompt tokens of requests the prefill gate holds in the EPP for this endpoint: a
+    # queue too, only on our side of the wire; the scorer must see it or a held-back endpoint
+    # looks idle and keeps attracting traffic it cannot take.
+    held_tokens: int = 0
 
-    def add(self, tokens: int, cold: bool = False) -> None:
+    def add(self, tokens: int, long: bool = False) -> None:
         self.requests += 1
         self.prompt_tokens += tokens
         self.prefill_tokens += tokens
         self.prefill_requests += 1
-        if cold:
-            self.cold_prefills += 1
+        if long:
+            self.long_prefills += 1
 
-    def prefill_done(self, tokens: int, cold: bool = False) -> None:
+    def prefill_done(self, tokens: int, long: bool = False) -> None:
         self.prefill_tokens = max(0, self.prefill_tokens - tokens)
         self.prefill_requests = max(0, self.prefill_requests - 1)
-        if cold:
-            self.cold_prefills = max(0, self.cold_prefills - 1)
+        if long:
+            self.long_prefills = max(0, self.long_prefills - 1)
 
-    def release(self, tokens: int, prefill_pending: bool = False, cold: bool = False) -> None:
+    def release(self, tokens: int, prefill_pending: bool = False, long: bool = False) -> None:
         self.requests = max(0, self.requests - 1)
         self.prompt_tokens = max(0, self.prompt_tokens - tokens)
         if prefill_pending:
-            self.prefill_done(tokens, cold)
+            self.prefill_done(tokens, long)
 
 
 @dataclass(slots=True, eq=False)

@@ -33,9 +33,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     return
                 try:
                     responses, close = state.handle(req)
-                    while state.held is not None:  # the cold-prefill gate holds it: wait, route again
-                        await state.exchange.wait_to_route()
-                        responses = state.resume()
+                    if state.held is not None:  # the prefill gate holds it: wait, then route again
+                        while state.held is not None:
+                            await state.exchange.wait_to_route(state.try_resume)
+                            if state.held is not None:
+                                state.try_resume()
+                        if state.release_error is not None:
+                            raise state.release_error
+                        responses = state.released
                 except EppError as err:
                     await write(error_response(err))
                     return

@@ -9,7 +9,7 @@ full-duplex mode), then body chunks in order, the last with end_of_stream; trail
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -27,7 +27,7 @@ _NONE = 0
 
 class Exchange(Protocol):
     def route(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: held, see resume()
-    async def wait_to_route(self) -> None: ...
+    async def wait_to_route(self, retry: Callable[[], bool]) -> None: ...
     def route_headers_only(self, req: IncomingRequest) -> RouteDecision: ...
     def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision: ...
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None: ...
@@ -47,7 +47,8 @@ class StreamState:
     """Per-stream state. `handle()` returns the responses to send for one incoming message."""
 
     __slots__ = ("exchange", "request_mode", "response_mode", "headers", "body_parts", "body_size",
-                 "subset", "request_done", "response_eos", "max_body", "routed_with_trailers", "held")
+                 "subset", "request_done", "response_eos", "max_body", "routed_with_trailers", "held",
+                 "released", "release_error")
 
     def __init__(self, exchange: Exchange, max_body: int) -> None:
         self.exchange = exchange
@@ -61,8 +62,10 @@ class StreamState:
         self.response_eos = False
         self.max_body = max_body
         self.routed_with_trailers = False
-        # Set while the director holds the request (cold-prefill gate): what to route once it may go.
+        # Set while the director holds the request (prefill gate): what to route once it may go.
         self.held: tuple[IncomingRequest, bytes, bool, list[pb.ProcessingResponse]] | None = None
+        self.released: list[pb.ProcessingResponse] = []  # what to send once a held request is routed
+        self.release_error: Exception | None = None
 
     def handle(self, req: pb.ProcessingRequest) -> tuple[list[pb.ProcessingResponse], bool]:
         """Returns (responses, close_stream)."""
@@ -143,15 +146,22 @@ class StreamState:
             return []
         return self._routed(decision, body, eos_on_body) + (tail or [])
 
-    def resume(self) -> list[pb.ProcessingResponse]:
-        """Route a held request again; [] (and still held) if it must keep waiting."""
+    def try_resume(self) -> bool:
+        """Route a held request again. True when it is no longer held: its responses (or the error
+        that ended it) are then in `released` / `release_error`. Never raises: it may run inside
+        another stream's response path (the gate calls it when that stream's prefill ends)."""
         assert self.held is not None
         incoming, body, eos_on_body, tail = self.held
-        decision = self.exchange.route(incoming)
+        try:
+            decision = self.exchange.route(incoming)
+        except Exception as exc:
+            self.held, self.release_error = None, exc
+            return True
         if decision is None:
-            return []
+            return False
         self.held = None
-        return self._routed(decision, body, eos_on_body) + tail
+        self.released = self._routed(decision, body, eos_on_body) + tail
+        return True
 
     def _routed(self, decision, body: bytes, eos_on_body: bool) -> list[pb.ProcessingResponse]:
         new_body = decision.body if decision.body is not None else body

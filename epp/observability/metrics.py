@@ -121,10 +121,10 @@ class EppMetrics:
         self.kube_watch_restarts = Counter("epp_kubernetes_watch_restarts",
                                            "Watches re-opened: expired (410), stalled, error.",
                                            ("resource", "reason"), registry=r)
-        self.cold_prefill_held = Gauge(
-            "epp_cold_prefill_held", "Requests the cold-prefill gate holds in the EPP right now.", registry=r)
-        self.cold_prefill_hold = Histogram(
-            "epp_cold_prefill_hold_seconds", "How long each held request waited before it was dispatched.",
+        self.prefill_gate_held = Gauge(
+            "epp_prefill_gate_held", "Requests the prefill gate holds in the EPP right now.", registry=r)
+        self.prefill_gate_hold = Histogram(
+            "epp_prefill_gate_hold_seconds", "How long each held request waited before it was dispatched.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
         self.leader = Gauge("epp_leader", "1 while this replica holds the leader-election lease.", registry=r)
 

@@ -10,11 +10,12 @@ import logging
 import random
 import time
 import uuid
+from typing import Callable
 
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import EppError, ErrorCode
 from epp.flowcontrol.admission import LegacyAdmission
-from epp.flowcontrol.prefill_gate import ColdPrefillGate
+from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.observability.metrics import EppMetrics
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
@@ -67,13 +68,13 @@ class Director:
         self.use_subset_hint = use_subset_hint
         self.rng = random.Random()
         self._gate_config: object = None
-        self._gate: ColdPrefillGate | None = None
+        self._gate: PrefillGate | None = None
 
     @property
-    def gate(self) -> ColdPrefillGate | None:
+    def gate(self) -> PrefillGate | None:
         config = self.scheduler.config
         if config is not self._gate_config:  # the scheduler's config can be swapped at runtime
-            gates = config.plugins_of(ColdPrefillGate)
+            gates = config.plugins_of(PrefillGate)
             self._gate_config, self._gate = config, (gates[0] if gates else None)
         return self._gate
 
@@ -87,7 +88,7 @@ class Exchange:
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
                  "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series",
-                 "cold", "gate", "held_since")
+                 "long", "gate", "held_since", "held_at")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -111,9 +112,10 @@ class Exchange:
         self.model_error = False
         self.prefill_pending = False
         self.series = None
-        self.cold = False  # a long uncached prompt: counted by the cold-prefill gate until its first byte
-        self.gate: ColdPrefillGate | None = None
+        self.long = False  # a long uncached prompt: counted by the prefill gate until its first byte
+        self.gate: PrefillGate | None = None
         self.held_since: float | None = None
+        self.held_at: tuple[Endpoint, int] | None = None  # where a held request wants to go, for how many tokens
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -126,7 +128,7 @@ class Exchange:
         return RouteDecision(ep.hostport, None, self._request_id_header(req), self._removals(req))
 
     def route(self, req: IncomingRequest, may_hold: bool = True) -> RouteDecision | None:
-        """The routing decision, or None when the cold-prefill gate holds the request: then await
+        """The routing decision, or None when the prefill gate holds the request: then await
         `wait_to_route()` and call `route()` again with the same request."""
         d = self.d
         if self.parsed is None:
@@ -135,6 +137,7 @@ class Exchange:
         assert parsed is not None
         headers = req.headers
         incoming, target = self.incoming_model, self.target_model
+        self._forget_held_demand()  # re-scheduled below from scratch
         candidates = self._candidates(req)
         try:
             d.admission.admit(self.priority, candidates)
@@ -155,12 +158,14 @@ class Exchange:
         # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
         uncached = uncached_tokens(cycle, primary, tokens)
         gate = d.gate
-        cold = gate is not None and gate.is_cold(uncached)
-        if cold and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start):
+        long = gate is not None and gate.is_long(uncached)
+        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start):
             if self.held_since is None:
                 self.held_since = time.monotonic()
-                d.metrics.cold_prefill_held.inc()
+                d.metrics.prefill_gate_held.inc()
             self.gate = gate
+            primary.inflight.held_tokens += uncached
+            self.held_at = (primary, uncached)
             return None
         self._unhold()
         d.metrics.scheduler_attempts.labels("success", target, primary.pod_name or primary.name,
@@ -169,9 +174,9 @@ class Exchange:
         # Count the load at the moment of the pick: the next request in this burst sees it.
         series = self.series = d.metrics.series(incoming, target)
         series.running.inc()
-        primary.inflight.add(uncached, cold)
+        primary.inflight.add(uncached, long)
         self.prefill_pending = True
-        self.cold, self.gate = cold, gate
+        self.long, self.gate = long, gate
         self.endpoint, self.tokens, self.sched_req, self.result = primary, uncached, sreq, result
 
         body = req.body
@@ -204,22 +209,30 @@ class Exchange:
         self.incoming_model, self.target_model = incoming, target
         self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
 
-    async def wait_to_route(self) -> None:
-        """A held request waits here until routing it again may succeed (see flowcontrol/prefill_gate.py)."""
+    async def wait_to_route(self, retry: Callable[[], bool]) -> None:
+        """A held request waits here; `retry` routes it again and says whether it went
+        (see flowcontrol/prefill_gate.py)."""
         assert self.gate is not None
-        await self.gate.wait(time.monotonic() - self.start)
+        await self.gate.wait(retry, time.monotonic() - self.start)
+
+    def _forget_held_demand(self) -> None:
+        if self.held_at is not None:
+            ep, tokens = self.held_at
+            ep.inflight.held_tokens = max(0, ep.inflight.held_tokens - tokens)
+            self.held_at = None
 
     def _unhold(self) -> None:
+        self._forget_held_demand()
         if self.held_since is not None:
             m = self.d.metrics
-            m.cold_prefill_held.dec()
-            m.cold_prefill_hold.observe(time.monotonic() - self.held_since)
+            m.prefill_gate_held.dec()
+            m.prefill_gate_hold.observe(time.monotonic() - self.held_since)
             self.held_since = None
 
     def _prefill_finished(self) -> None:
         self.prefill_pending = False
-        if self.cold:
-            self.cold = False
+        if self.long:
+            self.long = False
             if self.gate is not None:
                 self.gate.released()
 
@@ -275,7 +288,7 @@ class Exchange:
         self.response_size += len(chunk)
         if self.prefill_pending and chunk and self.endpoint is not None:
             # The first byte back means the server finished this request's prefill.
-            self.endpoint.inflight.prefill_done(self.tokens, self.cold)
+            self.endpoint.inflight.prefill_done(self.tokens, self.long)
             self._prefill_finished()
         if self.streaming:
             if self.sse is not None:
@@ -309,7 +322,7 @@ class Exchange:
         ep = self.endpoint
         if ep is None:
             return
-        ep.inflight.release(self.tokens, self.prefill_pending, self.cold)
+        ep.inflight.release(self.tokens, self.prefill_pending, self.long)
         if self.prefill_pending:
             self._prefill_finished()
         m = self.d.metrics

@@ -3,7 +3,8 @@
 Estimate, in prompt-token equivalents, the work standing between a new request and its first
 token on each endpoint:
 
-    cost(e) = pending_prefill(e)          uncached prompt tokens sent to e whose first byte is not back
+    cost(e) = pending_prefill(e)          uncached prompt tokens sent to e whose first byte is not back,
+                                          plus those the prefill gate holds in the EPP for e
             + uncached(e)                 this request's prompt minus what e already holds (prefix match)
             + runningTokens * running(e)  each running sequence slows every engine step (and the
                                           new request's decode) a little
@@ -72,7 +73,7 @@ def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str 
     # A scraped waiting request that is one we sent and have not seen start is already charged
     # as pending prefill; the scrape is also up to an interval old. Charge only the excess.
     waiting = max(0, waiting - e.inflight.prefill_requests)
-    cost = (e.inflight.prefill_tokens + uncached_weight * uncached + p.running_tokens * running
+    cost = (e.inflight.prefill_tokens + e.inflight.held_tokens + uncached_weight * uncached + p.running_tokens * running
             + p.waiting_tokens * waiting)
     if lora:
         cost += lora_cost(e, lora, p)

@@ -29,7 +29,7 @@ plugins:
 - type: approx-prefix-cache-producer
 - type: estimated-ttft-scorer
 - type: max-score-picker
-- type: cold-prefill-gate
+- type: prefill-gate
   parameters: {{minTokens: 100, maxPerEndpoint: 1, maxWait: {max_wait}, recheck: 50ms}}
 schedulingProfiles:
 - name: default
@@ -74,7 +74,7 @@ async def until(cond, tries: int = 100) -> None:
 
 
 def held(epp) -> float:
-    return epp.metrics.registry.get_sample_value("epp_cold_prefill_held")
+    return epp.metrics.registry.get_sample_value("epp_prefill_gate_held")
 
 
 async def test_a_second_cold_prompt_waits_until_the_first_prefill_ends_and_short_ones_do_not():
@@ -82,14 +82,15 @@ async def test_a_second_cold_prompt_waits_until_the_first_prefill_ends_and_short
         ep = epp.datastore.endpoints()[0]
         a = await start(ch, COLD_A)
         assert await routed_to(a, 5) == "127.0.0.1:8000"
-        assert ep.inflight.cold_prefills == 1
+        assert ep.inflight.long_prefills == 1
 
         b = await start(ch, COLD_B)
         b_answer = asyncio.ensure_future(b.recv())
         done, _ = await asyncio.wait({b_answer}, timeout=0.4)
-        assert not done  # held: no answer, no load counted
+        assert not done  # held: no answer, no load counted, but the scorer sees it waiting for ep
         assert held(epp) == 1
         assert ep.inflight.requests == 1
+        assert ep.inflight.held_tokens == len(COLD_B) // 4  # all of it uncached
 
         short = await start(ch, "hi")  # below minTokens: never held
         assert await routed_to(short, 5) == "127.0.0.1:8000"
@@ -100,13 +101,13 @@ async def test_a_second_cold_prompt_waits_until_the_first_prefill_ends_and_short
         await a.send(response_body(b'data: {"choices": []}\n\n', eos=False))
         first = await asyncio.wait_for(b_answer, 5)
         assert set_headers(first.request_headers.response)[DESTINATION] == "127.0.0.1:8000"
-        assert held(epp) == 0
-        assert epp.metrics.registry.get_sample_value("epp_cold_prefill_hold_seconds_count") == 1
-        assert ep.inflight.cold_prefills == 1  # B's, now outstanding
+        assert held(epp) == 0 and ep.inflight.held_tokens == 0
+        assert epp.metrics.registry.get_sample_value("epp_prefill_gate_hold_seconds_count") == 1
+        assert ep.inflight.long_prefills == 1  # B's, now outstanding
         for conv in (a, b, short):
             conv.call.cancel()
         await until(lambda: ep.inflight.requests == 0)
-        assert ep.inflight.cold_prefills == 0 and ep.inflight.prefill_tokens == 0
+        assert ep.inflight.long_prefills == 0 and ep.inflight.prefill_tokens == 0
 
 
 async def test_a_held_request_is_sent_anyway_after_max_wait():
@@ -116,12 +117,12 @@ async def test_a_held_request_is_sent_anyway_after_max_wait():
         await routed_to(a, 5)
         b = await start(ch, COLD_B)  # A never answers: B must not wait forever
         assert await routed_to(b, 5) == "127.0.0.1:8000"
-        assert ep.inflight.cold_prefills == 2
+        assert ep.inflight.long_prefills == 2
         assert held(epp) == 0
         a.call.cancel()
         b.call.cancel()
         await until(lambda: ep.inflight.requests == 0)
-        assert ep.inflight.cold_prefills == 0
+        assert ep.inflight.long_prefills == 0
 
 
 async def test_a_client_that_leaves_while_held_costs_nothing():
@@ -133,21 +134,22 @@ async def test_a_client_that_leaves_while_held_costs_nothing():
         await until(lambda: held(epp) == 1)
         b.call.cancel()
         await until(lambda: held(epp) == 0)
-        assert ep.inflight.requests == 1 and ep.inflight.cold_prefills == 1  # only A
+        assert ep.inflight.held_tokens == 0
+        assert ep.inflight.requests == 1 and ep.inflight.long_prefills == 1  # only A
         # A finishes normally; nothing is left behind and a new cold prompt goes straight through.
         await a.send(response_headers({":status": "200", "content-type": "application/json"}))
         await a.recv()
         await a.send(response_body(b"{}", eos=True))
         await a.recv()
         await until(lambda: ep.inflight.requests == 0)
-        assert ep.inflight.cold_prefills == 0
+        assert ep.inflight.long_prefills == 0
         c = await start(ch, COLD_B)
         assert await routed_to(c, 5) == "127.0.0.1:8000"
         c.call.cancel()
 
 
 async def test_without_the_gate_in_the_config_nothing_is_held():
-    async with running_epp(one_endpoint(), config().replace("- type: cold-prefill-gate\n", "").replace(
+    async with running_epp(one_endpoint(), config().replace("- type: prefill-gate\n", "").replace(
             "  parameters: {minTokens: 100, maxPerEndpoint: 1, maxWait: 30s, recheck: 50ms}\n", "")) as (epp, ch):
         a = await start(ch, COLD_A)
         await routed_to(a, 5)

@@ -120,6 +120,18 @@ def test_estimated_ttft_trades_cache_hit_against_queued_prefill():
     assert s()[0] < s()[1]  # ...until the queue on it outweighs even that
 
 
+def test_estimated_ttft_counts_requests_the_prefill_gate_holds_for_an_endpoint():
+    hot, cold = ep("hot"), ep("cold")
+    info = PrefixMatchInfo(list(range(100)), {"hot": 100}, 16)
+    req = SchedulingRequest("r", "m", prompt_tokens=1600)
+    s = lambda: score("estimated-ttft-scorer", [hot, cold], req, CycleState({PREFIX_MATCH_KEY: info}),
+                      runningTokens=0, waitingTokens=0, uncachedWeight=1)
+    hot.inflight.add(1500)
+    assert s()[0] > s()[1]
+    hot.inflight.held_tokens = 200  # waiting in the EPP for hot: 1,700 ahead > 1,600 saved
+    assert s()[0] < s()[1]
+
+
 def test_popular_prefix_is_replicated_unpopular_one_is_not():
     hot, cold = ep("hot"), ep("cold")
     req = SchedulingRequest("r", "m", prompt_tokens=1600)

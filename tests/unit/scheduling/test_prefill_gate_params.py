@@ -1,40 +1,40 @@
-"""cold-prefill-gate decisions and parameters (the waiting itself is tested over gRPC in tests/unit/extproc)."""
+"""prefill-gate decisions and parameters (the waiting itself is tested over gRPC in tests/unit/extproc)."""
 
 from __future__ import annotations
 
 import pytest
 
 from epp.datalayer.endpoint import Endpoint
-from epp.flowcontrol.prefill_gate import ColdPrefillGate
+from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.scheduling.config import load_config
 from epp.scheduling.plugin import ConfigError, build_plugin
 
 
-def gate(**params) -> ColdPrefillGate:
-    g = build_plugin("cold-prefill-gate", "g", params)
-    assert isinstance(g, ColdPrefillGate)
+def gate(**params) -> PrefillGate:
+    g = build_plugin("prefill-gate", "g", params)
+    assert isinstance(g, PrefillGate)
     return g
 
 
 def test_holds_only_long_uncached_prompts_beyond_the_per_endpoint_limit_until_max_wait():
     g = gate(minTokens=1000, maxPerEndpoint=2, maxWait="5s")
     e = Endpoint("a", "127.0.0.1", 8000)
-    e.inflight.add(5000, cold=True)
+    e.inflight.add(5000, long=True)
     assert not g.holds(e, 5000, waited=0.0)  # one outstanding, two allowed
-    e.inflight.add(5000, cold=True)
+    e.inflight.add(5000, long=True)
     assert g.holds(e, 5000, waited=0.0)
     assert g.holds(e, 1000, waited=4.9)
     assert not g.holds(e, 999, waited=0.0)  # short prompts always go
     assert not g.holds(e, 5000, waited=5.0)  # waited long enough: sent anyway
-    e.inflight.prefill_done(5000, cold=True)
+    e.inflight.prefill_done(5000, long=True)
     assert not g.holds(e, 5000, waited=0.0)
-    e.inflight.release(5000, prefill_pending=True, cold=True)
-    assert e.inflight.cold_prefills == 0 and e.inflight.prefill_tokens == 0
+    e.inflight.release(5000, prefill_pending=True, long=True)
+    assert e.inflight.long_prefills == 0 and e.inflight.prefill_tokens == 0
 
 
 def test_defaults_and_durations():
     g = gate()
-    assert (g.min_tokens, g.max_per_endpoint, g.max_wait, g.recheck) == (2048, 2, 10.0, 0.25)
+    assert (g.min_tokens, g.max_per_endpoint, g.max_wait, g.recheck) == (1024, 2, 10.0, 0.25)
 
 
 @pytest.mark.parametrize("params, word", [({"maxPerEndpoint": 0}, "maxPerEndpoint"),
@@ -53,4 +53,4 @@ def test_bad_duration_is_a_config_error():
 
 
 def test_the_default_config_has_the_gate():
-    assert len(load_config(None).plugins_of(ColdPrefillGate)) == 1
+    assert len(load_config(None).plugins_of(PrefillGate)) == 1
