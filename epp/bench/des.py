@@ -103,7 +103,12 @@ class _Epp(_Policy):
     def __init__(self, config_text: str | None, engines: list[Engine], requests: list[BenchRequest],
                  block_size: int, num_blocks: int, max_loras: int, seed: int) -> None:
         self.sched = Scheduler(load_config(config_text, "bench config"))
-        for name, plugin in self.sched.config.plugins.items():
+        config = self.sched.config
+        # Profiles without a picker get an implicit max-score-picker that is not in `plugins`.
+        named = [id(p) for p in config.plugins.values()]
+        implicit = {f"{prof}/picker": p.picker for prof, p in config.profiles.items()
+                    if p.picker is not None and id(p.picker) not in named}
+        for name, plugin in {**config.plugins, **implicit}.items():
             if isinstance(getattr(plugin, "rng", None), random.Random):
                 plugin.rng.seed(f"{seed}/{name}")
         self.engines = engines
