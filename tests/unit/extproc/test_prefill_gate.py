@@ -1,4 +1,4 @@
-"""The cold-prefill gate over real gRPC: which request waits, what wakes it, what a vanished client costs."""
+"""The prefill gate over real gRPC: which request waits, what wakes it, what a vanished client costs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ DESTINATION = "x-gateway-destination-endpoint"
 
 
 def config(max_wait: str = "30s") -> str:
-    # One cold prefill per endpoint; a prompt of 100 estimated tokens (400 bytes) is cold.
+    # One long prefill per endpoint; a prompt of 100 estimated tokens (400 bytes) counts as long.
     return f"""
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
