@@ -181,7 +181,9 @@ class _Epp(_Policy):
         if i in self.long:
             self.long.discard(i)
             if self.fleet is not None and self.fleet.parked:
-                self.fleet.call_at(self.fleet.now, self.fleet.retry_parked)
+                # As the gate: one freed slot, the oldest held request that can use it goes.
+                fleet = self.fleet
+                fleet.call_at(fleet.now, lambda: fleet.retry_parked(until_placed=True))
 
     def first_token(self, i: int) -> None:
         ep, tokens, _, _ = self.open[i]

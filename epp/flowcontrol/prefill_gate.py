@@ -69,7 +69,7 @@ class PrefillGate(Plugin):
         """Wait until `retry()` has returned True, or the recheck interval (or maxWait) has passed.
 
         `retry` is called from `released()`, synchronously and oldest waiter first, so a held
-        request takes the freed slot before any request that arrives later can.
+        request takes a freed slot before any request that arrives later can.
         """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (retry, fut)
@@ -85,7 +85,11 @@ class PrefillGate(Plugin):
                 pass
 
     def released(self) -> None:
-        """A long prefill finished: held requests try again now, oldest first."""
+        """A long prefill finished, so one slot is free: the oldest held request that can use it
+        goes now. The rest keep waiting (each still rechecks on its own timer): re-scheduling
+        every waiter on every release costs a full scheduling pass per waiter, and with many
+        held requests that was most of the EPP's CPU."""
         for retry, fut in list(self._waiters):
             if not fut.done() and retry():
                 fut.set_result(None)
+                return

@@ -109,11 +109,16 @@ class VirtualFleet:
             else:
                 payload()  # type: ignore[operator]
 
-    def retry_parked(self) -> None:
-        """Route every request the router held again, oldest first, keeping their arrival times."""
+    def retry_parked(self, until_placed: bool = False) -> None:
+        """Route the requests the router held again, oldest first, keeping their arrival times;
+        with `until_placed`, stop after the first one the router places."""
         parked, self._parked = self._parked, []
-        for item, arrival in parked:
+        for k, (item, arrival) in enumerate(parked):
+            before = len(self._parked)
             self._arrive(item, None, arrival)
+            if until_placed and len(self._parked) == before:
+                self._parked.extend(parked[k + 1:])
+                return
 
     @property
     def parked(self) -> int:
