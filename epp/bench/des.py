@@ -181,9 +181,19 @@ class _Epp(_Policy):
         if i in self.long:
             self.long.discard(i)
             if self.fleet is not None and self.fleet.parked:
-                # As the gate: one freed slot, the oldest held request that can use it goes.
                 fleet = self.fleet
-                fleet.call_at(fleet.now, lambda: fleet.retry_parked(until_placed=True))
+                fleet.call_at(fleet.now, self._released)
+
+    def _released(self) -> None:
+        """As PrefillGate.released: the oldest held request that can use the slot goes, then more
+        while some endpoint has a free slot, at most one round per endpoint."""
+        fleet, gate = self.fleet, self.gate
+        assert fleet is not None and gate is not None
+        fleet.retry_parked(until_placed=True)
+        for _ in range(len(self.endpoints)):
+            if not fleet.parked or not any(e.inflight.long_prefills < gate.max_per_endpoint for e in self.endpoints):
+                return
+            fleet.retry_parked(until_placed=True)
 
     def first_token(self, i: int) -> None:
         ep, tokens, _, _ = self.open[i]

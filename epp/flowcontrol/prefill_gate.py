@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from pydantic import Field
 
@@ -84,12 +84,20 @@ class PrefillGate(Plugin):
             except ValueError:
                 pass
 
-    def released(self) -> None:
-        """A long prefill finished, so one slot is free: the oldest held request that can use it
-        goes now. The rest keep waiting (each still rechecks on its own timer): re-scheduling
-        every waiter on every release costs a full scheduling pass per waiter, and with many
-        held requests that was most of the EPP's CPU."""
+    def released(self, endpoints: Sequence[Endpoint]) -> None:
+        """A long prefill finished: the oldest held request that can use the freed slot goes now,
+        and while some endpoint still has a free slot the next ones try too (at most one round
+        per endpoint). Not every waiter on every release: each try is a full scheduling pass
+        (prefix hashing of the whole prompt), and with many held 200 KB prompts behind one
+        endpoint that was most of the EPP's CPU. The rest recheck on their own timers."""
+        placed, extra = False, len(endpoints)
         for retry, fut in list(self._waiters):
-            if not fut.done() and retry():
+            if fut.done():
+                continue
+            if placed:
+                if extra <= 0 or not any(e.inflight.long_prefills < self.max_per_endpoint for e in endpoints):
+                    return
+                extra -= 1
+            if retry():
                 fut.set_result(None)
-                return
+                placed = True

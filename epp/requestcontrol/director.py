@@ -234,7 +234,7 @@ class Exchange:
         if self.long:
             self.long = False
             if self.gate is not None:
-                self.gate.released()
+                self.gate.released(self.d.datastore.endpoints())
 
     def _candidates(self, req: IncomingRequest) -> list[Endpoint]:
         eps = self.d.datastore.endpoints()
