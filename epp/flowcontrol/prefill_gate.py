@@ -19,7 +19,8 @@ are never held.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import bisect
+import itertools
 from typing import Callable, Sequence
 
 from pydantic import Field
@@ -47,7 +48,9 @@ class PrefillGate(Plugin):
         self.max_per_endpoint = params.max_per_endpoint
         self.max_wait = parse_duration(params.max_wait)
         self.recheck = parse_duration(params.recheck)
-        self._waiters: deque[tuple[Callable[[], bool], asyncio.Future[None]]] = deque()
+        # (arrival, tie-break, retry, future), oldest first: a request keeps its place across rechecks.
+        self._waiters: list[tuple[float, int, Callable[[], bool], asyncio.Future[None]]] = []
+        self._seq = itertools.count()
 
     # ---- decisions (hot path, synchronous) -------------------------------------------------
 
@@ -65,15 +68,15 @@ class PrefillGate(Plugin):
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, retry: Callable[[], bool], waited: float) -> None:
+    async def wait(self, retry: Callable[[], bool], arrival: float, waited: float) -> None:
         """Wait until `retry()` has returned True, or the recheck interval (or maxWait) has passed.
 
-        `retry` is called from `released()`, synchronously and oldest waiter first, so a held
-        request takes a freed slot before any request that arrives later can.
+        `retry` is called from `released()`, synchronously and in `arrival` order, so a held
+        request takes a freed slot before any request that arrived after it.
         """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (retry, fut)
-        self._waiters.append(entry)
+        entry = (arrival, next(self._seq), retry, fut)
+        bisect.insort(self._waiters, entry, key=lambda w: (w[0], w[1]))
         try:
             await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(self.recheck, self.max_wait - waited)))
         except asyncio.TimeoutError:
@@ -87,11 +90,11 @@ class PrefillGate(Plugin):
     def released(self, endpoints: Sequence[Endpoint]) -> None:
         """A long prefill finished: the oldest held request that can use the freed slot goes now,
         and while some endpoint still has a free slot the next ones try too (at most one round
-        per endpoint). Not every waiter on every release: each try is a full scheduling pass
-        (prefix hashing of the whole prompt), and with many held 200 KB prompts behind one
-        endpoint that was most of the EPP's CPU. The rest recheck on their own timers."""
+        per endpoint). Not every waiter on every release: each try is a full scheduling pass,
+        and with many held 200 KB prompts behind one endpoint that was most of the EPP's CPU.
+        The rest recheck on their own timers."""
         placed, extra = False, len(endpoints)
-        for retry, fut in list(self._waiters):
+        for _, _, retry, fut in list(self._waiters):
             if fut.done():
                 continue
             if placed:

@@ -213,7 +213,7 @@ class Exchange:
         """A held request waits here; `retry` routes it again and says whether it went
         (see flowcontrol/prefill_gate.py)."""
         assert self.gate is not None
-        await self.gate.wait(retry, time.monotonic() - self.start)
+        await self.gate.wait(retry, self.start, time.monotonic() - self.start)
 
     def _forget_held_demand(self) -> None:
         if self.held_at is not None:

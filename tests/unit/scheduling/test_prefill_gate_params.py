@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+
 import pytest
 
 from epp.datalayer.endpoint import Endpoint
@@ -57,9 +60,8 @@ def test_the_default_config_has_the_gate():
 
 
 async def test_a_release_wakes_the_oldest_that_can_go_then_others_only_while_a_slot_is_free():
-    import asyncio
-
     g = gate(maxPerEndpoint=1, recheck="10s")
+    arrivals = itertools.count()
     full, free = Endpoint("full", "127.0.0.1", 8000), Endpoint("free", "127.0.0.1", 8001)
     full.inflight.add(5000, long=True)
     calls: list[str] = []
@@ -71,7 +73,7 @@ async def test_a_release_wakes_the_oldest_that_can_go_then_others_only_while_a_s
                 return False
             goes_to.inflight.add(5000, long=True)
             return True
-        return asyncio.ensure_future(g.wait(retry, 0.0))
+        return asyncio.ensure_future(g.wait(retry, next(arrivals), 0.0))
 
     tasks = [waiter("a", None), waiter("b", free), waiter("c", free), waiter("d", free)]
     await asyncio.sleep(0)
@@ -94,9 +96,8 @@ async def test_a_release_wakes_the_oldest_that_can_go_then_others_only_while_a_s
 
 
 async def test_a_release_lets_several_go_while_slots_stay_free():
-    import asyncio
-
     g = gate(maxPerEndpoint=1, recheck="10s")
+    arrivals = itertools.count()
     e1, e2 = Endpoint("e1", "127.0.0.1", 8000), Endpoint("e2", "127.0.0.1", 8001)
     order: list[str] = []
 
@@ -105,7 +106,7 @@ async def test_a_release_lets_several_go_while_slots_stay_free():
             order.append(name)
             goes_to.inflight.add(5000, long=True)
             return True
-        return asyncio.ensure_future(g.wait(retry, 0.0))
+        return asyncio.ensure_future(g.wait(retry, next(arrivals), 0.0))
 
     tasks = [waiter("x", e1), waiter("y", e2), waiter("z", e1)]
     await asyncio.sleep(0)
@@ -115,3 +116,26 @@ async def test_a_release_lets_several_go_while_slots_stay_free():
     assert not tasks[2].done()
     tasks[2].cancel()
     await asyncio.gather(tasks[2], return_exceptions=True)
+
+
+async def test_a_request_keeps_its_place_when_it_waits_again_after_a_recheck():
+    g = gate(maxPerEndpoint=1, recheck="10s")
+    e = Endpoint("e", "127.0.0.1", 8000)
+    order: list[str] = []
+
+    def retry(name: str):
+        def go() -> bool:
+            order.append(name)
+            if name == "old":
+                e.inflight.add(5000, long=True)  # it goes, and takes the only slot
+            return name == "old"
+        return go
+
+    young = asyncio.ensure_future(g.wait(retry("young"), 5.0, 0.0))
+    old = asyncio.ensure_future(g.wait(retry("old"), 1.0, 4.0))  # arrived first, back after a recheck
+    await asyncio.sleep(0)
+    g.released([e])
+    assert order == ["old"]
+    await asyncio.wait_for(old, 1)
+    young.cancel()
+    await asyncio.gather(young, return_exceptions=True)
