@@ -156,7 +156,7 @@ class _Epp(_Policy):
             # As the director: held while the endpoint has enough long prefills outstanding, tried
             # again when one finishes and at every recheck interval, let through after maxWait.
             first = self.first_seen.setdefault(i, fleet.now)
-            if gate.holds(ep, uncached, fleet.now - first):
+            if gate.holds(ep, uncached, fleet.now - first, len(self.endpoints)):
                 ep.inflight.held_tokens += uncached
                 self.held_at[i] = (ep, uncached)
                 self.fleet = fleet

@@ -13,7 +13,7 @@ so the scorer sees that endpoint's whole queue and spreads a prefix whose holder
 
 Nothing is lost: a held request is scheduled again at least every `recheck` (new endpoints,
 lost wake-ups), and after `maxWait` it is dispatched regardless. Requests below `minTokens`
-are never held.
+are never held, nor is a request with a single endpoint to go to.
 """
 
 from __future__ import annotations
@@ -57,10 +57,14 @@ class PrefillGate(Plugin):
     def is_long(self, uncached: int) -> bool:
         return uncached >= self.min_tokens
 
-    def holds(self, endpoint: Endpoint, uncached: int, waited: float) -> bool:
-        """True when this request should wait in the EPP rather than queue on `endpoint`."""
-        return (uncached >= self.min_tokens and endpoint.inflight.long_prefills >= self.max_per_endpoint
-                and waited < self.max_wait)
+    def holds(self, endpoint: Endpoint, uncached: int, waited: float, choices: int) -> bool:
+        """True when this request should wait in the EPP rather than queue on `endpoint`.
+
+        `choices` is how many endpoints the request could go to. With one, waiting here cannot
+        find it a better server (late binding needs an alternative); the server's own queue
+        holds it as well, and keeps the request's place without a round trip per release."""
+        return (choices > 1 and uncached >= self.min_tokens
+                and endpoint.inflight.long_prefills >= self.max_per_endpoint and waited < self.max_wait)
 
     # ---- waiting -----------------------------------------------------------------------------
 

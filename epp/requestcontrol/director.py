@@ -159,7 +159,8 @@ class Exchange:
         uncached = uncached_tokens(cycle, primary, tokens)
         gate = d.gate
         long = gate is not None and gate.is_long(uncached)
-        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start):
+        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start,
+                                             len(candidates)):
             if self.held_since is None:
                 self.held_since = time.monotonic()
                 d.metrics.prefill_gate_held.inc()

@@ -23,14 +23,15 @@ def test_holds_only_long_uncached_prompts_beyond_the_per_endpoint_limit_until_ma
     g = gate(minTokens=1000, maxPerEndpoint=2, maxWait="5s")
     e = Endpoint("a", "127.0.0.1", 8000)
     e.inflight.add(5000, long=True)
-    assert not g.holds(e, 5000, waited=0.0)  # one outstanding, two allowed
+    assert not g.holds(e, 5000, waited=0.0, choices=8)  # one outstanding, two allowed
     e.inflight.add(5000, long=True)
-    assert g.holds(e, 5000, waited=0.0)
-    assert g.holds(e, 1000, waited=4.9)
-    assert not g.holds(e, 999, waited=0.0)  # short prompts always go
-    assert not g.holds(e, 5000, waited=5.0)  # waited long enough: sent anyway
+    assert g.holds(e, 5000, waited=0.0, choices=8)
+    assert g.holds(e, 1000, waited=4.9, choices=8)
+    assert not g.holds(e, 999, waited=0.0, choices=8)  # short prompts always go
+    assert not g.holds(e, 5000, waited=5.0, choices=8)  # waited long enough: sent anyway
+    assert not g.holds(e, 5000, waited=0.0, choices=1)  # nowhere else to go: the server queues it
     e.inflight.prefill_done(5000, long=True)
-    assert not g.holds(e, 5000, waited=0.0)
+    assert not g.holds(e, 5000, waited=0.0, choices=8)
     e.inflight.release(5000, prefill_pending=True, long=True)
     assert e.inflight.long_prefills == 0 and e.inflight.prefill_tokens == 0
 
