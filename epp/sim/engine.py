@@ -12,6 +12,8 @@ Scheduling, after vllm/v1/core/sched/scheduler.py:
   max_num_seqs run. A long prompt is prefilled over several steps (chunked prefill).
 * A waiting request first takes the longest cached prefix of full blocks (never the whole
   prompt: the last token is always recomputed so there is something to sample from).
+  Blocks are cached when they are scheduled, not when the step ends, so a request admitted
+  behind another with the same prefix in the same step reuses its blocks.
 * When a running request cannot get a block, the most recently admitted running request
   is preempted (blocks freed, recomputed later); no waiting request is admitted in a step
   that preempted.
@@ -253,6 +255,7 @@ class Engine:
             if not got_slots:
                 break
             scheduled.append((req, num_new))
+            self._register(req, req.num_computed_tokens + num_new)
             budget -= num_new
             i += 1
         if preempted:
@@ -305,6 +308,7 @@ class Engine:
                 req.status = RUNNING
                 running.append(req)
                 scheduled.append((req, num_new))
+                self._register(req, num_computed + num_new)
                 budget -= num_new
             if skipped:
                 waiting.extendleft(reversed(skipped))
@@ -328,19 +332,11 @@ class Engine:
         end = self.now + duration
         self.now = end
 
-        # Execute: advance computed tokens, cache newly full blocks, sample.
+        # Execute: advance computed tokens, sample.
         tokens: list[TokenEvent] = []
         any_finished = False
         for req, n in scheduled:
             req.num_computed_tokens += n
-            full = req.num_computed_tokens // bs
-            if full > req.num_registered_blocks:
-                self._ensure_hashes(req)
-                kv.cache_blocks(
-                    req.block_ids, req.block_hashes, req.token_ids, req.num_registered_blocks, full,
-                    self.lora_id(req.lora), req.lora,
-                )
-                req.num_registered_blocks = full
             if req.num_computed_tokens < len(req.token_ids):
                 continue  # a prefill chunk that does not finish the prompt samples nothing
             index = len(req.token_ids) - len(req.prompt_token_ids)
@@ -378,6 +374,17 @@ class Engine:
             req.block_hashes.extend(
                 block_hashes(req.token_ids, bs, self.config.hash_seed, req.lora, start=have, parent=parent)
             )
+
+    def _register(self, req: SimRequest, upto: int) -> None:
+        """Cache the blocks this step fills, at scheduling time as vLLM v1 does (allocate_slots
+        caches up to num_computed + num_new tokens before the forward pass): a request admitted
+        later in the same step hits them, since each layer writes the batch's KV before attending."""
+        full = upto // self.config.block_size
+        if full > req.num_registered_blocks:
+            self._ensure_hashes(req)
+            self.kv.cache_blocks(req.block_ids, req.block_hashes, req.token_ids, req.num_registered_blocks, full,
+                                 self.lora_id(req.lora), req.lora)
+            req.num_registered_blocks = full
 
     def _release(self, req: SimRequest) -> None:
         if req.block_ids:

@@ -53,6 +53,23 @@ def test_whole_prompt_hit_still_recomputes_last_token():
     assert {r.request_id: r.cached_tokens for r in recs} == {"a": 0, "b": 48}
 
 
+def test_a_request_admitted_in_the_same_step_reuses_the_prefix_being_computed():
+    # vLLM v1 caches blocks when it schedules them (allocate_slots), so two requests with one
+    # system prompt that wait together prefill it once, not twice.
+    cost = CostModel()
+    eng = Engine(EngineConfig(num_gpu_blocks=4096, max_model_len=16384), cost)
+    system = prompt(4000, 7)
+    busy = TraceItem(0.0, prompt(2000, 6), max_tokens=1, request_id="busy")  # a and b queue behind it
+    a = TraceItem(0.01, system + prompt(800, 8), max_tokens=2, request_id="a")
+    b = TraceItem(0.02, system + prompt(800, 9), max_tokens=2, request_id="b")
+    recs = {r.request_id: r for r in VirtualFleet([eng]).run_trace([busy, a, b])}
+    assert recs["a"].cached_tokens == 0
+    assert recs["b"].cached_tokens == 4000  # 250 full blocks, scheduled a moment earlier in the same step
+    assert eng.stats.prefix_cache_hits == 4000
+    # One step carries both (4,800 + 800 new tokens, within the 8,192-token budget): same first token.
+    assert recs["a"].first_token_time == pytest.approx(recs["b"].first_token_time)
+
+
 def _throughput(concurrency: int, max_num_seqs: int) -> float:
     eng = Engine(EngineConfig(max_num_seqs=max_num_seqs, num_gpu_blocks=8192, max_model_len=4096))
     trace = [TraceItem(0.0, prompt(128, 100 + i), max_tokens=64) for i in range(concurrency)]
