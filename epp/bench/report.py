@@ -6,11 +6,15 @@ same bytes (tested), so the report can never drift from the numbers it shows.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from epp.bench.des import token_ids
+from epp.bench.floor import ttft_p90_floor
 from epp.bench.plots import plot_workload
 from epp.bench.results import load
+from epp.bench.workloads import make
 
 LIVE, DES, REPEAT = "live.json", "des.json", "live-repeat.json"
 REPORT = "report.md"
@@ -78,6 +82,22 @@ def headline(rows: list[dict[str, Any]], baseline: str = "envoy-rr", subject: st
     return "\n".join(out)
 
 
+@lru_cache(maxsize=None)
+def _floor(workload: str, seed: int) -> float:
+    w = make(workload, seed)
+    return ttft_p90_floor(w, [token_ids(r) for r in w.requests])
+
+
+def floor_line(rows: list[dict[str, Any]]) -> str:
+    """The TTFT p90 no router can beat on these points (epp/bench/floor.py), from their workload and seed."""
+    floors = sorted({_floor(r["workload"], r["seed"]) for r in rows if r.get("seed") is not None})
+    if not floors:
+        return ""
+    span = f"{floors[0]:.3f} s" if floors[-1] - floors[0] < 5e-4 else f"{floors[0]:.3f}–{floors[-1]:.3f} s"
+    return (f"TTFT p90 floor for any router on these prompts, at any load (cost model, idle server, only what "
+            f"earlier requests could have cached; `epp/bench/floor.py`): {span}.")
+
+
 def spread(runs: list[list[dict[str, Any]]]) -> str:
     """Min-max of TTFT p90 and throughput for points measured in more than one run."""
     key = lambda r: (r["workload"], r["router"], r["load"])  # noqa: E731
@@ -133,7 +153,7 @@ def render(results: Path, plots: bool = True) -> str:
             png = f"live-{wname}.png"
             if plots:
                 plot_workload(wrows, f"live {wname}", results / png)
-            parts += [f"### {wname}", "", f"![{wname}]({png})", "", table(wrows), ""]
+            parts += [f"### {wname}", "", f"![{wname}]({png})", "", floor_line(wrows), "", table(wrows), ""]
         repeat = load(results / REPEAT) if (results / REPEAT).exists() else None
         if repeat:
             sp = spread([live["rows"], repeat["rows"]])
@@ -146,7 +166,7 @@ def render(results: Path, plots: bool = True) -> str:
             png = f"des-{wname}.png"
             if plots:
                 plot_workload(wrows, f"des {wname}", results / png)
-            parts += [f"### {wname}", "", f"![{wname}]({png})", "", table(wrows), ""]
+            parts += [f"### {wname}", "", f"![{wname}]({png})", "", floor_line(wrows), "", table(wrows), ""]
     # Linked, not inlined: `epp-bench overhead` rewrites its own file without re-rendering this one.
     parts += ["## Overhead", "", "Envoy alone vs Envoy+EPP (`epp-bench overhead`): [overhead.md](overhead.md).", ""]
     text = "\n".join(parts).rstrip() + "\n"
