@@ -3,7 +3,8 @@
 A request's first token needs at least its frontend latency, one engine step's overhead and the
 prefill of every prompt token that no earlier request could have left in a cache: a server can
 only hold what some request sent before this one computed (epp-bench sends requests in list
-order, live and in virtual time), and a prompt always recomputes its last token. On an idle
+order, live and in virtual time, and every load point has fresh prompts, so nothing from an
+earlier point helps), and a prompt always recomputes its last token. On an idle
 server that is exactly its TTFT; queueing, batching with other work and chunking only add to it.
 The p90 of these per-request floors (same percentile as the results) bounds every router's TTFT
 p90 from below, at any load. On shared-prefix one request in five starts a prompt group nobody
