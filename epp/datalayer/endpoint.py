@@ -73,6 +73,23 @@ class InflightLoad:
             self.prefill_done(tokens, long)
 
 
+@dataclass(slots=True)
+class Reachability:
+    """Whether the server answers at all, from both sides of the EPP.
+
+    Written by the scraper (cold path: transport failures of /metrics) and by the response
+    path (hot path: requests that failed to reach the server). Read by the candidate filter
+    (datalayer/health.py), which keeps dead servers out of every scheduling profile: without
+    it a dead server looks idle (its in-flight requests fail at once and release their load,
+    its last metrics stay as they were) and attracts most picks.
+    """
+
+    scrape_failures: int = 0  # consecutive scrapes that got no HTTP answer (refused, reset, timeout)
+    request_failures: int = 0  # consecutive requests that failed to reach the server
+    ejected_until: float = 0.0  # monotonic time before which request failures keep it out
+    ejections: int = 0  # consecutive ejections, for the back-off
+
+
 @dataclass(slots=True, eq=False)
 class Endpoint:
     """One model-server endpoint: a pod (or static host) and one target port."""
@@ -87,6 +104,7 @@ class Endpoint:
     namespace: str = ""
     metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
     inflight: InflightLoad = field(default_factory=InflightLoad)
+    reach: Reachability = field(default_factory=Reachability)
 
     @property
     def hostport(self) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.engines import DEFAULT_ENGINE, WANTED, extract
-from epp.datalayer.fetch import DEFAULT_BACKEND, Fetcher, make_fetcher
+from epp.datalayer.fetch import DEFAULT_BACKEND, Fetcher, FetchError, make_fetcher
 from epp.datalayer.promtext import parse_bytes
 
 log = logging.getLogger(__name__)
@@ -160,11 +160,18 @@ class MetricsCollector:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
+            ep.reach.scrape_failures += 1
             self._fail(ep, stats, f"timeout after {self.timeout:g}s")
             return
-        except Exception as e:  # connection refused/reset, bad status, protocol errors
+        except FetchError as e:  # the server answered, only not with a page: it is alive
+            ep.reach.scrape_failures = 0
+            self._fail(ep, stats, str(e))
+            return
+        except Exception as e:  # connection refused/reset, protocol errors: nobody answered
+            ep.reach.scrape_failures += 1
             self._fail(ep, stats, f"{type(e).__name__}: {e}")
             return
+        ep.reach.scrape_failures = 0
         try:
             families = parse_bytes(body, WANTED.get(ep.engine) or WANTED[DEFAULT_ENGINE])
             fields, errors = extract(ep.engine, families)
