@@ -26,7 +26,7 @@ from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.saturation import UtilizationDetector
 from epp.observability import logs
 from epp.observability.health import HealthServicer, HealthState
-from epp.observability.http import start_observability_server
+from epp.observability.http import ObservabilityServer
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
@@ -158,8 +158,8 @@ class Epp:
         await server.start()
         await health_server.start()
         self._servers = [server, health_server]
-        self._http = start_observability_server(o.metrics_port, o.bind_address, self.metrics.registry, self.health,
-                                                self.readiness_detail)
+        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail)
+        await self._http.start(o.bind_address, o.metrics_port)
         await self.collector.start()
         self.pool_gauges.start()
         for source in self.sources:
@@ -191,8 +191,7 @@ class Epp:
         await self.collector.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            await self._http.stop()
 
 
 async def serve(opts: Options, config: LoadedConfig, endpoints) -> None:
