@@ -7,6 +7,7 @@ Go's flag package accepts `-flag`, `--flag`, `-flag=value`, `--flag value`, and 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 
@@ -18,8 +19,7 @@ _BOOL_FALSE = {"0", "f", "false", "no", "n", "off"}
 
 # Reference flags we accept for compatibility but that have no effect here (say so at start-up).
 IGNORED_FLAGS = (
-    "model-server-metrics-port", "model-server-metrics-path", "model-server-metrics-scheme",
-    "model-server-metrics-https-insecure-skip-verify", "total-queued-requests-metric",
+    "model-server-metrics-port", "model-server-metrics-path", "total-queued-requests-metric",
     "total-running-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
     "cache-info-metric", "enable-cert-reload", "metrics-endpoint-auth", "enable-pprof", "tracing",
     "zap-devel", "zap-log-level", "zap-stacktrace-level", "zap-time-encoding",
@@ -62,6 +62,26 @@ def port(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be greater than zero")
+    return value
+
+
+def bind_address(text: str) -> str:
+    if text.strip().lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {text!r} (give an IPv4 or IPv6 address: 127.0.0.1, 0.0.0.0, ::)") from None
+
+
 def target_ports(text: str) -> list[int]:
     ports: list[int] = []
     for item in text.split(","):
@@ -76,8 +96,8 @@ def target_ports(text: str) -> list[int]:
 
 class _ErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"epp: error: {message}\n")
+        # One line, no usage dump: the message names the flag, and --help lists them all.
+        self.exit(2, f"epp: error: {message} (epp --help lists the flags)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grpc-port", type=port, default=9002, help="ext_proc gRPC port (default 9002)")
     a("--grpc-health-port", type=port, default=9003, help="gRPC health port (default 9003)")
     a("--metrics-port", type=port, default=9090, help="Prometheus metrics port (default 9090)")
-    a("--bind-address", default=None,
+    a("--bind-address", type=bind_address, default=None,
       help="address every server binds (default 127.0.0.1; 0.0.0.0 when running in a Kubernetes pod)")
     a("--pool-name", default="", help="InferencePool to serve (Kubernetes mode)")
     a("--pool-namespace", default="", help="namespace of the pool (default $NAMESPACE or 'default')")
@@ -101,18 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--static-endpoints", default="",
       help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
     flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
-    a("--refresh-metrics-interval", type=positive_duration, default=0.05, help="per-endpoint scrape period (default 50ms)")
+    a("--refresh-metrics-interval", type=positive_duration, default=0.05,
+      help="per-endpoint scrape period (default 50ms; stretched for pools over 32 endpoints, see docs/datalayer.md)")
+    a("--model-server-metrics-scheme", choices=("http", "https"), default="http",
+      help="scheme of model-server /metrics scrapes (default http)")
+    flag("model-server-metrics-https-insecure-skip-verify", True,
+         "with https scraping, do not verify model-server certificates (default true, as the reference)")
     a("--refresh-prometheus-metrics-interval", type=duration, default=5.0, help="pool gauges period (default 5s)")
     a("--metrics-staleness-threshold", type=duration, default=2.0, help="metrics older than this are stale (2s)")
     a("--config-file", default="", help="EndpointPickerConfig YAML file")
-    a("--config-text", default="", help="EndpointPickerConfig YAML text")
+    a("--config-text", default=None, help="EndpointPickerConfig YAML text")
     a("--config-name", default="",
       help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity")
     flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
     a("--cert-path", default="", help="directory holding tls.crt and tls.key")
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
     flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
-    a("--max-request-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body accepted")
+    a("--max-request-body-bytes", type=positive_int, default=64 * 1024 * 1024, help="largest request body accepted")
     a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
     a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     a("--http-picker-port", type=port, default=0,
@@ -142,8 +167,18 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     """Options plus warnings to log once logging is set up."""
     parser = build_parser()
     ns = parser.parse_args(normalize_go_args(argv))
-    if sum(bool(x) for x in (ns.config_file, ns.config_text, ns.config_name)) > 1:
+    if sum(x is not None and x != "" for x in (ns.config_file, ns.config_text, ns.config_name)) > 1:
         parser.error("--config-file, --config-text and --config-name are mutually exclusive")
+    if ns.config_text is not None and not ns.config_text.strip():
+        parser.error("--config-text is empty; leave it out to run the built-in default config")
+    owner: dict[int, str] = {}
+    for flag_name, number in (("--grpc-port", ns.grpc_port), ("--grpc-health-port", ns.grpc_health_port),
+                              ("--metrics-port", ns.metrics_port), ("--http-picker-port", ns.http_picker_port)):
+        if number == 0:  # 0: any free port (or, for --http-picker-port, off)
+            continue
+        if number in owner:
+            parser.error(f"{owner[number]} and {flag_name} are both {number}: each server needs its own port")
+        owner[number] = flag_name
     modes = [bool(ns.pool_name), bool(ns.endpoint_selector), bool(ns.static_endpoints)]
     if sum(modes) > 1:
         parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
@@ -164,9 +199,11 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         endpoint_target_ports=ns.endpoint_target_ports, static_endpoints=ns.static_endpoints,
         disable_endpoint_subset_filter=ns.disable_endpoint_subset_filter,
         refresh_metrics_interval=ns.refresh_metrics_interval,
+        model_server_metrics_scheme=ns.model_server_metrics_scheme,
+        model_server_metrics_https_insecure_skip_verify=ns.model_server_metrics_https_insecure_skip_verify,
         refresh_prometheus_metrics_interval=ns.refresh_prometheus_metrics_interval,
         metrics_staleness_threshold=ns.metrics_staleness_threshold, config_file=ns.config_file,
-        config_text=ns.config_text, config_name=ns.config_name, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
+        config_text=ns.config_text or "", config_name=ns.config_name, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
         health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,

@@ -112,7 +112,10 @@ class Epp:
         if opts.static_endpoints:
             self.datastore.replace_all(endpoints)
             self.datastore.mark_synced()
-        self.collector = MetricsCollector(self.datastore, interval=opts.refresh_metrics_interval)
+        self.collector = MetricsCollector(
+            self.datastore, interval=opts.refresh_metrics_interval, scheme=opts.model_server_metrics_scheme,
+            insecure_skip_verify=opts.model_server_metrics_https_insecure_skip_verify,
+            interval_gauge=self.metrics.scrape_interval)
         self.scheduler = Scheduler(config)
         self.director = Director(self.datastore, self.scheduler, self.metrics,
                                  LegacyAdmission(detector_from_config(config)), parser=config.parser,

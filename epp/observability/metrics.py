@@ -127,6 +127,9 @@ class EppMetrics:
             "epp_prefill_gate_hold_seconds", "How long each held request waited before it was dispatched.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
         self.leader = Gauge("epp_leader", "1 while this replica holds the leader-election lease.", registry=r)
+        self.scrape_interval = Gauge(
+            "epp_scrape_interval_seconds", "Per-endpoint /metrics scrape interval in effect: "
+            "--refresh-metrics-interval, stretched so the pool's scrapes stay within the CPU budget.", registry=r)
 
     def series(self, model: str, target: str) -> ObjectiveSeries:
         key = (model, target)
