@@ -13,6 +13,7 @@ class ErrorCode(str, Enum):
     UNAUTHORIZED = "Unauthorized"
     FORBIDDEN = "Forbidden"
     NOT_FOUND = "NotFound"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"  # epp extension: the reference answers 400 (issue 13)
     RESOURCE_EXHAUSTED = "ResourceExhausted"
     SERVICE_UNAVAILABLE = "ServiceUnavailable"
     INTERNAL = "Internal"
@@ -28,6 +29,7 @@ _HTTP_STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.RESOURCE_EXHAUSTED: 429,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,

@@ -20,6 +20,7 @@ class EndpointMetrics:
     active_models: frozenset[str] = frozenset()  # running LoRA adapters
     waiting_models: frozenset[str] = frozenset()  # waiting LoRA adapters
     max_active_models: int = 0  # max_lora
+    served_models: frozenset[str] = frozenset()  # model_name labels of the server's own series
     cache_block_size: int = 0  # tokens per KV block (0 = unknown)
     cache_num_blocks: int = 0  # KV blocks on the server (0 = unknown)
     prefix_cache_queries: float = 0.0  # counters, when the engine exports them
@@ -85,6 +86,7 @@ class Reachability:
     """
 
     scrape_failures: int = 0  # consecutive scrapes that got no HTTP answer (refused, reset, timeout)
+    last_scrape_failed: bool = False  # the last scrape gave no usable page, for whatever reason
     request_failures: int = 0  # consecutive requests that failed to reach the server
     ejected_until: float = 0.0  # monotonic time before which request failures keep it out
     ejections: int = 0  # consecutive ejections, for the back-off

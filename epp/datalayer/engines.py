@@ -138,6 +138,8 @@ ENGINES: dict[str, EngineConfig] = {
     ),
 }
 
+MAX_SERVED_MODELS = 32  # a server listing thousands of names must not make them all "known"
+
 # Parser input per engine, computed once: the scraper looks this up on every scrape.
 WANTED: dict[str, frozenset[str]] = {name: cfg.wanted() for name, cfg in ENGINES.items()}
 
@@ -211,6 +213,14 @@ def extract(engine: str | EngineConfig | None, families: Families) -> tuple[dict
         fields[field] = kind(s.value)
 
     number(cfg.queued_requests, "waiting_queue_size", int)
+    if cfg.queued_requests is not None:
+        # The served model names (vLLM and SGLang label every series with model_name): which
+        # names are real, so metric labels can be kept to those (observability/modellabels.py).
+        names = {s.labels["model_name"] for s in families.get(cfg.queued_requests.name, ())
+                 if s.labels.get("model_name")}
+        served = frozenset(sorted(names)[:MAX_SERVED_MODELS])
+        if served:
+            fields["served_models"] = served
     number(cfg.running_requests, "running_requests_size", int)
     number(cfg.kv_usage, "kv_cache_usage_percent", float)
     number(cfg.cache_block_size, "cache_block_size", int)

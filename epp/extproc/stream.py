@@ -4,6 +4,9 @@ Knows the wire protocol and nothing of scheduling: it builds an `IncomingRequest
 `Exchange` for a decision, and relays response data through it. Rules it enforces (Envoy
 rejects anything else): request-headers answer first (withheld until the body has ended in
 full-duplex mode), then body chunks in order, the last with end_of_stream; trailers last.
+Rules it enforces on the peer (anyone who reaches the port can send anything): request
+messages never come once the response has begun (the exchange has been settled by then,
+and routing it afresh would count load that nothing releases).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class StreamState:
 
     __slots__ = ("exchange", "request_mode", "response_mode", "headers", "body_parts", "body_size",
                  "subset", "request_done", "response_eos", "max_body", "routed_with_trailers", "held",
-                 "released", "release_error")
+                 "released", "release_error", "response_started")
 
     def __init__(self, exchange: Exchange, max_body: int) -> None:
         self.exchange = exchange
@@ -66,10 +69,15 @@ class StreamState:
         self.held: tuple[IncomingRequest, bytes, bool, list[pb.ProcessingResponse]] | None = None
         self.released: list[pb.ProcessingResponse] = []  # what to send once a held request is routed
         self.release_error: Exception | None = None
+        self.response_started = False
 
     def handle(self, req: pb.ProcessingRequest) -> tuple[list[pb.ProcessingResponse], bool]:
         """Returns (responses, close_stream)."""
         kind = req.WhichOneof("request")
+        if kind is not None and kind.startswith("request_") and self.response_started:
+            raise EppError(ErrorCode.BAD_REQUEST, f"{kind} received after the response began")
+        if kind is not None and kind.startswith("response_"):
+            self.response_started = True
         if req.HasField("protocol_config"):
             pc = req.protocol_config
             self.request_mode = pc.request_body_mode
@@ -118,7 +126,7 @@ class StreamState:
         if chunk:
             self.body_size += len(chunk)
             if self.body_size > self.max_body:
-                raise EppError(ErrorCode.BAD_REQUEST,
+                raise EppError(ErrorCode.PAYLOAD_TOO_LARGE,
                                f"request body larger than the {self.max_body}-byte limit")
             self.body_parts.append(chunk)
         if self.request_mode == 1:  # STREAMED: each chunk needs its own answer; we route at the end

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 import uuid
 from typing import Callable
 
 from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.reachability import ReachabilityPolicy
 from epp.errors import EppError, ErrorCode
 from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.observability.metrics import EppMetrics
+from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
 from epp.requests.modelname import restore_model_name
-from epp.requests.usage import SseUsageScanner, Usage, usage_from_json_body
+from epp.requests.usage import JsonUsageTracker, SseUsageScanner, Usage
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
 from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
@@ -37,6 +40,10 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER,
                    "x-gateway-destination-endpoint-subset")
 CHARS_PER_TOKEN = 4
+# A non-streamed response is relayed as it arrives; when the model name must be written back,
+# only its head is held until the name has passed (servers put "model" in the first few fields).
+MODEL_HEAD_LIMIT = 64 * 1024
+_MODEL_PAIR = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"', re.S)
 
 
 def uncached_tokens(cycle, endpoint: Endpoint, tokens: int) -> int:
@@ -57,7 +64,7 @@ class Director:
     def __init__(self, datastore: EndpointSource, scheduler: Scheduler, metrics: EppMetrics,
                  admission: LegacyAdmission, objectives: ObjectiveStore | None = None,
                  rewrites: RewriteStore | None = None, parser: str = "openai-parser",
-                 use_subset_hint: bool = True) -> None:
+                 use_subset_hint: bool = True, reachability: ReachabilityPolicy | None = None) -> None:
         self.datastore = datastore
         self.scheduler = scheduler
         self.metrics = metrics
@@ -66,6 +73,8 @@ class Director:
         self.rewrites = rewrites or RewriteStore()
         self.passthrough = parser == "passthrough-parser"
         self.use_subset_hint = use_subset_hint
+        self.reachability = reachability or ReachabilityPolicy()
+        self.model_labels = ModelLabels(self._known_models)
         self.rng = random.Random()
         self._gate_config: object = None
         self._gate: PrefillGate | None = None
@@ -81,14 +90,28 @@ class Director:
     def exchange(self) -> "Exchange":
         return Exchange(self)
 
+    def _known_models(self) -> set[str]:
+        """Model names the pool vouches for (cold: read at most once a second by ModelLabels)."""
+        names: set[str] = set()
+        for ep in self.datastore.endpoints():
+            m = ep.metrics
+            names.update(m.served_models, m.active_models, m.waiting_models)
+        for rules in self.rewrites.rules.values():
+            for rule in rules:
+                if rule.match_model:
+                    names.add(rule.match_model)
+                names.update(t.model for t in rule.targets)
+        return names
+
 
 class Exchange:
     """One HTTP request's journey through the EPP."""
 
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
-                 "endpoint", "tokens", "streaming", "sse", "usage", "response_body", "response_size",
+                 "endpoint", "tokens", "streaming", "sse", "usage", "response_size",
                  "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series",
-                 "long", "gate", "held_since", "held_at")
+                 "long", "gate", "held_since", "held_at", "status", "incoming_label", "target_label",
+                 "routed_body", "json_usage", "head", "head_size")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -103,7 +126,6 @@ class Exchange:
         self.streaming = False
         self.sse: SseUsageScanner | None = None
         self.usage: Usage | None = None
-        self.response_body: list[bytes] = []
         self.response_size = 0
         self.closed = False
         self.failed = False
@@ -116,6 +138,13 @@ class Exchange:
         self.gate: PrefillGate | None = None
         self.held_since: float | None = None
         self.held_at: tuple[Endpoint, int] | None = None  # where a held request wants to go, for how many tokens
+        self.status = 0  # the response's HTTP status (0 until response headers arrive)
+        self.incoming_label = ""  # metric label values for the model names (observability/modellabels.py)
+        self.target_label = ""
+        self.routed_body: bytes | None = None  # the body with the model rewritten, when it is
+        self.json_usage: JsonUsageTracker | None = None
+        self.head: list[bytes] | None = None  # a non-streamed response's head, held for the model name
+        self.head_size = 0
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -131,26 +160,31 @@ class Exchange:
         """The routing decision, or None when the prefill gate holds the request: then await
         `wait_to_route()` and call `route()` again with the same request."""
         d = self.d
+        if self.closed:
+            # Only a client that breaks the protocol routes a finished exchange (a response
+            # before its request); counting it would add load nothing ever releases.
+            raise self._fail(EppError(ErrorCode.BAD_REQUEST, "request routed after its exchange ended"))
         if self.parsed is None:
             self._prepare(req)
         parsed = self.parsed
         assert parsed is not None
         headers = req.headers
-        incoming, target = self.incoming_model, self.target_model
+        target = self.target_model
+        incoming_label, target_label = self.incoming_label, self.target_label
         self._forget_held_demand()  # re-scheduled below from scratch
         candidates = self._candidates(req)
         try:
             d.admission.admit(self.priority, candidates)
             tokens = len(parsed.prefix_input) // CHARS_PER_TOKEN
             sreq = SchedulingRequest(
-                request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=incoming,
+                request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=self.incoming_model,
                 api=parsed.api.value, prefix_input=parsed.prefix_input, cache_salt=parsed.cache_salt,
                 headers=headers, prompt_tokens=tokens, priority=self.priority, stream=parsed.stream)
             t0 = time.perf_counter()
             result, cycle = d.scheduler.schedule(sreq, candidates)
             d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
         except EppError as err:
-            d.metrics.scheduler_attempts.labels("failure", target, "", "", "").inc()
+            d.metrics.scheduler_attempts.labels("failure", target_label, "", "", "").inc()
             self._unhold()
             raise self._fail(err)
         targets = result.targets
@@ -169,21 +203,19 @@ class Exchange:
             self.held_at = (primary, uncached)
             return None
         self._unhold()
-        d.metrics.scheduler_attempts.labels("success", target, primary.pod_name or primary.name,
+        d.metrics.scheduler_attempts.labels("success", target_label, primary.pod_name or primary.name,
                                             primary.namespace, str(primary.port)).inc()
         d.scheduler.pre_request(cycle, sreq, result)
         # Count the load at the moment of the pick: the next request in this burst sees it.
-        series = self.series = d.metrics.series(incoming, target)
+        series = self.series = d.metrics.series(incoming_label, target_label)
         series.running.inc()
         primary.inflight.add(uncached, long)
         self.prefill_pending = True
         self.long, self.gate = long, gate
         self.endpoint, self.tokens, self.sched_req, self.result = primary, uncached, sreq, result
 
-        body = req.body
-        if target != incoming and parsed.data is not None:
-            body = replace_model(body, target)
-        d.metrics.request_total.labels(incoming, target, str(self.priority)).inc()
+        body = self.routed_body if self.routed_body is not None else req.body
+        d.metrics.request_total.labels(incoming_label, target_label, str(self.priority)).inc()
         series.request_sizes.observe(len(req.body))
         destination = primary.hostport if len(targets) == 1 else ",".join(e.hostport for e in targets)
         extra = self._request_id_header(req)
@@ -202,12 +234,23 @@ class Exchange:
         headers = req.headers
         incoming = self.parsed.model
         target = headers.get(MODEL_REWRITE_HEADER) or incoming
+        labels = d.model_labels
+        rule = None
         if incoming and d.rewrites.rules:
             hit = d.rewrites.lookup(incoming)
             if hit is not None:
                 rule, target = hit
-                d.metrics.model_rewrite_decisions.labels(rule, incoming, target).inc()
+        if target != incoming and self.parsed.data is not None:
+            # Before any load is counted: a body the rewrite cannot mean the same to us and to
+            # the server (a second "model" key) ends here, with nothing to release.
+            try:
+                self.routed_body = replace_model(req.body, target)
+            except EppError as err:
+                raise self._fail(err)
         self.incoming_model, self.target_model = incoming, target
+        self.incoming_label, self.target_label = labels.label(incoming), labels.label(target)
+        if rule is not None:
+            d.metrics.model_rewrite_decisions.labels(rule, self.incoming_label, self.target_label).inc()
         self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
 
     async def wait_to_route(self, retry: Callable[[], bool]) -> None:
@@ -247,7 +290,7 @@ class Exchange:
         if not eps:
             raise self._fail(EppError(ErrorCode.SERVICE_UNAVAILABLE,
                                       "failed to find endpoint candidates for serving the request"))
-        return list(eps)
+        return list(self.d.reachability.usable(eps, time.monotonic()))
 
     @staticmethod
     def _request_id_header(req: IncomingRequest) -> list[tuple[str, str]]:
@@ -264,18 +307,23 @@ class Exchange:
 
     def _fail(self, err: EppError) -> EppError:
         self.failed = True
-        self.d.metrics.request_error_total.labels(self.incoming_model, self.target_model, err.code.value).inc()
+        self.d.metrics.request_error_total.labels(self.incoming_label, self.target_label, err.code.value).inc()
         return err
 
     # ---- response path -----------------------------------------------------------------------
 
     def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
         status = headers.get(":status", "200")
+        self.status = int(status) if status.isdigit() and len(status) == 3 else 0
         if not status.startswith("2") and self.endpoint is not None:
             self.model_error = True
         self.streaming = "text/event-stream" in headers.get("content-type", "")
         if self.streaming:
             self.sse = SseUsageScanner()
+        else:
+            self.json_usage = JsonUsageTracker()
+            if self._rewrites_name():
+                self.head = []
         decision = ResponseHeadersDecision([("x-went-into-resp-headers", "true")])
         if self.result is not None and self.result.response_headers:
             decision.set_headers.extend(self.result.response_headers)
@@ -300,19 +348,33 @@ class Exchange:
                 self.usage = self.sse.usage if self.sse else None
                 self.finish(completed=True)
             return chunk
-        self.response_body.append(chunk)
-        if not eos:
-            return None
-        body = b"".join(self.response_body) if len(self.response_body) != 1 else self.response_body[0]
-        self.response_body = []
-        self.usage = usage_from_json_body(body) if body[:1] == b"{" else None
-        if self._rewrites_name():
-            body = restore_model_name(body, self.target_model, self.incoming_model)
-        self.finish(completed=True)
-        return body
+        # Not a stream: relayed as it arrives (an 80 MB embeddings batch must not be buffered and
+        # parsed on the event loop while every other pick waits); usage comes from a bounded tail.
+        if self.json_usage is None:  # no response headers seen (a client breaking the protocol)
+            self.json_usage = JsonUsageTracker()
+        self.json_usage.feed(chunk)
+        head = self.head
+        if head is not None:
+            head.append(chunk)
+            self.head_size += len(chunk)
+            joined = b"".join(head)
+            if not eos and self.head_size < MODEL_HEAD_LIMIT and not self._name_has_passed(joined):
+                return None
+            self.head = None
+            chunk = restore_model_name(joined, self.target_model, self.incoming_model)
+        if eos:
+            self.usage = self.json_usage.usage()
+            self.finish(completed=True)
+        return chunk
 
     def _rewrites_name(self) -> bool:
         return bool(self.incoming_model) and self.incoming_model != self.target_model
+
+    @staticmethod
+    def _name_has_passed(head: bytes) -> bool:
+        """Whether the head holds a whole `"model": "..."` pair with more bytes after it."""
+        m = _MODEL_PAIR.search(head)
+        return m is not None and m.end() < len(head)
 
     def finish(self, completed: bool) -> None:
         """Release in-flight load and record metrics, exactly once (stream end, abort or error)."""
@@ -324,10 +386,13 @@ class Exchange:
         if ep is None:
             return
         ep.inflight.release(self.tokens, self.prefill_pending, self.long)
+        self.d.reachability.request_finished(ep, self.status, time.monotonic())
+        if 200 <= self.status < 300:
+            self.d.model_labels.confirmed(self.incoming_model)
         if self.prefill_pending:
             self._prefill_finished()
         m = self.d.metrics
-        inc, tgt = self.incoming_model, self.target_model
+        inc, tgt = self.incoming_label, self.target_label
         series = self.series
         series.running.dec()
         if self.model_error:

@@ -108,9 +108,10 @@ _COLON = re.compile(rb"\s*:\s*")
 _VALUE_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 
-def find_model_value(raw: bytes) -> tuple[int, int] | None:
-    """Byte span of the top-level `"model"` string value, or None."""
+def model_value_spans(raw: bytes) -> list[tuple[int, int] | None]:
+    """Byte spans of every top-level `"model"` key's value (None where it is not a string)."""
     depth = 0
+    spans: list[tuple[int, int] | None] = []
     for m in _TOKENS.finditer(raw):
         tok = m.group()
         first = tok[0]
@@ -123,20 +124,33 @@ def find_model_value(raw: bytes) -> tuple[int, int] | None:
             if colon is None:
                 continue  # a value, not a key
             value = _VALUE_STRING.match(raw, colon.end())
-            return (value.start(), value.end()) if value else None
+            spans.append((value.start(), value.end()) if value else None)
         elif first in (0x7B, 0x5B):  # { [
             depth += 1
         else:
             depth -= 1
-    return None
+    return spans
+
+
+def find_model_value(raw: bytes) -> tuple[int, int] | None:
+    """Byte span of the first top-level `"model"` string value, or None."""
+    spans = model_value_spans(raw)
+    return spans[0] if spans else None
 
 
 def replace_model(raw: bytes, new_model: str) -> bytes:
-    """Return the body with only the top-level model value replaced."""
-    span = find_model_value(raw)
-    if span is None:
+    """Return the body with only the top-level model value replaced.
+
+    A body with two top-level `model` keys is refused: JSON parsers disagree on which one
+    counts (orjson and the model servers read the last), so no single edit can make the EPP's
+    reading of the rewrite and the server's the same.
+    """
+    spans = model_value_spans(raw)
+    if len(spans) > 1:
+        raise bad_request("request body has more than one model field")
+    if not spans or spans[0] is None:
         raise bad_request("model not found in request body")
-    start, end = span
+    start, end = spans[0]
     return raw[:start] + orjson.dumps(new_model) + raw[end:]
 
 

@@ -38,6 +38,83 @@ def usage_from_json_body(body: bytes) -> Usage | None:
         return None
 
 
+class JsonUsageTracker:
+    """Usage from a JSON response fed chunk by chunk, in bounded memory.
+
+    A body up to `WHOLE_LIMIT` is kept and parsed whole. A larger one (an embeddings batch can
+    be tens of MB) is not: servers write `usage` near the end, so only the last `TAIL` bytes are
+    kept and the last `"usage"` object in them is parsed.
+    """
+
+    WHOLE_LIMIT = 1 << 20
+    TAIL = 64 * 1024
+
+    __slots__ = ("_parts", "_size", "_tail")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] | None = []
+        self._size = 0
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self._size += len(chunk)
+        if self._parts is not None:
+            self._parts.append(chunk)
+            if self._size <= self.WHOLE_LIMIT:
+                return
+            chunk, self._parts = b"".join(self._parts), None
+        self._tail = (self._tail + chunk)[-self.TAIL:] if len(chunk) < self.TAIL else chunk[-self.TAIL:]
+
+    def usage(self) -> Usage | None:
+        if self._parts is not None:
+            body = b"".join(self._parts)
+            return usage_from_json_body(body) if body[:1] == b"{" else None
+        return usage_from_json_tail(self._tail)
+
+
+def usage_from_json_tail(tail: bytes) -> Usage | None:
+    """The last `"usage": {...}` object found in the end of a JSON body, or None."""
+    key = tail.rfind(b'"usage"')
+    if key < 0:
+        return None
+    start = tail.find(b"{", key)
+    if start < 0 or tail[key + 7:start].strip(b" \t\r\n:"):
+        return None
+    end = _object_end(tail, start)
+    if end < 0:
+        return None
+    try:
+        return usage_from_object({"usage": orjson.loads(tail[start:end])})
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """Index after the JSON object starting at `start` (braces in strings skipped), or -1."""
+    depth = 0
+    in_string = escaped = False
+    for i in range(start, len(data)):
+        c = data[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return -1
+
+
 class SseUsageScanner:
     """Feeds SSE chunks as they pass; keeps the first usage object seen.
 

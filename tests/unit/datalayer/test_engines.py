@@ -26,6 +26,7 @@ def test_vllm_realistic_page():
         "active_models": frozenset({"sql-lora", "math-lora"}),
         "waiting_models": frozenset({"x"}),
         "max_active_models": 2,
+        "served_models": frozenset({"meta-llama/Llama-3.1-8B-Instruct"}),
         "cache_block_size": 32,
         "cache_num_blocks": 1000,
         "prefix_cache_queries": 500.0,
@@ -77,7 +78,7 @@ def test_sglang():
     fields, errors = _extract("sglang", text)
     assert errors == []
     assert fields == {"waiting_queue_size": 6, "running_requests_size": 11, "kv_cache_usage_percent": 0.73,
-                      "cache_block_size": 1, "cache_num_blocks": 240000}
+                      "cache_block_size": 1, "cache_num_blocks": 240000, "served_models": frozenset({"m"})}
 
 
 def test_trtllm_serve():
