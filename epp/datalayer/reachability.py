@@ -24,7 +24,7 @@ and the response path write the counters it reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -38,12 +38,14 @@ def stale_after(scrape_interval: float) -> float:
 
 @dataclass(slots=True)
 class ReachabilityPolicy:
-    stale_after: float = 1.0
+    stale_after: float = 1.0  # used when no scrape_interval is given
+    # The scraper's current interval (it stretches with the pool size): staleness follows it.
+    scrape_interval: Callable[[], float] | None = None
     scrape_failures: int = 2  # one refused scrape can be a reused keep-alive connection closing
     request_failures: int = 3
     ejection: float = 1.0
 
-    def reachable(self, ep: Endpoint, now: float) -> bool:
+    def reachable(self, ep: Endpoint, now: float, stale: float | None = None) -> bool:
         r = ep.reach
         if r.scrape_failures >= self.scrape_failures:
             return False
@@ -52,17 +54,18 @@ class ReachabilityPolicy:
         if not r.last_scrape_failed:
             return True
         updated = ep.metrics.update_time
-        return not (updated and now - updated > self.stale_after)
+        return not (updated and now - updated > (self.stale_after if stale is None else stale))
 
     def usable(self, endpoints: Sequence[Endpoint], now: float) -> Sequence[Endpoint]:
         """The reachable endpoints, or all of them when none is (see the module docstring)."""
+        stale = stale_after(self.scrape_interval()) if self.scrape_interval is not None else self.stale_after
         for i, ep in enumerate(endpoints):
-            if not self.reachable(ep, now):
+            if not self.reachable(ep, now, stale):
                 break
         else:
             return endpoints  # the common case: no copy
         kept = list(endpoints[:i])
-        kept.extend(ep for ep in endpoints[i + 1:] if self.reachable(ep, now))
+        kept.extend(ep for ep in endpoints[i + 1:] if self.reachable(ep, now, stale))
         return kept if kept else endpoints
 
     def request_finished(self, ep: Endpoint, status: int, now: float) -> None:

@@ -202,3 +202,13 @@ async def _excluded(ch, hostport: str) -> bool:
 
 async def _picked(ch, hostport: str) -> bool:
     return hostport in await picks(ch, 3)
+
+
+def test_staleness_follows_the_scrapers_current_interval():
+    interval = [0.05]
+    p = ReachabilityPolicy(scrape_interval=lambda: interval[0])
+    old, other = ep("old"), ep("other")
+    old.metrics.update_time, old.reach.last_scrape_failed = 100.0, True
+    assert list(p.usable([old, other], 102.0)) == [other]  # 2 s > 1 s at a 50 ms interval
+    interval[0] = 1.0  # a big pool: the scraper stretched its interval to 1 s
+    assert list(p.usable([old, other], 102.0)) == [old, other]  # 2 s < 4 s
