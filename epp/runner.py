@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as extproc_grpc
 from grpc_health.v1 import health_pb2_grpc
 
@@ -21,6 +22,8 @@ from epp.datalayer.datastore import Datastore
 from epp.datalayer.scraper import MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
 from epp.extproc import tls
+from epp.extproc.tls import CertificateError
+from epp.listen import bind_failure, host_port, why_unbindable
 from epp.extproc.servicer import ExternalProcessor
 from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.saturation import UtilizationDetector
@@ -41,14 +44,38 @@ from epp.duration import parse_duration
 log = logging.getLogger("epp")
 
 
+def _holds_nothing(text: str) -> bool:
+    """Empty, blank or only comments: the loader would silently take that as the defaults."""
+    try:
+        return yaml.safe_load(text) is None
+    except yaml.YAMLError:
+        return False  # the config loader reports the syntax error with its position
+
+
+def read_config_file(path: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--config-file {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"--config-file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
+                          f"column {column})") from None
+    if _holds_nothing(text):
+        raise ConfigError(f"--config-file {path}: the file holds no configuration (it is empty or only comments); "
+                          "leave out --config-file to run the built-in default config")
+    return text
+
+
 def load_options_config(opts: Options) -> LoadedConfig:
     if opts.config_file:
-        try:
-            text = Path(opts.config_file).read_text()
-        except OSError as exc:
-            raise ConfigError(f"--config-file {opts.config_file}: {exc.strerror}") from None
-        return load_config(text, opts.config_file)
+        return load_config(read_config_file(opts.config_file), opts.config_file)
     if opts.config_text:
+        if _holds_nothing(opts.config_text):
+            raise ConfigError("--config-text holds no configuration (it is blank or only comments)")
         return load_config(opts.config_text, "--config-text")
     if opts.config_name:
         from epp.scheduling import configs
@@ -66,25 +93,28 @@ def run(opts: Options, warnings: list[str]) -> int:
         log.warning(w)
     try:
         config = load_options_config(opts)
-    except ConfigError as exc:
-        print(f"epp: error: {exc}", file=sys.stderr)
-        return 2
-    endpoints = []
-    if opts.static_endpoints:
-        try:
-            endpoints = parse_static_endpoints(opts.static_endpoints)
-        except ValueError as exc:
-            print(f"epp: error: --static-endpoints: {exc}", file=sys.stderr)
-            return 2
+        endpoints = []
+        if opts.static_endpoints:
+            try:
+                endpoints = parse_static_endpoints(opts.static_endpoints)
+            except ValueError as exc:
+                raise ConfigError(f"--static-endpoints: {exc}") from None
+        if opts.secure_serving and opts.cert_path:
+            tls.from_dir(opts.cert_path)  # a bad certificate is a config error, not a failed bind later
+    except (ConfigError, CertificateError) as exc:
+        return _fail(exc, 2)
     try:
         asyncio.run(serve(opts, config, endpoints))
-    except SourceError as exc:
-        print(f"epp: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"epp: error: {exc}", file=sys.stderr)
-        return 1
+    except (SourceError, CertificateError) as exc:
+        return _fail(exc, 2)
+    except OSError as exc:  # BindError names the port; anything else here is a runtime failure too
+        return _fail(exc, 1)
     return 0
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"epp: error: {exc}", file=sys.stderr)
+    return code
 
 
 def detector_from_config(config: LoadedConfig) -> UtilizationDetector:
@@ -126,7 +156,8 @@ class Epp:
                                               opts.metrics_staleness_threshold, config)
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
-        self._http = None
+        self._http: ObservabilityServer | None = None
+        self.cert_reloader: tls.ReloadingCertificates | None = None
         # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
         self.sources = build_sources(opts, self)
         self.http_picker = None
@@ -145,24 +176,21 @@ class Epp:
         health = HealthServicer(self.health)
         if o.health_checking:
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        addr = f"{o.bind_address}:{o.grpc_port}"
         if o.secure_serving:
-            key, cert = tls.from_dir(o.cert_path) if o.cert_path else tls.self_signed()
-            creds = grpc.ssl_server_credentials([(key, cert)])
-            bound = server.add_secure_port(addr, creds)
+            creds, _pair, self.cert_reloader = tls.server_credentials(o.cert_path, reload=False)
+            grpc_port = _bind_grpc(lambda a: server.add_secure_port(a, creds), o.bind_address, o.grpc_port,
+                                   "--grpc-port")
         else:
-            bound = server.add_insecure_port(addr)
-        if bound == 0:
-            raise OSError(f"cannot listen on {addr}")
+            grpc_port = _bind_grpc(server.add_insecure_port, o.bind_address, o.grpc_port, "--grpc-port")
+        addr = host_port(o.bind_address, grpc_port)
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
-        if health_server.add_insecure_port(f"{o.bind_address}:{o.grpc_health_port}") == 0:
-            raise OSError(f"cannot listen on {o.bind_address}:{o.grpc_health_port}")
-        await server.start()
-        await health_server.start()
+        _bind_grpc(health_server.add_insecure_port, o.bind_address, o.grpc_health_port, "--grpc-health-port")
         self._servers = [server, health_server]
         self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail)
         await self._http.start(o.bind_address, o.metrics_port)
+        await server.start()
+        await health_server.start()
         await self.collector.start()
         self.pool_gauges.start()
         for source in self.sources:
@@ -170,7 +198,10 @@ class Epp:
         if o.http_picker_port:
             from epp.bridge.inproc import start_http_picker
 
-            self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
+            try:
+                self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
+            except OSError:
+                raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
         log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
                  __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
                  o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
@@ -197,13 +228,30 @@ class Epp:
             await self._http.stop()
 
 
+def _bind_grpc(add_port, addr: str, port: int, flag: str) -> int:
+    reason = why_unbindable(addr, port)
+    if reason is not None:
+        raise bind_failure(addr, port, flag, reason)
+    try:
+        bound = add_port(host_port(addr, port))
+    except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+        bound = 0
+    if bound == 0:
+        raise bind_failure(addr, port, flag)
+    return bound
+
+
 async def serve(opts: Options, config: LoadedConfig, endpoints) -> None:
     epp = Epp(opts, config, endpoints)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await epp.start()
+    try:
+        await epp.start()
+    except BaseException:
+        await epp.stop(grace=0)  # what did start (ports, tasks) closes cleanly before the one-line error
+        raise
     print(f"epp ready: ext_proc {opts.bind_address}:{opts.grpc_port}", flush=True)
     await stop.wait()
     log.info("shutting down")

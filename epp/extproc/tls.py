@@ -1,19 +1,44 @@
-"""Server certificates: a self-signed one made at start-up (reference behaviour) or read from --cert-path."""
+"""Server certificates: a self-signed one made at start-up (reference behaviour) or read from --cert-path,
+optionally reloaded when the files change (--enable-cert-reload)."""
 
 from __future__ import annotations
 
 import datetime
+import logging
+import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+log = logging.getLogger("epp.tls")
 
-def self_signed() -> tuple[bytes, bytes]:
-    """(key PEM, cert PEM). ECDSA P-256 rather than the reference's RSA-4096: same trust model
-    (gateways skip verification), but start-up takes milliseconds and handshakes are cheaper."""
+
+class CertificateError(ValueError):
+    """--cert-path holds no usable certificate; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    key_pem: bytes
+    cert_pem: bytes  # the leaf first, then any chain
+    serial: int
+
+    def describe(self) -> str:
+        return f"serial {self.serial:x}"
+
+    def __iter__(self):  # `key, cert = tls.self_signed()`, as callers wrote it before this type existed
+        return iter((self.key_pem, self.cert_pem))
+
+
+def self_signed() -> KeyPair:
+    """ECDSA P-256 rather than the reference's RSA-4096: same trust model (gateways skip
+    verification), but start-up takes milliseconds and handshakes are cheaper."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Inference Ext")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -30,13 +55,110 @@ def self_signed() -> tuple[bytes, bytes]:
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+    return KeyPair(key_pem, cert.public_bytes(serialization.Encoding.PEM), cert.serial_number)
 
 
-def from_dir(path: str) -> tuple[bytes, bytes]:
+def _files(path: str) -> tuple[Path, Path]:
     d = Path(path)
-    crt, key = d / "tls.crt", d / "tls.key"
+    return d / "tls.crt", d / "tls.key"
+
+
+def parse_pair(crt_path: Path, crt: bytes, key_path: Path, key: bytes) -> KeyPair:
+    """Checks what grpc would only report as a failed bind: both files parse and belong together."""
+    try:
+        certs = x509.load_pem_x509_certificates(crt)
+    except ValueError:
+        raise CertificateError(f"{crt_path} is not a valid PEM certificate") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as exc:
+        why = "is encrypted (a key with a passphrase is not supported)" if isinstance(exc, TypeError) else (
+            "is not a valid PEM private key")
+        raise CertificateError(f"{key_path} {why}") from None
+    leaf = certs[0]
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (leaf.public_key().public_bytes(serialization.Encoding.DER, pub)
+            != private.public_key().public_bytes(serialization.Encoding.DER, pub)):
+        raise CertificateError(f"{key_path} is not the private key of the certificate in {crt_path}")
+    return KeyPair(key, crt, leaf.serial_number)
+
+
+def from_dir(path: str) -> KeyPair:
+    crt, key = _files(path)
     missing = [str(p) for p in (crt, key) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"--cert-path {path}: missing {', '.join(missing)}")
-    return key.read_bytes(), crt.read_bytes()
+        raise CertificateError(f"--cert-path {path}: missing {', '.join(missing)}")
+    try:
+        return parse_pair(crt, crt.read_bytes(), key, key.read_bytes())
+    except OSError as exc:
+        raise CertificateError(f"--cert-path {path}: {exc.strerror}: {exc.filename}") from None
+    except CertificateError as exc:
+        raise CertificateError(f"--cert-path {path}: {exc}") from None
+
+
+def _config(pair: KeyPair):
+    return grpc.ssl_server_certificate_configuration([(pair.key_pem, pair.cert_pem)])
+
+
+class ReloadingCertificates:
+    """A certificate fetcher for grpc's dynamic server credentials.
+
+    grpc calls `fetch` (on one of its own threads) before every new TLS handshake; it answers
+    None while tls.crt and tls.key are unchanged, so the cost per connection is two stat()
+    calls, and open connections (ext_proc streams in flight) keep the certificate they were
+    made with. A change is taken only when both files parse and the key matches the
+    certificate: a writer that replaces one file and then the other (rather than the
+    atomic symlink swap of a Kubernetes secret volume) is seen half-way as a mismatch, kept
+    on the previous certificate, and picked up once the second file lands.
+    """
+
+    def __init__(self, path: str, initial: KeyPair) -> None:
+        self.path = path
+        self.current = initial
+        self.reloads = 0
+        self._lock = threading.Lock()
+        self._seen = self._signature()
+        self._rejected: tuple | None = None
+
+    def _signature(self) -> tuple | None:
+        out = []
+        for p in _files(self.path):
+            try:
+                st = os.stat(p)  # follows the ..data symlink of a secret volume, so a swap changes the inode
+            except OSError:
+                return None
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def fetch(self):
+        try:
+            with self._lock:
+                sig = self._signature()
+                if sig is None or sig == self._seen or sig == self._rejected:
+                    return None
+                try:
+                    pair = from_dir(self.path)
+                except CertificateError as exc:
+                    self._rejected = sig
+                    log.warning("certificate in %s not reloaded, still serving %s: %s", self.path,
+                                self.current.describe(), exc)
+                    return None
+                self._seen, self._rejected = sig, None
+                if pair.cert_pem == self.current.cert_pem and pair.key_pem == self.current.key_pem:
+                    return None
+                self.current = pair
+                self.reloads += 1
+                log.info("reloaded the certificate from %s (%s); new connections use it", self.path, pair.describe())
+                return _config(pair)
+        except Exception:  # an exception here would fail the handshake of a healthy client
+            log.exception("certificate reload check failed; keeping the current certificate")
+            return None
+
+
+def server_credentials(cert_path: str, reload: bool) -> tuple[grpc.ServerCredentials, KeyPair,
+                                                              ReloadingCertificates | None]:
+    pair = from_dir(cert_path) if cert_path else self_signed()
+    if reload and cert_path:
+        watcher = ReloadingCertificates(cert_path, pair)
+        return grpc.dynamic_ssl_server_credentials(_config(pair), watcher.fetch), pair, watcher
+    return grpc.ssl_server_credentials([(pair.key_pem, pair.cert_pem)]), pair, None

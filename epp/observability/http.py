@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from epp.listen import bind_failure
 from epp.observability.health import SERVING, HealthState
 
 log = logging.getLogger("epp.metrics")
@@ -41,14 +42,6 @@ class HttpLimits:
     max_connections: int = 100
     idle_timeout: float = 30.0  # > a 15 s scrape interval, so a scraper's keep-alive connection is reused
     write_timeout: float = 10.0
-
-
-class BindError(OSError):
-    """A port that cannot be listened on; the message names the port and its flag."""
-
-
-def host_port(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 _BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -156,12 +149,9 @@ class ObservabilityServer:
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, addr, port, reuse_address=True).start()
-        except OSError as exc:
+        except OSError:
             await self._runner.cleanup()
-            reason = exc.strerror or str(exc)
-            if "address already in use" in str(exc).lower():
-                reason = "address already in use"
-            raise BindError(exc.errno, f"cannot listen on {host_port(addr, port)} ({flag}): {reason}") from None
+            raise bind_failure(addr, port, flag) from None
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -1,3 +1,4 @@
+import socket
 import subprocess
 import sys
 
@@ -57,3 +58,109 @@ def test_bad_static_endpoint_stops_startup():
     r = subprocess.run([sys.executable, "-m", "epp.cli", "--static-endpoints", "127.0.0.1:notaport"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "notaport" in r.stderr
+
+
+# ---- start-up errors: one line, `epp: error: ...`, exit 2 for configuration, 1 for a port that cannot be had ----
+
+def run_epp(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "epp.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: int, *parts: str) -> None:
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == code, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("epp: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+@pytest.fixture
+def busy_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()
+
+
+FREE = ["--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"]
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--grpc-port", "--grpc-health-port", "--http-picker-port"])
+def test_a_busy_port_names_its_flag_and_exits_1(busy_port, flag):
+    args = dict(zip(FREE[::2], FREE[1::2]))
+    args[flag] = str(busy_port)
+    r = run_epp("--static-endpoints", "127.0.0.1:1", "--secure-serving=false",
+                *[x for kv in args.items() for x in kv])
+    assert_one_line_error(r, 1, f"cannot listen on 127.0.0.1:{busy_port} ({flag}): address already in use")
+
+
+def test_an_address_not_on_this_host_is_a_bind_failure():
+    r = run_epp("--static-endpoints", "127.0.0.1:1", "--bind-address", "10.255.255.254", *FREE)
+    assert_one_line_error(r, 1, "cannot listen on 10.255.255.254:0 (--grpc-port): cannot assign requested address")
+
+
+@pytest.mark.parametrize("a,b", [("--grpc-port", "--metrics-port"), ("--grpc-port", "--grpc-health-port"),
+                                 ("--grpc-health-port", "--metrics-port"), ("--metrics-port", "--http-picker-port")])
+def test_two_servers_on_one_port_is_a_flag_error(a, b):
+    r = run_epp("--static-endpoints", "127.0.0.1:1", a, "19876", b, "19876")
+    assert_one_line_error(r, 2, f"{a} and {b} are both 19876: each server needs its own port")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bind-address", "999.1.1.1"], "argument --bind-address: invalid address '999.1.1.1'"),
+    (["--bind-address", "not-an-ip"], "invalid address 'not-an-ip'"),
+    (["--max-request-body-bytes=-1"], "argument --max-request-body-bytes: -1 must be greater than zero"),
+    (["--max-request-body-bytes=0"], "0 must be greater than zero"),
+    (["--max-request-body-bytes=lots"], "invalid number 'lots'"),
+    (["--config-text="], "--config-text is empty"),
+    (["--config-text", "# nothing here\n"], "--config-text holds no configuration"),
+])
+def test_bad_values_are_one_line_flag_errors(args, message):
+    assert_one_line_error(run_epp("--static-endpoints", "127.0.0.1:1", *args, *FREE), 2, message)
+
+
+def test_an_ipv6_bind_address_is_accepted():
+    o, _ = parse_options(["--static-endpoints", "h:1", "--bind-address", "::1"])
+    assert o.bind_address == "::1"
+    o, _ = parse_options(["--static-endpoints", "h:1", "--bind-address", "localhost"])
+    assert o.bind_address == "127.0.0.1"
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file holds no configuration (it is empty or only comments)"),
+    (b"\n  \n# just a comment\n", "the file holds no configuration"),
+    (b"\xff\xfekind: EndpointPickerConfig\n", "not UTF-8 text (byte 0xff at line 1, column 1)"),
+    (b"kind: EndpointPickerConfig\nplugins: [caf\xe9]\n", "not UTF-8 text (byte 0xe9 at line 2, column 14)"),
+])
+def test_config_files_that_are_empty_or_not_text_are_errors_naming_the_file(tmp_path, content, message):
+    cfg = tmp_path / "epp-config.yaml"
+    cfg.write_bytes(content)
+    r = run_epp("--static-endpoints", "127.0.0.1:1", "--config-file", str(cfg), *FREE)
+    assert_one_line_error(r, 2, f"--config-file {cfg}: {message}")
+
+
+def _write_pair(d, key_pem: bytes, cert_pem: bytes) -> None:
+    d.mkdir(exist_ok=True)
+    (d / "tls.key").write_bytes(key_pem)
+    (d / "tls.crt").write_bytes(cert_pem)
+
+
+def test_certificate_errors_say_what_is_wrong_with_which_file(tmp_path):
+    from epp.extproc import tls
+
+    a, b = tls.self_signed(), tls.self_signed()
+    cases = {
+        "garbage-crt": (a.key_pem, b"not a certificate\n", "tls.crt is not a valid PEM certificate"),
+        "garbage-key": (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", a.cert_pem,
+                        "tls.key is not a valid PEM private key"),
+        "mismatch": (b.key_pem, a.cert_pem, "tls.key is not the private key of the certificate in"),
+    }
+    for name, (key, cert, message) in cases.items():
+        d = tmp_path / name
+        _write_pair(d, key, cert)
+        r = run_epp("--static-endpoints", "127.0.0.1:1", "--cert-path", str(d), *FREE)
+        assert_one_line_error(r, 2, f"--cert-path {d}: {d}/{message}")
+    r = run_epp("--static-endpoints", "127.0.0.1:1", "--cert-path", str(tmp_path / "none"), *FREE)
+    assert_one_line_error(r, 2, "missing")
