@@ -213,6 +213,9 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from epp import signals
+
+    signals.ignore_during_startup()
     opts, warnings = parse_options(sys.argv[1:] if argv is None else argv)
     from epp.runner import run  # heavy imports only after the flags are known to be good
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -244,9 +243,7 @@ def _bind_grpc(add_port, addr: str, port: int, flag: str) -> int:
 async def serve(opts: Options, config: LoadedConfig, endpoints) -> None:
     epp = Epp(opts, config, endpoints)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals.install(asyncio.get_running_loop(), lambda _sig: stop.set())
     try:
         await epp.start()
     except BaseException:
