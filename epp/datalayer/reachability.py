@@ -56,9 +56,12 @@ class ReachabilityPolicy:
         updated = ep.metrics.update_time
         return not (updated and now - updated > (self.stale_after if stale is None else stale))
 
+    def current_stale_after(self) -> float:
+        return stale_after(self.scrape_interval()) if self.scrape_interval is not None else self.stale_after
+
     def usable(self, endpoints: Sequence[Endpoint], now: float) -> Sequence[Endpoint]:
         """The reachable endpoints, or all of them when none is (see the module docstring)."""
-        stale = stale_after(self.scrape_interval()) if self.scrape_interval is not None else self.stale_after
+        stale = self.current_stale_after()
         for i, ep in enumerate(endpoints):
             if not self.reachable(ep, now, stale):
                 break

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.poolstats import pool_stats
+from epp.datalayer.reachability import ReachabilityPolicy
 from epp.observability.metrics import EppMetrics
 
 log = logging.getLogger("epp.pool")
@@ -19,27 +20,38 @@ log = logging.getLogger("epp.pool")
 class InflightCollector(Collector):
     """Reads in-flight load at scrape time: exact, and costs nothing per request."""
 
-    def __init__(self, datastore: Datastore, extra_sources=()) -> None:
+    def __init__(self, datastore: Datastore, extra_sources=(), reachability: ReachabilityPolicy | None = None) -> None:
         self.datastore = datastore
         self.extra_sources = list(extra_sources)
+        self.reachability = reachability
 
     def collect(self):
         reqs = GaugeMetricFamily("epp_endpoint_inflight_requests",
                                  "Requests the EPP sent to an endpoint that have not finished.", labels=["endpoint"])
         toks = GaugeMetricFamily("epp_endpoint_inflight_prompt_tokens",
                                  "Estimated prompt tokens in flight to an endpoint.", labels=["endpoint"])
+        reach = GaugeMetricFamily("epp_endpoint_reachable",
+                                  "1 while the endpoint may receive picks, 0 while its server looks dead "
+                                  "(docs/reliability.md).", labels=["endpoint"])
+        policy = self.reachability
+        now = time.monotonic()
+        stale = policy.current_stale_after() if policy is not None else 0.0
         for ep in self.datastore.endpoints():
             reqs.add_metric([ep.name], ep.inflight.requests)
             toks.add_metric([ep.name], ep.inflight.prompt_tokens)
+            if policy is not None:
+                reach.add_metric([ep.name], 1.0 if policy.reachable(ep, now, stale) else 0.0)
         yield reqs
         yield toks
+        if policy is not None:
+            yield reach
         for source in self.extra_sources:
             yield from source()
 
 
 class PoolGaugeRefresher:
     def __init__(self, datastore: Datastore, metrics: EppMetrics, pool: str, interval: float,
-                 staleness: float, config=None) -> None:
+                 staleness: float, config=None, reachability: ReachabilityPolicy | None = None) -> None:
         self.datastore = datastore
         self.metrics = metrics
         self.pool = pool
@@ -48,7 +60,7 @@ class PoolGaugeRefresher:
         self.config = config
         self._task: asyncio.Task | None = None
         self._known_pods: set[str] = set()
-        metrics.registry.register(InflightCollector(datastore, [self._prefix_index_families]))
+        metrics.registry.register(InflightCollector(datastore, [self._prefix_index_families], reachability))
 
     def _prefix_index_families(self):
         from epp.scheduling.plugins.prefix import ApproxPrefixCacheProducer

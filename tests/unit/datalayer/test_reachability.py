@@ -138,6 +138,9 @@ async def test_dead_server_gets_no_picks_and_returns_when_it_answers():
         await dead.stop()
         await until(lambda: _excluded(ch, dead_hp), 2)
         assert dead_hp not in await picks(ch, 30)
+        reachable = {hp: epp.metrics.registry.get_sample_value("epp_endpoint_reachable", {"endpoint": hp})
+                     for hp in (dead_hp, f"127.0.0.1:{live_port}")}
+        assert reachable == {dead_hp: 0.0, f"127.0.0.1:{live_port}": 1.0}
         await dead.start()
         back = await until(lambda: _picked(ch, dead_hp), 5)
         assert back < 2.0
