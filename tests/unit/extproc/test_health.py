@@ -44,7 +44,7 @@ def test_leader_election_semantics():
     assert h.status("") == SERVING
     synced["v"] = False
     assert h.status("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert HealthState(lambda: False).status("anything") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert HealthState(lambda: False).status("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_readyz_says_why_in_text_and_metrics_still_served():
