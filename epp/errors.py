@@ -45,6 +45,9 @@ class EppError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self):  # raised in the body-parser worker process, re-raised here
+        return (EppError, (self.code, self.message))
+
     @property
     def http_status(self) -> int:
         return self.code.http_status

@@ -6,6 +6,7 @@ rewrite back, usage, and the in-flight load to release exactly once).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -23,6 +24,7 @@ from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
 from epp.requests.modelname import restore_model_name
+from epp.requests.offload import BodyParser
 from epp.requests.usage import JsonUsageTracker, SseUsageScanner, Usage
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
@@ -74,6 +76,7 @@ class Director:
         self.passthrough = parser == "passthrough-parser"
         self.use_subset_hint = use_subset_hint
         self.reachability = reachability or ReachabilityPolicy()
+        self.body_parser = BodyParser()
         self.model_labels = ModelLabels(self._known_models)
         self.rng = random.Random()
         self._gate_config: object = None
@@ -111,7 +114,7 @@ class Exchange:
                  "endpoint", "tokens", "streaming", "sse", "usage", "response_size",
                  "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series",
                  "long", "gate", "held_since", "held_at", "status", "incoming_label", "target_label",
-                 "routed_body", "json_usage", "head", "head_size")
+                 "routed_body", "json_usage", "head", "head_size", "parsing")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -145,6 +148,7 @@ class Exchange:
         self.json_usage: JsonUsageTracker | None = None
         self.head: list[bytes] | None = None  # a non-streamed response's head, held for the model name
         self.head_size = 0
+        self.parsing: asyncio.Future[ParsedRequest] | None = None  # a large body in the parser worker
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -165,7 +169,21 @@ class Exchange:
             # before its request); counting it would add load nothing ever releases.
             raise self._fail(EppError(ErrorCode.BAD_REQUEST, "request routed after its exchange ended"))
         if self.parsed is None:
-            self._prepare(req)
+            if self.parsing is not None:
+                if not self.parsing.done():
+                    return None
+                task, self.parsing = self.parsing, None
+                try:
+                    worker_parsed = task.result()
+                except EppError as err:
+                    raise self._fail(err)
+                self._prepare(req, worker_parsed)
+            elif may_hold and not d.passthrough and d.body_parser.should_offload(req.body):
+                # Parsed in a worker process while other picks go on; wait_to_route() awaits it.
+                self.parsing = asyncio.ensure_future(d.body_parser.parse(req.body, req.path))
+                return None
+            else:
+                self._prepare(req)
         parsed = self.parsed
         assert parsed is not None
         headers = req.headers
@@ -223,14 +241,17 @@ class Exchange:
             extra.extend(result.request_headers)
         return RouteDecision(destination, body, extra, self._removals(req))
 
-    def _prepare(self, req: IncomingRequest) -> None:
-        """Parse the body and settle the names and priority: once per request, however often it is routed."""
+    def _prepare(self, req: IncomingRequest, parsed: ParsedRequest | None = None) -> None:
+        """Parse the body (unless a worker did) and settle the names and priority: once per
+        request, however often it is routed."""
         d = self.d
         self.request_size = len(req.body)
-        try:
-            self.parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
-        except EppError as err:
-            raise self._fail(err)
+        if parsed is None:
+            try:
+                parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
+            except EppError as err:
+                raise self._fail(err)
+        self.parsed = parsed
         headers = req.headers
         incoming = self.parsed.model
         target = headers.get(MODEL_REWRITE_HEADER) or incoming
@@ -255,7 +276,10 @@ class Exchange:
 
     async def wait_to_route(self, retry: Callable[[], bool]) -> None:
         """A held request waits here; `retry` routes it again and says whether it went
-        (see flowcontrol/prefill_gate.py)."""
+        (see flowcontrol/prefill_gate.py). A body being parsed in the worker waits for it."""
+        if self.parsing is not None:
+            await asyncio.wait((self.parsing,))  # its outcome, error included, is read by route()
+            return
         assert self.gate is not None
         await self.gate.wait(retry, self.start, time.monotonic() - self.start)
 
@@ -382,6 +406,11 @@ class Exchange:
             return
         self.closed = True
         self._unhold()  # a held request whose client went away
+        if self.parsing is not None:
+            if self.parsing.done() and not self.parsing.cancelled():
+                self.parsing.exception()  # retrieved: the client has gone, nobody will read it
+            self.parsing.cancel()
+            self.parsing = None
         ep = self.endpoint
         if ep is None:
             return

@@ -179,3 +179,26 @@ async def test_large_json_response_is_relayed_as_it_arrives_and_usage_read_from_
                                               {"model_name": MODEL, "target_model_name": MODEL})
     assert v == 77
     assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
+
+
+async def test_large_request_body_is_parsed_off_the_event_loop_and_routed_like_any_other():
+    from tests.support.extproc_client import body_chunks, set_headers
+
+    # ~12 MB of token ids: about a quarter of a second to parse on this machine, which every
+    # other pick would wait out if it ran on the event loop.
+    big = orjson.dumps({"model": MODEL, "input": [[1234] * 512 for _ in range(5000)]})
+    async with running_epp(eps(1)) as (epp, ch):
+        out = await run_stream(ch, [request_headers("/v1/embeddings"), *body_chunks(big, 1 << 20)], timeout=60)
+        assert set_headers(out[0].request_headers.response)["x-gateway-destination-endpoint"] == "127.0.0.1:8000"
+        body, _ = streamed_body(out)
+        assert body == big
+        pool = epp.director.body_parser._pool
+        assert pool is not None and len(pool._processes) == 1  # parsed by the worker process
+        bad = b'{"model": "m1", "input": [' + b"1," * (1 << 20) + b"]"  # truncated JSON, over the threshold
+        out = await run_stream(ch, [request_headers("/v1/embeddings"), *body_chunks(bad, 1 << 20)], timeout=60)
+        assert out[-1].immediate_response.status.code == 400
+        assert b"error unmarshaling request body" in out[-1].immediate_response.body
+        assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
+        assert epp.metrics.registry.get_sample_value(
+            "inference_objective_request_error_total",
+            {"model_name": "", "target_model_name": "", "error_code": "BadRequest"}) == 1
