@@ -7,11 +7,16 @@ from typing import Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf.message import DecodeError
 
 from epp.errors import EppError, ErrorCode
 from epp.extproc.stream import Exchange, StreamState, error_response
+from epp.observability.logs import RateLimitedLog
 
 log = logging.getLogger("epp.extproc")
+# Anyone who reaches the port can send these; one line per 10 s, with a count of the rest.
+_corrupt_log = RateLimitedLog(log)
+_internal_log = RateLimitedLog(log)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
@@ -28,7 +33,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         read, write = context.read, context.write
         try:
             while True:
-                req = await read()
+                try:
+                    req = await read()
+                except DecodeError:
+                    _corrupt_log.warning("ext_proc stream from %s sent a message that is not a ProcessingRequest; "
+                                         "closed with INVALID_ARGUMENT", context.peer())
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        "message is not an envoy.service.ext_proc.v3.ProcessingRequest")
                 if req is grpc.aio.EOF:
                     return
                 try:
@@ -45,7 +56,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     await write(error_response(err))
                     return
                 except Exception:
-                    log.exception("internal error while processing an ext_proc message")
+                    _internal_log.log(logging.ERROR, "internal error while processing an ext_proc message",
+                                      exc_info=True)
                     await write(error_response(EppError(ErrorCode.INTERNAL, "internal error")))
                     return
                 for r in responses:
