@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from epp import __version__
 from epp.datalayer.datastore import Datastore
+from epp.datalayer.reachability import ReachabilityPolicy
 from epp.datalayer.scraper import MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
 from epp.extproc import tls
@@ -148,11 +149,14 @@ class Epp:
         self.scheduler = Scheduler(config)
         self.director = Director(self.datastore, self.scheduler, self.metrics,
                                  LegacyAdmission(detector_from_config(config)), parser=config.parser,
-                                 use_subset_hint=not opts.disable_endpoint_subset_filter)
+                                 use_subset_hint=not opts.disable_endpoint_subset_filter,
+                                 reachability=ReachabilityPolicy(
+                                     scrape_interval=lambda: self.collector.effective_interval))
         self.health = HealthState(lambda: self.datastore.synced, opts.ha_enable_leader_election)
         self.pool_gauges = PoolGaugeRefresher(self.datastore, self.metrics, opts.pool_name or "static",
                                               opts.refresh_prometheus_metrics_interval,
-                                              opts.metrics_staleness_threshold, config)
+                                              opts.metrics_staleness_threshold, config,
+                                              reachability=self.director.reachability)
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
         self._http: ObservabilityServer | None = None
@@ -223,6 +227,7 @@ class Epp:
         await self.pool_gauges.stop()
         await self.collector.stop()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        self.director.body_parser.close()
         if self._http is not None:
             await self._http.stop()
 
