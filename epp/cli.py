@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-request-body-bytes", type=positive_int, default=64 * 1024 * 1024, help="largest request body accepted")
     a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
     a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    a("--graceful-shutdown-timeout", type=duration, default=60.0,
+      help="on SIGTERM: report not ready, keep serving until no stream has been open for 2s, at most this long "
+           "(default 60s; streams still open then are cut)")
     a("--http-picker-port", type=port, default=0,
       help="serve the NGINX bridge HTTP contract on this port (0 = off)")
     a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
@@ -207,7 +210,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
-        http_picker_port=ns.http_picker_port,
+        http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
     )
     return opts, warnings
 

@@ -35,4 +35,5 @@ class Options:
     max_request_body_bytes: int = 64 * 1024 * 1024
     kube_api_server: str = ""
     kubeconfig: str = ""
+    graceful_shutdown_timeout: float = 60.0  # SIGTERM: serve until traffic stops, at most this long
     http_picker_port: int = 0  # 0 = off; NGINX bridge contract served by the EPP itself

@@ -211,6 +211,8 @@ class Epp:
 
     def readiness_detail(self) -> str:
         parts = [f"{len(self.datastore)} endpoints", "synced" if self.datastore.synced else "not synced"]
+        if self.health.draining:
+            parts.append("draining (shutting down)")
         if self.health.leader_election:
             parts.append("leader" if self.health.is_leader else "follower")
         for source in self.sources:
@@ -247,8 +249,14 @@ def _bind_grpc(add_port, addr: str, port: int, flag: str) -> int:
 
 async def serve(opts: Options, config: LoadedConfig, endpoints) -> None:
     epp = Epp(opts, config, endpoints)
-    stop = asyncio.Event()
-    signals.install(asyncio.get_running_loop(), lambda _sig: stop.set())
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_stop(sig) -> None:
+        if stop.is_set():
+            hurry.set()  # a second SIGTERM/SIGINT: do not wait for the drain
+        stop.set()
+
+    signals.install(asyncio.get_running_loop(), on_stop)
     try:
         await epp.start()
     except BaseException:
@@ -256,5 +264,6 @@ async def serve(opts: Options, config: LoadedConfig, endpoints) -> None:
         raise
     print(f"epp ready: ext_proc {opts.bind_address}:{opts.grpc_port}", flush=True)
     await stop.wait()
+    grace = await drain(epp.health, epp.processor, opts.graceful_shutdown_timeout, hurry)
     log.info("shutting down")
-    await epp.stop()
+    await epp.stop(grace=grace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import grpc
@@ -26,10 +27,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.new_exchange = new_exchange
         self.max_body = max_body
         self.active_streams = 0
+        self.last_activity = 0.0  # monotonic time of the last stream start or end, for the drain
 
     async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         state = StreamState(self.new_exchange(), self.max_body)
         self.active_streams += 1
+        self.last_activity = time.monotonic()
         read, write = context.read, context.write
         try:
             while True:
@@ -68,5 +71,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             log.debug("ext_proc stream ended by peer: %s", exc)
         finally:
             self.active_streams -= 1
+            self.last_activity = time.monotonic()
             # Releases in-flight load if the response never finished (client gone, upstream reset...).
             state.exchange.finish(completed=False)
