@@ -16,8 +16,9 @@ import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as extproc_grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from epp import __version__
+from epp import __version__, signals
 from epp.datalayer.datastore import Datastore
+from epp.drain import drain
 from epp.datalayer.reachability import ReachabilityPolicy
 from epp.datalayer.scraper import MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
