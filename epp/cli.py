@@ -21,7 +21,7 @@ _BOOL_FALSE = {"0", "f", "false", "no", "n", "off"}
 IGNORED_FLAGS = (
     "model-server-metrics-port", "model-server-metrics-path", "total-queued-requests-metric",
     "total-running-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
-    "cache-info-metric", "enable-cert-reload", "metrics-endpoint-auth", "enable-pprof", "tracing",
+    "cache-info-metric", "enable-cert-reload", "enable-pprof", "tracing",
     "zap-devel", "zap-log-level", "zap-stacktrace-level", "zap-time-encoding",
 )
 
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity")
     flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
     a("--cert-path", default="", help="directory holding tls.crt and tls.key")
+    a("--metrics-endpoint-auth", type=go_bool, nargs="?", const=True, default=None, metavar="BOOL",
+      help="/metrics needs a bearer token allowed to GET /metrics (TokenReview + SubjectAccessReview); "
+           "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode")
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
     flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
     a("--max-request-body-bytes", type=positive_int, default=64 * 1024 * 1024, help="largest request body accepted")
@@ -211,6 +214,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
         http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
+        metrics_endpoint_auth=ns.metrics_endpoint_auth,
     )
     return opts, warnings
 

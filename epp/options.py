@@ -35,5 +35,6 @@ class Options:
     max_request_body_bytes: int = 64 * 1024 * 1024
     kube_api_server: str = ""
     kubeconfig: str = ""
+    metrics_endpoint_auth: bool | None = None  # None: enforced exactly when there is a Kubernetes API (not static)
     graceful_shutdown_timeout: float = 60.0  # SIGTERM: serve until traffic stops, at most this long
     http_picker_port: int = 0  # 0 = off; NGINX bridge contract served by the EPP itself

@@ -31,6 +31,7 @@ from epp.flowcontrol.saturation import UtilizationDetector
 from epp.observability import logs
 from epp.observability.health import HealthServicer, HealthState
 from epp.observability.http import ObservabilityServer
+from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metrics_auth_decision
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
@@ -92,6 +93,9 @@ def run(opts: Options, warnings: list[str]) -> int:
     logs.configure(opts.verbosity, opts.log_encoder)
     for w in warnings:
         log.warning(w)
+    _enforce, auth_warning = metrics_auth_decision(opts)
+    if auth_warning:
+        log.warning(auth_warning)
     try:
         config = load_options_config(opts)
         endpoints = []
@@ -165,6 +169,14 @@ class Epp:
         # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
         self.sources = build_sources(opts, self)
         self.http_picker = None
+        self.metrics_auth: MetricsAuth | None = None
+        if metrics_auth_decision(opts)[0]:
+            from epp.datalayer.kube.client import KubeConfigError
+
+            try:
+                self.metrics_auth = build_metrics_auth(opts)
+            except KubeConfigError as exc:
+                raise SourceError(f"--metrics-endpoint-auth needs a Kubernetes API to check tokens with: {exc}") from None
 
     async def start(self) -> None:
         o = self.opts
@@ -191,7 +203,8 @@ class Epp:
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         _bind_grpc(health_server.add_insecure_port, o.bind_address, o.grpc_health_port, "--grpc-health-port")
         self._servers = [server, health_server]
-        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail)
+        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail,
+                                         authorize=self.metrics_auth)
         await self._http.start(o.bind_address, o.metrics_port)
         await server.start()
         await health_server.start()
@@ -233,6 +246,8 @@ class Epp:
         self.director.body_parser.close()
         if self._http is not None:
             await self._http.stop()
+        if self.metrics_auth is not None:
+            self.metrics_auth.close()
 
 
 def _bind_grpc(add_port, addr: str, port: int, flag: str) -> int:

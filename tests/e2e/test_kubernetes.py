@@ -57,7 +57,8 @@ def test_envoy_routes_to_pods_discovered_from_the_api_server(kubeapi, sim_fleet,
 
     g, h, m = free_port(), free_port(), free_port()
     argv = [bin_path("epp"), "--pool-name", "pool", "--pool-namespace", NS, "--kube-api-server", kubeapi.url,
-            "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m), "-v=3"]
+            "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m), "-v=3",
+            "--metrics-endpoint-auth=false"]  # this test reads /metrics without a token (tests/e2e/test_security.py has auth)
     proc = Proc("epp-kube", argv, tmp / f"epp-{g}.log").start()
     started.append(proc)
     wait_port(g, proc=proc.popen)

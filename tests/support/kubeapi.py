@@ -13,6 +13,10 @@ There is no kube-apiserver on these machines, so tests run the real `kubernetes`
   `ERROR` event with a 410 `Expired` Status like the real watch cache; `allowWatchBookmarks`
   gets periodic BOOKMARK events; `timeoutSeconds` ends the stream cleanly.
 
+Metrics endpoint auth: POSTs to `tokenreviews` and `subjectaccessreviews` are answered from
+`tokens` (bearer token -> user) and `grants` ((user or "group:<name>", verb, non-resource path)),
+as a real API server answers them from its authenticators and RBAC.
+
 Test controls: `stop()`/`start()` simulate an outage on the same port (open watches are cut),
 `compact()` forgets history so old resourceVersions become 410, `stall_watches()` makes every
 open watch go silent without closing (a dead connection the client must detect).
@@ -64,6 +68,8 @@ PODS = Resource("", "v1", "pods", "Pod", ("po",))
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 ALL_RESOURCES = (PODS, POOL_V1, POOL_V1ALPHA2, OBJECTIVES, REWRITES, LEASES)
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def status(code: int, reason: str, message: str) -> Obj:
@@ -173,6 +179,8 @@ class KubeApiServer:
     bookmark_interval: float = 1.0
     resources: tuple[Resource, ...] = ALL_RESOURCES
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path?query) seen, for assertions
+    tokens: dict[str, Obj] = field(default_factory=dict)  # bearer token -> {"username", "uid", "groups"}
+    grants: set[tuple[str, str, str]] = field(default_factory=set)  # (user | "group:<g>", verb, non-resource path)
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -359,6 +367,8 @@ class KubeApiServer:
             return _json(status(err.code, err.reason, err.message), err.code)
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path.rstrip("/") in (TOKEN_REVIEWS, ACCESS_REVIEWS):
+            return await self._review(request)
         parts = [p for p in request.path.split("/") if p]
         if request.method == "GET" and parts in (["version"], ["version", ""]):
             return _json({"major": "1", "minor": "32", "gitVersion": "v1.32.0-epp-test", "platform": "linux/amd64"})
@@ -398,6 +408,29 @@ class KubeApiServer:
             raise _ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) == 2 else None
         return await self._serve(request, resource, namespace, name)
+
+    async def _review(self, request: web.Request) -> web.Response:
+        """TokenReview / SubjectAccessReview: the request object echoed with its `status` filled in."""
+        body = await _body(request)
+        spec = body.get("spec") or {}
+        if request.path.rstrip("/") == TOKEN_REVIEWS:
+            user = self.tokens.get(spec.get("token", ""))
+            result: Obj = ({"authenticated": True, "user": user, "audiences": spec.get("audiences") or []}
+                           if user is not None else {"authenticated": False, "error": "invalid bearer token"})
+            kind, api_version = "TokenReview", "authentication.k8s.io/v1"
+        else:
+            attrs = spec.get("nonResourceAttributes") or {}
+            who = [spec.get("user", "")] + [f"group:{g}" for g in spec.get("groups") or []]
+            allowed = any((w, attrs.get("verb"), attrs.get("path")) in self.grants for w in who)
+            result = {"allowed": allowed} | ({} if allowed else {"reason": "no RBAC rule allows it"})
+            kind, api_version = "SubjectAccessReview", "authorization.k8s.io/v1"
+        return _json({"kind": kind, "apiVersion": api_version, "metadata": {"creationTimestamp": None},
+                      "spec": spec, "status": result}, 201)
+
+    def reviews(self, kind: str) -> int:
+        """How many TokenReviews ("token") or SubjectAccessReviews ("access") were posted."""
+        path = TOKEN_REVIEWS if kind == "token" else ACCESS_REVIEWS
+        return sum(1 for m, p in self.requests if m == "POST" and p.split("?")[0].rstrip("/") == path)
 
     def _groups(self) -> list[str]:
         seen: list[str] = []

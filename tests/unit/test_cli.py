@@ -1,3 +1,4 @@
+import re
 import socket
 import subprocess
 import sys
@@ -66,13 +67,18 @@ def run_epp(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "epp.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING) ")
+
+
 def assert_one_line_error(r: subprocess.CompletedProcess, code: int, *parts: str) -> None:
+    """The error is the last line, one line; anything before it is an ordinary log record (start-up warnings)."""
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == code, r.stderr
-    assert len(lines) == 1 and lines[0].startswith("epp: error: "), r.stderr
+    assert lines and lines[-1].startswith("epp: error: "), r.stderr
+    assert all(LOG_RECORD.match(line) for line in lines[:-1]), r.stderr
     assert "Traceback" not in r.stderr
     for part in parts:
-        assert part in lines[0], lines[0]
+        assert part in lines[-1], lines[-1]
 
 
 @pytest.fixture
