@@ -21,7 +21,7 @@ _BOOL_FALSE = {"0", "f", "false", "no", "n", "off"}
 IGNORED_FLAGS = (
     "model-server-metrics-port", "model-server-metrics-path", "total-queued-requests-metric",
     "total-running-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
-    "cache-info-metric", "enable-cert-reload", "enable-pprof", "tracing",
+    "cache-info-metric", "enable-pprof", "tracing",
     "zap-devel", "zap-log-level", "zap-stacktrace-level", "zap-time-encoding",
 )
 
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity")
     flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
     a("--cert-path", default="", help="directory holding tls.crt and tls.key")
+    flag("enable-cert-reload", False, "new connections use tls.crt/tls.key as they are now (rotation without "
+         "a restart; open streams keep theirs)")
     a("--metrics-endpoint-auth", type=go_bool, nargs="?", const=True, default=None, metavar="BOOL",
       help="/metrics needs a bearer token allowed to GET /metrics (TokenReview + SubjectAccessReview); "
            "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode")
@@ -196,6 +198,9 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         parser.error("--endpoint-selector needs --endpoint-target-ports")
     warnings = [f"flag --{n} is accepted for compatibility and has no effect"
                 for n in IGNORED_FLAGS if getattr(ns, f"ignored_{n.replace('-', '_')}") is not None]
+    if ns.enable_cert_reload and not (ns.secure_serving and ns.cert_path):
+        warnings.append("--enable-cert-reload has no effect without --cert-path and --secure-serving "
+                        "(a self-signed certificate never changes)")
     bind = ns.bind_address or ("0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1")
     opts = Options(
         grpc_port=ns.grpc_port, grpc_health_port=ns.grpc_health_port, metrics_port=ns.metrics_port,
@@ -214,7 +219,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
         http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
-        metrics_endpoint_auth=ns.metrics_endpoint_auth,
+        metrics_endpoint_auth=ns.metrics_endpoint_auth, enable_cert_reload=ns.enable_cert_reload,
     )
     return opts, warnings
 

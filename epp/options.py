@@ -28,6 +28,7 @@ class Options:
     config_name: str = ""  # a built-in named config (epp-default, reference-default, llm-d-affinity)
     secure_serving: bool = True
     cert_path: str = ""
+    enable_cert_reload: bool = False  # re-read tls.crt/tls.key from cert_path for new connections
     health_checking: bool = False
     ha_enable_leader_election: bool = False
     verbosity: int = 2

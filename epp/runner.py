@@ -193,7 +193,7 @@ class Epp:
         if o.health_checking:
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
         if o.secure_serving:
-            creds, _pair, self.cert_reloader = tls.server_credentials(o.cert_path, reload=False)
+            creds, _pair, self.cert_reloader = tls.server_credentials(o.cert_path, o.enable_cert_reload)
             grpc_port = _bind_grpc(lambda a: server.add_secure_port(a, creds), o.bind_address, o.grpc_port,
                                    "--grpc-port")
         else:

@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,20 +106,24 @@ class ReloadingCertificates:
 
     grpc calls `fetch` (on one of its own threads) before every new TLS handshake; it answers
     None while tls.crt and tls.key are unchanged, so the cost per connection is two stat()
-    calls, and open connections (ext_proc streams in flight) keep the certificate they were
-    made with. A change is taken only when both files parse and the key matches the
+    calls (plus, at most once per `recheck` seconds, reading the files: a rewrite within one
+    timestamp tick that keeps the size, as a same-curve key does, leaves stat() unchanged), and
+    open connections (ext_proc streams in flight) keep the certificate they were made with. A change is taken only when both files parse and the key matches the
     certificate: a writer that replaces one file and then the other (rather than the
     atomic symlink swap of a Kubernetes secret volume) is seen half-way as a mismatch, kept
     on the previous certificate, and picked up once the second file lands.
     """
 
-    def __init__(self, path: str, initial: KeyPair) -> None:
+    def __init__(self, path: str, initial: KeyPair, recheck: float = 1.0) -> None:
         self.path = path
         self.current = initial
         self.reloads = 0
+        self.recheck = recheck
         self._lock = threading.Lock()
         self._seen = self._signature()
         self._rejected: tuple | None = None
+        self._rejected_bytes: tuple[bytes, bytes] | None = None
+        self._last_read = time.monotonic()
 
     def _signature(self) -> tuple | None:
         out = []
@@ -130,20 +135,39 @@ class ReloadingCertificates:
             out.append((st.st_ino, st.st_mtime_ns, st.st_size))
         return tuple(out)
 
+    def _read(self) -> tuple[bytes, bytes] | None:
+        crt, key = _files(self.path)
+        try:
+            return crt.read_bytes(), key.read_bytes()
+        except OSError:
+            return None
+
     def fetch(self):
         try:
             with self._lock:
                 sig = self._signature()
-                if sig is None or sig == self._seen or sig == self._rejected:
+                if sig is None:
+                    return None
+                now = time.monotonic()
+                unchanged = sig == self._seen or sig == self._rejected
+                if unchanged and now - self._last_read < self.recheck:
+                    return None
+                self._last_read = now
+                data = self._read()
+                if unchanged and (data is None or data == self._rejected_bytes
+                                  or data == (self.current.cert_pem, self.current.key_pem)):
                     return None
                 try:
-                    pair = from_dir(self.path)
+                    if data is None:
+                        raise CertificateError("tls.crt or tls.key could not be read")
+                    crt, key = _files(self.path)
+                    pair = parse_pair(crt, data[0], key, data[1])
                 except CertificateError as exc:
-                    self._rejected = sig
+                    self._rejected, self._rejected_bytes = sig, data
                     log.warning("certificate in %s not reloaded, still serving %s: %s", self.path,
                                 self.current.describe(), exc)
                     return None
-                self._seen, self._rejected = sig, None
+                self._seen, self._rejected, self._rejected_bytes = sig, None, None
                 if pair.cert_pem == self.current.cert_pem and pair.key_pem == self.current.key_pem:
                     return None
                 self.current = pair

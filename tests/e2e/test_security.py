@@ -120,3 +120,132 @@ def test_auth_asked_for_without_any_cluster_is_a_start_up_error(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.startswith("epp: error:")]
     assert lines and "--metrics-endpoint-auth needs a Kubernetes API to check tokens with" in lines[0]
     assert "Traceback" not in r.stderr
+
+
+# ---- --enable-cert-reload: rotation without a restart, open streams untouched ----
+
+def make_cert(common_name: str) -> tuple[bytes, bytes]:
+    """(key PEM, cert PEM) valid for 127.0.0.1, so a client can verify it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def publish(cert_dir, key: bytes, cert: bytes) -> None:
+    """Like a Kubernetes secret volume: files behind a `..data` symlink swapped atomically."""
+    import os
+    import uuid
+
+    gen = cert_dir / f"..{uuid.uuid4().hex}"
+    gen.mkdir()
+    (gen / "tls.key").write_bytes(key)
+    (gen / "tls.crt").write_bytes(cert)
+    tmp_link = cert_dir / "..data_tmp"
+    os.symlink(gen.name, tmp_link)
+    os.replace(tmp_link, cert_dir / "..data")
+    for f in ("tls.key", "tls.crt"):
+        if not (cert_dir / f).is_symlink():
+            os.symlink(f"..data/{f}", cert_dir / f)
+
+
+def served_certificate(port: int) -> bytes:
+    """The DER certificate a new TLS connection to the ext_proc port is shown."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as conn:
+        return conn.getpeercert(binary_form=True)
+
+
+def der(cert_pem: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+
+
+def test_rotated_certificate_is_used_for_new_connections_and_open_streams_continue(procs, sim_fleet, tmp_path):
+    import asyncio
+
+    import grpc
+
+    from tests.e2e.test_lifecycle import finish, open_routed_stream
+
+    fleet = sim_fleet(1)
+    key_a, cert_a = make_cert("epp-a")
+    key_b, cert_b = make_cert("epp-b")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    publish(certs, key_a, cert_a)
+    started, tmp = procs
+    g, h, m = free_port(), free_port(), free_port()
+    proc = Proc("epp", [bin_path("epp"), "--static-endpoints", fleet.hostports[0], "--grpc-port", str(g),
+                        "--grpc-health-port", str(h), "--metrics-port", str(m), "--cert-path", str(certs),
+                        "--enable-cert-reload", "-v=3"], tmp / "epp-reload.log").start()
+    started.append(proc)
+    wait_port(g, proc=proc.popen)
+    assert served_certificate(g) == der(cert_a)
+
+    async def scenario():
+        # The client trusts both certificates and verifies the server (SAN 127.0.0.1).
+        creds = grpc.ssl_channel_credentials(root_certificates=cert_a + cert_b)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{g}", creds) as ch_a:
+            stream, where = await open_routed_stream(g, ch_a)
+            assert where == fleet.hostports[0]
+            publish(certs, key_b, cert_b)
+            assert await asyncio.to_thread(served_certificate, g) == der(cert_b)
+            # A new connection with the new certificate routes too.
+            async with grpc.aio.secure_channel(f"127.0.0.1:{g}", creds,
+                                               options=[("grpc.use_local_subchannel_pool", 1)]) as ch_b:
+                other, other_where = await open_routed_stream(g, ch_b)
+                assert other_where == fleet.hostports[0]
+                await finish(other)
+            # The stream opened under certificate A, on its old connection, carries on to the end.
+            kinds = [r.WhichOneof("response") for r in await finish(stream)]
+            assert kinds == ["response_headers", "response_body"]
+
+    asyncio.run(scenario())
+    # A broken rotation (a half-written certificate) is refused; B stays in service.
+    (certs / "..data" / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\ntruncat")
+    assert served_certificate(g) == der(cert_b)
+    assert proc.alive
+    log = proc.log_path.read_text()
+    assert "reloaded the certificate from" in log and "not reloaded, still serving" in log
+
+
+def test_a_rotation_written_one_file_at_a_time_is_taken_once_both_match(tmp_path):
+    from epp.extproc import tls
+
+    key_a, cert_a = make_cert("a")
+    key_b, cert_b = make_cert("b")
+    (tmp_path / "tls.key").write_bytes(key_a)
+    (tmp_path / "tls.crt").write_bytes(cert_a)
+    # recheck=0: compare contents on every call, since same-size rewrites within one clock tick look unchanged
+    reloader = tls.ReloadingCertificates(str(tmp_path), tls.from_dir(str(tmp_path)), recheck=0)
+    assert reloader.fetch() is None  # unchanged
+    (tmp_path / "tls.crt").write_bytes(cert_b)  # the key still belongs to A: not taken
+    assert reloader.fetch() is None and reloader.current.cert_pem == cert_a
+    assert reloader.fetch() is None  # and not re-checked on every handshake
+    (tmp_path / "tls.key").write_bytes(key_b)
+    assert reloader.fetch() is not None and reloader.current.cert_pem == cert_b and reloader.reloads == 1
+    assert reloader.fetch() is None
