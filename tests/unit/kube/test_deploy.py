@@ -78,8 +78,12 @@ def test_every_manifest_validates_against_the_kubernetes_schemas():
     kinds = {d["kind"] for _, d in docs}
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "InferencePool",
             "InferenceObjective", "HTTPRoute"} <= kinds
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
     for name, doc in docs:
-        assert doc["metadata"]["namespace"] == "default", name
+        if doc["kind"] in cluster_scoped:
+            assert "namespace" not in doc["metadata"], name
+        else:
+            assert doc["metadata"]["namespace"] == "default", name
         crd = CRD_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
         if crd is not None:
             jsonschema.validate(doc, crd)
@@ -171,3 +175,28 @@ def test_dockerfile_runs_epp_as_a_numeric_non_root_user():
     assert 'ENTRYPOINT ["epp"]' in text
     user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")][-1]
     assert user.split(":")[0].isdigit() and user.split(":")[0] != "0"
+
+
+def test_metrics_auth_is_granted_what_it_needs():
+    """Auth is on by default in Kubernetes: the EPP must be allowed both reviews, or every scrape is a 500."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["inferenceExtension"]["monitoring"]["prometheus"]["auth"]["enabled"] is True
+    deployment = one("Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--metrics-endpoint-auth=false" not in args
+    sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    granted = set()
+    roles = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "ClusterRole"}
+    for _, binding in documents():
+        if binding["kind"] != "ClusterRoleBinding":
+            continue
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in binding["subjects"]):
+            continue
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            if "create" in rule["verbs"]:
+                granted.update((g, r) for g in rule["apiGroups"] for r in rule["resources"])
+    assert {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")} <= granted
+    # The chart's ServiceMonitor hands Prometheus a token when auth is on, and the flag goes off with it.
+    monitor = (CHART / "templates" / "servicemonitor.yaml").read_text()
+    assert "type: Bearer" in monitor and "nonResourceURLs: [\"/metrics\"]" in monitor
+    assert "--metrics-endpoint-auth=false" in (CHART / "templates" / "deployment.yaml").read_text()
