@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
     flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
     a("--refresh-metrics-interval", type=positive_duration, default=0.05,
-      help="per-endpoint scrape period (default 50ms; stretched for pools over 32 endpoints, see docs/datalayer.md)")
+      help="per-endpoint scrape period (default 50ms; stretched for pools over 16 endpoints, see docs/datalayer.md)")
     a("--model-server-metrics-scheme", choices=("http", "https"), default="http",
       help="scheme of model-server /metrics scrapes (default http)")
     flag("model-server-metrics-https-insecure-skip-verify", True,

@@ -45,9 +45,11 @@ def test_no_cap_and_empty_pool():
         effective_interval(0, 10, 640)
 
 
-def test_default_cap_at_1000_endpoints():
-    assert MAX_SCRAPES_PER_SECOND == 640
-    assert effective_interval(0.05, 1000, MAX_SCRAPES_PER_SECOND) == pytest.approx(1.5625)
+def test_default_cap():
+    assert MAX_SCRAPES_PER_SECOND == 320  # the figure docs/datalayer.md states
+    assert effective_interval(0.05, 16, MAX_SCRAPES_PER_SECOND) == 0.05
+    assert effective_interval(0.05, 32, MAX_SCRAPES_PER_SECOND) == pytest.approx(0.1)
+    assert effective_interval(0.05, 1000, MAX_SCRAPES_PER_SECOND) == pytest.approx(3.125)
 
 
 class ManyPorts:
