@@ -26,11 +26,19 @@ class EndpointMetrics:
     prefix_cache_queries: float = 0.0  # counters, when the engine exports them
     prefix_cache_hits: float = 0.0
     update_time: float = 0.0  # time.monotonic() of the last successful scrape (0 = never)
+    # How much longer than --refresh-metrics-interval this endpoint's scrape interval is (the
+    # scrape budget stretches it in big pools): staleness thresholds tuned for the configured
+    # interval allow this much more, or every endpoint of a big pool would look stale.
+    interval_stretch: float = 0.0
 
     def age(self, now: float | None = None) -> float:
         if self.update_time == 0.0:
             return float("inf")
         return (time.monotonic() if now is None else now) - self.update_time
+
+    def stale(self, threshold: float, now: float) -> bool:
+        """Never scraped, or older than `threshold` plus the interval stretch."""
+        return self.update_time == 0.0 or now - self.update_time > threshold + self.interval_stretch
 
 
 @dataclass(slots=True)

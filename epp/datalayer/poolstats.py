@@ -32,7 +32,7 @@ def pool_stats(endpoints: Iterable[Endpoint], staleness_threshold: float, now: f
     for ep in endpoints:
         m = ep.metrics
         per_pod[ep.name] = m.waiting_queue_size
-        if m.update_time and now - m.update_time <= staleness_threshold:
+        if not m.stale(staleness_threshold, now):
             ready += 1
             kv += m.kv_cache_usage_percent
             queue += m.waiting_queue_size

@@ -239,6 +239,7 @@ class MetricsCollector:
             return
         if fields:
             fields["update_time"] = time.monotonic()
+            fields["interval_stretch"] = max(0.0, self._effective - self.interval)
             ep.metrics = dataclasses.replace(ep.metrics, **fields)
             ep.reach.last_scrape_failed = False
             stats.ok += 1

@@ -22,7 +22,7 @@ class UtilizationDetector:
         total = 0.0
         for e in endpoints:
             m = e.metrics
-            if m.update_time == 0.0 or now - m.update_time > self.staleness:
+            if m.stale(self.staleness, now):
                 total += 1.0
                 continue
             total += max(m.waiting_queue_size / self.queue_depth_threshold,

@@ -112,7 +112,7 @@ class UtilizationDetector(Filter):
         now = time.monotonic()
         limit = 1.0 + p.headroom
         keep = [e for e in endpoints
-                if e.metrics.update_time and now - e.metrics.update_time <= self.staleness
+                if not e.metrics.stale(self.staleness, now)
                 and max(e.metrics.waiting_queue_size / p.queue_depth_threshold,
                         e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold) <= limit]
         return keep or endpoints

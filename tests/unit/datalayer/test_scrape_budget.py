@@ -142,3 +142,29 @@ async def test_many_real_endpoints_stay_within_the_scrape_budget(many_ports):
     assert served <= cap * window + n, f"{served} scrapes in {window:.2f}s, cap {cap}/s"
     per_endpoint = max(after[p] - before.get(p, 0) for p in after)
     assert per_endpoint <= window / c.effective_interval + 1
+
+
+def test_staleness_thresholds_allow_for_the_stretch():
+    from epp.datalayer.endpoint import EndpointMetrics
+    from epp.flowcontrol.saturation import UtilizationDetector
+
+    m = EndpointMetrics(update_time=100.0, interval_stretch=3.0)
+    assert not m.stale(0.2, 102.0)  # 2 s old, but scraped every ~3 s: as fresh as it gets
+    assert m.stale(0.2, 103.5)
+    assert EndpointMetrics().stale(10.0, 1.0)  # never scraped
+    e = Endpoint(name="a", address="127.0.0.1", port=1, metrics=m)
+    # The reference detector's 200 ms would call every endpoint of a big pool saturated (and shed).
+    assert UtilizationDetector().saturation([e], now=102.0) == 0.0
+
+
+async def test_scraped_metrics_carry_the_stretch(many_ports):
+    _, ports = await many_ports(4)
+    ds = Datastore()
+    eps = _endpoints(ds, ports)
+    c = MetricsCollector(ds, interval=0.05, max_scrapes_per_second=10)  # 4 endpoints: every 0.4 s
+    await c.start()
+    try:
+        await wait_until(lambda: all(e.metrics.update_time for e in eps), timeout=5)
+        assert [e.metrics.interval_stretch for e in eps] == [pytest.approx(0.35)] * 4
+    finally:
+        await c.stop()
