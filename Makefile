@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-overhead bench-nginx clean
+.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability clean
 
 install: $(STAMP) system-deps
 
@@ -42,6 +42,11 @@ bench-overhead: install
 # NGINX alone vs NGINX + bridge + EPP (docs/nginx.md)
 bench-nginx: install
 	$(BIN)/python -m epp.bridge.bench
+
+# Issue 13's long reliability suite (~25 min): 20,000 fuzzed streams, faults under load, a 10-minute
+# soak, 1,000 endpoints -> bench/results/reliability.md. RELIABILITY_ARGS="--quick" or "--only soak".
+bench-reliability: install
+	$(BIN)/python -m epp.bench.reliability $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

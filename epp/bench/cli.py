@@ -5,6 +5,7 @@
     epp-bench report [--render-only]                  the committed suite (live + des), then report.md + plots
     epp-bench inference-perf                          cross-check with kubernetes-sigs/inference-perf
     epp-bench overhead                                Envoy alone vs Envoy+EPP
+    epp-bench reliability [--quick] [--only ...]      issue 13's fuzz, faults, soak, 1,000 endpoints
 """
 
 from __future__ import annotations
@@ -143,6 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--sizes", default="1024,204800", help="request body sizes in bytes")
     o.add_argument("--out", type=Path, default=RESULTS)
     o.add_argument("--epp-arg", action="append", default=[], help="extra flag for the EPP (repeatable)")
+
+    rel = sub.add_parser("reliability", add_help=False,
+                         help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
+                              "(epp-bench reliability --help)")
+    rel.add_argument("rest", nargs=argparse.REMAINDER)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["reliability"]:  # its own parser owns every flag after the name
+        from epp.bench.reliability.__main__ import main as reliability_main
+
+        sys.exit(reliability_main(argv[1:]))
     args = p.parse_args(argv)
 
     if args.cmd == "run":

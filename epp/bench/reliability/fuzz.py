@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,6 +27,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 
 from epp.bench.procstat import rss_bytes
+from epp.bench.reliability import clientloop
 from epp.bench.reliability.fuzzstreams import BODY_LIMIT, FuzzStream
 from epp.bench.reliability.picks import read_picks, sample_value
 from epp.bench.reliability.stack import MODEL, EppProcess, Stack
@@ -131,24 +131,14 @@ async def drive(channel: grpc.aio.Channel, stream: FuzzStream, bound: float) -> 
     return StreamOutcome(kinds, code, immediate, time.monotonic() - t0, problems)
 
 
-class _LoopThread:
-    """An event loop on its own thread: hypothesis drives examples synchronously, gRPC runs here."""
+class FuzzTarget:
+    """Hypothesis drives examples synchronously; their gRPC runs on the shared client loop."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-loop", daemon=True)
-        self._thread.start()
-
-    def call(self, coro, timeout: float):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-class FuzzTarget(_LoopThread):
     channel: grpc.aio.Channel
+
+    @staticmethod
+    def call(coro, timeout: float):
+        return clientloop.run(coro, timeout)
 
     def run(self, stream: FuzzStream, bound: float) -> StreamOutcome:
         return self.call(drive(self.channel, stream, bound), bound + 15)
@@ -215,11 +205,10 @@ class _ErrorLog(logging.Handler):
 
 
 class InProcessEpp(FuzzTarget):
-    """The EPP in this process, scraping `static_endpoints` at the default interval."""
+    """The EPP in this process (on the client loop too), scraping `static_endpoints` at the default interval."""
 
     def __init__(self, static_endpoints: list[str], config_text: str | None = None,
                  body_limit: int = BODY_LIMIT) -> None:
-        super().__init__()
         self.static_endpoints, self.config_text, self.body_limit = static_endpoints, config_text, body_limit
         self.epp = None
         self._errors = _ErrorLog()
@@ -281,14 +270,12 @@ class InProcessEpp(FuzzTarget):
                 self.call(stop(), 30)
         finally:
             logging.getLogger("epp").removeHandler(self._errors)
-            self.stop_loop()
 
 
 class EppProgram(FuzzTarget):
     """The `epp` program (plaintext ext_proc), for RSS of the EPP alone and crash = exit."""
 
     def __init__(self, stack: Stack, static_endpoints: list[str], *args: str, body_limit: int = BODY_LIMIT) -> None:
-        super().__init__()
         self.stack, self.static_endpoints, self.args, self.body_limit = stack, static_endpoints, args, body_limit
         self.proc: EppProcess | None = None
 
@@ -329,10 +316,7 @@ class EppProgram(FuzzTarget):
     def close(self) -> None:
         async def stop() -> None:
             await self.channel.close()
-        try:
-            self.call(stop(), 10)
-        finally:
-            self.stop_loop()
+        self.call(stop(), 10)
 
 
 @dataclass

@@ -41,8 +41,13 @@ class LoadResult:
         return sum(not o.ok for o in self.between(t0, t1))
 
 
-def _body(client: int, n: int, max_tokens: int, shared_prefix: str) -> bytes:
+_PAD = " and then some more words to make the prompt longer"
+
+
+def _body(client: int, n: int, max_tokens: int, shared_prefix: str, pad_chars: int = 0) -> bytes:
     prompt = f"{shared_prefix}client {client} request {n}: tell me about the number {client * 7919 + n}"
+    if pad_chars:  # after the distinct part, so every block of it is a new prefix-index entry
+        prompt += (_PAD * (pad_chars // len(_PAD) + 1))[:pad_chars]
     return orjson.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "stream": True})
 
 
@@ -67,7 +72,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, timeout: f
 
 
 async def closed_loop(url: str, clients: int, stop: asyncio.Event, result: LoadResult, *,
-                      max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "",
+                      max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "", pad_chars: int = 0,
                       pause: float = 0.0) -> LoadResult:
     """Run `clients` request loops against `url` (/v1/completions) until `stop` is set."""
     connector = aiohttp.TCPConnector(limit=0)
@@ -76,7 +81,7 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event, result: LoadR
             n = 0
             while not stop.is_set():
                 result.outcomes.append(await _one(session, url + "/v1/completions",
-                                                  _body(c, n, max_tokens, shared_prefix), timeout))
+                                                  _body(c, n, max_tokens, shared_prefix, pad_chars), timeout))
                 n += 1
                 if pause:
                     await asyncio.sleep(pause)
@@ -86,7 +91,7 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event, result: LoadR
 
 
 async def open_loop(url: str, rate: float, stop: asyncio.Event, result: LoadResult, *,
-                    max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "",
+                    max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "", pad_chars: int = 0,
                     max_outstanding: int = 512) -> LoadResult:
     """`rate` requests per second at fixed intervals until `stop` is set (the soak's load).
 
@@ -112,7 +117,8 @@ async def open_loop(url: str, rate: float, stop: asyncio.Event, result: LoadResu
                 result.outcomes.append(Outcome(t, t, 0, 0, "overload"))
             else:
                 task = asyncio.create_task(_one(session, url + "/v1/completions",
-                                                _body(n % 1000, n, max_tokens, shared_prefix), timeout))
+                                                _body(n % 1000, n, max_tokens, shared_prefix, pad_chars),
+                                                timeout))
                 running.add(task)
                 task.add_done_callback(lambda t: (running.discard(t), result.outcomes.append(t.result())))
             n += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,14 @@ class Stack:
         for port in ports:
             wait_port(port, host=host, proc=p.popen, timeout=30)
         return SimProcess(p, host, ports)
+
+    def bad_servers(self, mode: str, ports: list[int], *args: str) -> Proc:
+        """badservers.py in a child process; back once its last port accepts connections."""
+        spec = ",".join(map(str, ports))
+        p = self._start(Proc(f"badservers-{mode}", [sys.executable, "-m", "epp.bench.reliability.badservers", mode,
+                                                    "--ports", spec, *args], self.workdir / f"bad-{mode}-{ports[0]}.log"))
+        wait_port(ports[-1], proc=p.popen, timeout=60)
+        return p
 
     def epp(self, *args: str, static_endpoints: list[str] | None = None, tls: bool = True,
             name: str = "epp") -> EppProcess:
