@@ -52,7 +52,7 @@ async def _during(grpc_port: int, url: str, n: int):
 
 
 def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
-    n = 1 if cfg.quick else 3
+    n = 1 if cfg.quick else 5
     res = StageResult("big-response", f"An {BIG_MB} MB non-streamed response ({n} transfer{'s' * (n > 1)})")
     with Stack(workdir) as st:
         ports = free_ports(2)
