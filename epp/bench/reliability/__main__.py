@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -37,6 +38,14 @@ def _progress(t0: float):
     return say
 
 
+def _load(path: Path) -> tuple[dict[str, StageResult], dict]:
+    try:
+        doc = json.loads(path.read_text())
+        return {d["name"]: StageResult.from_dict(d) for d in doc["stages"]}, doc.get("meta", {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="epp-bench reliability", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz-streams", type=int, default=None, help="fuzzed streams (default 20,000, quick 1,000)")
     ap.add_argument("--seed", type=int, default=13, help="hypothesis seed for the fuzz")
     ap.add_argument("--out", type=Path, default=None,
-                    help=f"report path (default {OUT}; with --quick a temporary file, so the committed figures stay)")
+                    help=f"report path (default {OUT}, figures also in .json beside it; with --quick a temporary "
+                         "file, so the committed figures stay). With --only, other stages keep their last figures.")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(STAGES)
     unknown = [n for n in names if n not in STAGES]
@@ -68,7 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     say = _progress(t0)
     meta = {"machine": machine(), "commit": git_commit(), "date": date.today().isoformat(), "quick": cfg.quick,
             "command": "python -m epp.bench.reliability " + shlex.join(argv if argv is not None else sys.argv[1:])}
+    sidecar = out.with_suffix(".json")
+    # With --only, the other stages keep the figures of the run that last measured them.
+    kept, before = _load(sidecar) if args.only and sidecar.exists() else ({}, {})
+    kept = {n: r for n, r in kept.items() if n not in names}
+    if kept and before:
+        meta["full_run"] = before.get("full_run") or (
+            f"stages not rerun are from {before['date']} (`{before['command']}`, commit `{before['commit']}`, "
+            f"{before['wall_s'] / 60:.1f} minutes)")
     results: list[StageResult] = []
+
+    def save() -> Path:
+        merged = {**kept, **{r.name: r for r in results}}
+        ordered = [merged[n] for n in STAGES if n in merged]
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.write_text(json.dumps({"meta": meta, "stages": [r.to_dict() for r in ordered]}, indent=1) + "\n")
+        return write(out, ordered, meta)
+
     with tempfile.TemporaryDirectory(prefix="epp-reliability-") as tmp:
         for name in names:
             say(f"stage {name}")
@@ -80,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report what the other stages measured
                 r = StageResult(name, name, error=f"{type(exc).__name__}: {exc}")
             r.seconds = time.monotonic() - s0
+            r.run = {"date": meta["date"], "commit": meta["commit"]}
             results.append(r)
             say(f"stage {name}: {'error: ' + r.error if r.error else 'met' if r.passed else 'MISSED a bound'} "
                 f"({r.seconds:.0f} s)")
@@ -87,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"    {row.what}: {row.value}" + (f"  [{row.bound}: {'ok' if row.ok else 'MISSED'}]"
                                                          if row.ok is not None else ""))
             meta["wall_s"] = time.monotonic() - t0
-            write(out, results, meta)  # after every stage, so an interrupted run keeps what it measured
+            save()  # after every stage, so an interrupted run keeps what it measured
     meta["wall_s"] = time.monotonic() - t0
-    path = write(out, results, meta)
+    path = save()
     say(f"wrote {path}; total {meta['wall_s'] / 60:.1f} minutes")
     return 0 if all(r.passed for r in results) else 1
 

@@ -24,17 +24,19 @@ def render(results: list[StageResult], meta: dict[str, Any]) -> str:
     lines = [HEADER]
     m = meta["machine"]
     lines += [
-        f"* **Run**: {meta['date']}, commit `{meta['commit']}`, `{meta['command']}`, "
-        f"{meta['wall_s'] / 60:.1f} minutes in all{' (quick: shortened stages)' if meta['quick'] else ''}",
+        f"* **Last run**: {meta['date']}, commit `{meta['commit']}`, `{meta['command']}`, "
+        f"{meta['wall_s'] / 60:.1f} minutes in all{' (quick: shortened stages)' if meta['quick'] else ''}"
+        + (f"; {meta['full_run']}" if meta.get("full_run") else ""),
         f"* **Machine**: {m['cpu']}, {m['cores']} cores, Python {m['python']}, "
         f"load average {', '.join(map(str, m['load_avg_at_start']))} at start",
         "",
-        "| stage | result | time |",
-        "| --- | --- | --- |",
+        "| stage | result | time | measured |",
+        "| --- | --- | --- | --- |",
     ]
     for r in results:
         verdict = "error" if r.error else "meets every bound" if r.passed else "misses a bound"
-        lines.append(f"| [{r.title}](#{r.name}) | {verdict} | {r.seconds:.0f} s |")
+        when = f"{r.run.get('date', '')}, `{r.run.get('commit', '')}`"
+        lines.append(f"| [{r.title}](#{r.name}) | {verdict} | {r.seconds:.0f} s | {when} |")
     for r in results:
         lines += ["", f"## {r.title}", f'<a id="{r.name}"></a>', "", "| measured | value | bound | met |",
                   "| --- | --- | --- | --- |"]

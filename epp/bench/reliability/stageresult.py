@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,14 @@ class StageResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""  # the stage could not finish (its rows say how far it got)
+    run: dict[str, str] = field(default_factory=dict)  # date and commit of the run that measured it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageResult":
+        return cls(**{**d, "rows": [Row(**r) for r in d.get("rows", [])]})
 
     def figure(self, what: str, value: object) -> None:
         self.rows.append(Row(what, _fmt(value)))
