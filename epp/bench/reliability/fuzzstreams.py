@@ -5,7 +5,9 @@ what the client does after sending them: half-close and read to the end, or canc
 shapes, so the fuzz reaches deep into the request path as well as the edges:
 
 * Envoy-shaped: headers, body chunks, trailers, response headers, response chunks, trailers,
-  in order, with random flags, modes, headers, bodies and status codes;
+  in order, with random flags, modes, headers, bodies and status codes; two thirds of them
+  carry a request a real client would send, so they are routed and count in-flight load that
+  whatever follows (any status, a cancel, a missing end of stream) must release;
 * Envoy-shaped, then mangled: messages dropped, repeated, swapped, garbage inserted;
 * any messages in any order.
 
