@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--graceful-shutdown-timeout", type=duration, default=60.0,
       help="on SIGTERM: report not ready, keep serving until no stream has been open for 2s, at most this long "
            "(default 60s; streams still open then are cut)")
+    a("--extproc-transport", default="h2corn", choices=("h2corn", "grpcio"),
+      help="the ext_proc gRPC server: h2corn (default; a Rust HTTP/2 server, about a quarter of grpcio's CPU "
+           "per message, needs Envoy's ext_proc_graceful_grpc_close, see docs/transport.md) or grpcio")
     a("--http-picker-port", type=port, default=0,
       help="serve the NGINX bridge HTTP contract on this port (0 = off)")
     a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
@@ -220,6 +223,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
         http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
         metrics_endpoint_auth=ns.metrics_endpoint_auth, enable_cert_reload=ns.enable_cert_reload,
+        extproc_transport=ns.extproc_transport,
     )
     return opts, warnings
 

@@ -164,6 +164,7 @@ class Epp:
                                               reachability=self.director.reachability)
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
+        self._h2servers: list = []  # H2Server, imported only when that transport runs
         self._http: ObservabilityServer | None = None
         self.cert_reloader: tls.ReloadingCertificates | None = None
         # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
@@ -179,6 +180,34 @@ class Epp:
                 raise SourceError(f"--metrics-endpoint-auth needs a Kubernetes API to check tokens with: {exc}") from None
 
     async def start(self) -> None:
+        o = self.opts
+        if o.extproc_transport == "grpcio":
+            addr = await self._start_grpcio()
+        else:
+            addr = await self._start_h2corn()
+        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail,
+                                         authorize=self.metrics_auth)
+        await self._http.start(o.bind_address, o.metrics_port)
+        for server in self._servers:
+            await server.start()
+        for h2 in self._h2servers:
+            await h2.start()
+        await self.collector.start()
+        self.pool_gauges.start()
+        for source in self.sources:
+            await source.start()
+        if o.http_picker_port:
+            from epp.bridge.inproc import start_http_picker
+
+            try:
+                self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
+            except OSError:
+                raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
+        log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
+                 __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
+                 o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
+
+    async def _start_grpcio(self) -> str:
         o = self.opts
         server_opts = [
             ("grpc.so_reuseport", 0),  # a second EPP on the same port must fail, not share it
@@ -198,30 +227,39 @@ class Epp:
                                    "--grpc-port")
         else:
             grpc_port = _bind_grpc(server.add_insecure_port, o.bind_address, o.grpc_port, "--grpc-port")
-        addr = host_port(o.bind_address, grpc_port)
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         _bind_grpc(health_server.add_insecure_port, o.bind_address, o.grpc_health_port, "--grpc-health-port")
         self._servers = [server, health_server]
-        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail,
-                                         authorize=self.metrics_auth)
-        await self._http.start(o.bind_address, o.metrics_port)
-        await server.start()
-        await health_server.start()
-        await self.collector.start()
-        self.pool_gauges.start()
-        for source in self.sources:
-            await source.start()
-        if o.http_picker_port:
-            from epp.bridge.inproc import start_http_picker
+        return host_port(o.bind_address, grpc_port)
 
-            try:
-                self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
-            except OSError:
-                raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
-        log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
-                 __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
-                 o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
+    async def _start_h2corn(self) -> str:
+        from epp.extproc.asgi import GrpcApp
+        from epp.extproc.h2server import H2Server, TlsFiles, listening_socket, private_files
+
+        o = self.opts
+        self.processor = GrpcApp(self.director.exchange, o.max_request_body_bytes,
+                                 self.health if o.health_checking else None)
+        tls_files, watch = None, None
+        if o.secure_serving:
+            if o.cert_path:
+                pair = tls.from_dir(o.cert_path)
+                tls_files = TlsFiles(Path(o.cert_path) / "tls.crt", Path(o.cert_path) / "tls.key")
+                if o.enable_cert_reload:
+                    watch = self.cert_reloader = tls.ReloadingCertificates(o.cert_path, pair)
+            else:
+                tls_files = private_files(tls.self_signed())
+        ext_sock = _bind_socket(o.bind_address, o.grpc_port, "--grpc-port")
+        try:
+            health_sock = _bind_socket(o.bind_address, o.grpc_health_port, "--grpc-health-port")
+        except BaseException:
+            ext_sock.close()
+            raise
+        self._h2servers = [
+            H2Server(self.processor, ext_sock, tls_files, watch, drain_budget=o.graceful_shutdown_timeout),
+            H2Server(GrpcApp(None, 0, self.health), health_sock),
+        ]
+        return host_port(o.bind_address, ext_sock.getsockname()[1])
 
     def readiness_detail(self) -> str:
         parts = [f"{len(self.datastore)} endpoints", "synced" if self.datastore.synced else "not synced"]
@@ -242,12 +280,24 @@ class Epp:
             await source.stop()
         await self.pool_gauges.stop()
         await self.collector.stop()
-        await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        await asyncio.gather(*(s.stop(grace) for s in self._servers), *(s.stop(grace) for s in self._h2servers))
         self.director.body_parser.close()
         if self._http is not None:
             await self._http.stop()
         if self.metrics_auth is not None:
             self.metrics_auth.close()
+
+
+def _bind_socket(addr: str, port: int, flag: str):
+    from epp.extproc.h2server import listening_socket
+
+    reason = why_unbindable(addr, port)
+    if reason is not None:
+        raise bind_failure(addr, port, flag, reason)
+    try:
+        return listening_socket(addr, port)
+    except OSError:
+        raise bind_failure(addr, port, flag) from None
 
 
 def _bind_grpc(add_port, addr: str, port: int, flag: str) -> int:

@@ -48,13 +48,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 try:
                     responses, close = state.handle(req)
                     if state.held is not None:  # the prefill gate holds it: wait, then route again
-                        while state.held is not None:
-                            await state.exchange.wait_to_route(state.try_resume)
-                            if state.held is not None:
-                                state.try_resume()
-                        if state.release_error is not None:
-                            raise state.release_error
-                        responses = state.released
+                        responses = await state.settle_hold()
                 except EppError as err:
                     await write(error_response(err))
                     return

@@ -18,6 +18,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.errors import EppError, ErrorCode
 from epp.extproc import messages as msg
+from epp.extproc import wire
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 
 log = logging.getLogger("epp.extproc")
@@ -211,6 +212,34 @@ class StreamState:
         if mode in (_BUFFERED, _BUFFERED_PARTIAL):
             return [msg.plain_body_response(True, data if data != chunk else None)], False
         return [msg.plain_body_response(True)], False
+
+    def response_body_wire(self, chunk: bytes, eos: bool) -> list[bytes] | None:
+        """The per-token path: a FULL_DUPLEX response chunk answered with serialized messages and
+        no protobuf objects. None when the stream is in another mode (use `handle()`)."""
+        if self.response_mode != _FULL_DUPLEX:
+            return None
+        self.response_started = True
+        if self.response_eos:
+            return []
+        if eos:
+            self.response_eos = True
+        data = self.exchange.response_chunk(chunk, eos)
+        if data is None:
+            return []
+        if len(data) <= msg.BODY_CHUNK_LIMIT:
+            return [wire.streamed_body(data, eos)]
+        return [r.SerializeToString() for r in msg.streamed_body_responses(data, eos, response=True)]
+
+    async def settle_hold(self) -> list[pb.ProcessingResponse]:
+        """Wait while the director holds the request (prefill gate), then its responses.
+        Raises what ended the hold if routing it failed."""
+        while self.held is not None:
+            await self.exchange.wait_to_route(self.try_resume)
+            if self.held is not None:
+                self.try_resume()
+        if self.release_error is not None:
+            raise self.release_error
+        return self.released
 
     def _response_trailers(self):
         out: list[pb.ProcessingResponse] = []

@@ -132,11 +132,13 @@ class SseUsageScanner:
         if self.usage is not None:
             return
         data = self._tail + chunk if self._tail else chunk
-        lines = data.split(b"\n")
-        self._tail = lines.pop()
+        end = data.rfind(b"\n") + 1  # complete lines end here; the rest is carried over
+        self._tail = data[end:] if end < len(data) else b""
         if len(self._tail) > 1 << 20:  # a runaway line without newline: stop carrying it
             self._tail = b""
-        for line in lines:
+        if data.find(b'"usage"', 0, end) < 0:  # most token chunks: no split, no parse
+            return
+        for line in data[:end].split(b"\n"):
             if not line.startswith(b"data:") or b'"usage"' not in line:
                 continue
             payload = line[5:].strip()

@@ -7,6 +7,8 @@ project's Kubernetes test API server (tests/support/kubeapi.py answers both revi
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -177,6 +179,17 @@ def served_certificate(port: int) -> bytes:
         return conn.getpeercert(binary_form=True)
 
 
+def served_certificate_becomes(port: int, want: bytes, within: float = 5.0) -> bytes:
+    """The certificate new connections are shown, once it is `want` or `within` seconds have passed.
+    The EPP checks the files four times a second and takes a rotation with a new server generation."""
+    deadline = time.monotonic() + within
+    while True:
+        got = served_certificate(port)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
 def der(cert_pem: bytes) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -186,7 +199,7 @@ def der(cert_pem: bytes) -> bytes:
 
 def test_rotated_certificate_is_used_for_new_connections_and_open_streams_continue(procs, sim_fleet, tmp_path):
     import asyncio
-
+    
     import grpc
 
     from tests.e2e.test_lifecycle import finish, open_routed_stream
@@ -213,7 +226,7 @@ def test_rotated_certificate_is_used_for_new_connections_and_open_streams_contin
             stream, where = await open_routed_stream(g, ch_a)
             assert where == fleet.hostports[0]
             publish(certs, key_b, cert_b)
-            assert await asyncio.to_thread(served_certificate, g) == der(cert_b)
+            assert await asyncio.to_thread(served_certificate_becomes, g, der(cert_b)) == der(cert_b)
             # A new connection with the new certificate routes too.
             async with grpc.aio.secure_channel(f"127.0.0.1:{g}", creds,
                                                options=[("grpc.use_local_subchannel_pool", 1)]) as ch_b:
@@ -227,6 +240,9 @@ def test_rotated_certificate_is_used_for_new_connections_and_open_streams_contin
     asyncio.run(scenario())
     # A broken rotation (a half-written certificate) is refused; B stays in service.
     (certs / "..data" / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\ntruncat")
+    deadline = time.monotonic() + 5
+    while "not reloaded, still serving" not in proc.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert served_certificate(g) == der(cert_b)
     assert proc.alive
     log = proc.log_path.read_text()
