@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--graceful-shutdown-timeout", type=duration, default=60.0,
       help="on SIGTERM: report not ready, keep serving until no stream has been open for 2s, at most this long "
            "(default 60s; streams still open then are cut)")
+    a("--workers", default="auto",
+      help="ext_proc worker processes sharing the port, decisions made in one process (docs/workers.md); "
+           "auto (default) = the CPUs this process may use, at most 8; 1 = everything in one process")
     a("--extproc-transport", default="h2corn", choices=("h2corn", "grpcio"),
       help="the ext_proc gRPC server: h2corn (default; a Rust HTTP/2 server, about a quarter of grpcio's CPU "
            "per message, needs Envoy's ext_proc_graceful_grpc_close, see docs/transport.md) or grpcio")
@@ -204,6 +207,19 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     if ns.enable_cert_reload and not (ns.secure_serving and ns.cert_path):
         warnings.append("--enable-cert-reload has no effect without --cert-path and --secure-serving "
                         "(a self-signed certificate never changes)")
+    if ns.workers == "auto":
+        from epp.workers.count import default_workers
+
+        workers = default_workers() if ns.extproc_transport == "h2corn" else 1
+    else:
+        try:
+            workers = int(ns.workers)
+        except ValueError:
+            parser.error(f"--workers {ns.workers!r}: a number of processes, or auto")
+        if not 1 <= workers <= 64:
+            parser.error(f"--workers {workers}: between 1 and 64")
+    if workers > 1 and ns.extproc_transport == "grpcio":
+        parser.error("--workers above 1 needs --extproc-transport h2corn")
     bind = ns.bind_address or ("0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1")
     opts = Options(
         grpc_port=ns.grpc_port, grpc_health_port=ns.grpc_health_port, metrics_port=ns.metrics_port,
@@ -223,7 +239,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
         http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
         metrics_endpoint_auth=ns.metrics_endpoint_auth, enable_cert_reload=ns.enable_cert_reload,
-        extproc_transport=ns.extproc_transport,
+        extproc_transport=ns.extproc_transport, workers=workers,
     )
     return opts, warnings
 

@@ -39,4 +39,5 @@ class Options:
     metrics_endpoint_auth: bool | None = None  # None: enforced exactly when there is a Kubernetes API (not static)
     graceful_shutdown_timeout: float = 60.0  # SIGTERM: serve until traffic stops, at most this long
     http_picker_port: int = 0  # 0 = off; NGINX bridge contract served by the EPP itself
+    workers: int = 1  # ext_proc worker processes (epp/workers/); 1 = streams served in this process
     extproc_transport: str = "h2corn"  # h2corn (Rust HTTP/2, hand-written gRPC framing) | grpcio

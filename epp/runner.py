@@ -165,6 +165,10 @@ class Epp:
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
         self._h2servers: list = []  # H2Server, imported only when that transport runs
+        self.workers = None  # WorkerPool with --workers > 1
+        self.decisions = None  # its DecisionServer
+        self._workdir: Path | None = None
+        self._ext_sock = None
         self._http: ObservabilityServer | None = None
         self.cert_reloader: tls.ReloadingCertificates | None = None
         # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
@@ -203,9 +207,10 @@ class Epp:
                 self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
             except OSError:
                 raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
-        log.info("epp %s serving ext_proc on %s (%s), health on %s:%d, metrics on %s:%d, %d endpoints",
-                 __version__, addr, "tls" if o.secure_serving else "plaintext", o.bind_address,
-                 o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
+        log.info("epp %s serving ext_proc on %s (%s, %s), health on %s:%d, metrics on %s:%d, %d endpoints",
+                 __version__, addr, "tls" if o.secure_serving else "plaintext",
+                 f"{o.workers} worker processes" if self.workers is not None else o.extproc_transport,
+                 o.bind_address, o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
 
     async def _start_grpcio(self) -> str:
         o = self.opts
@@ -235,17 +240,15 @@ class Epp:
 
     async def _start_h2corn(self) -> str:
         from epp.extproc.asgi import GrpcApp
-        from epp.extproc.h2server import H2Server, TlsFiles, listening_socket, private_files
+        from epp.extproc.h2server import H2Server, TlsFiles, private_files
 
         o = self.opts
-        self.processor = GrpcApp(self.director.exchange, o.max_request_body_bytes,
-                                 self.health if o.health_checking else None)
         tls_files, watch = None, None
         if o.secure_serving:
             if o.cert_path:
                 pair = tls.from_dir(o.cert_path)
                 tls_files = TlsFiles(Path(o.cert_path) / "tls.crt", Path(o.cert_path) / "tls.key")
-                if o.enable_cert_reload:
+                if o.enable_cert_reload and o.workers == 1:
                     watch = self.cert_reloader = tls.ReloadingCertificates(o.cert_path, pair)
             else:
                 tls_files = private_files(tls.self_signed())
@@ -255,11 +258,47 @@ class Epp:
         except BaseException:
             ext_sock.close()
             raise
-        self._h2servers = [
-            H2Server(self.processor, ext_sock, tls_files, watch, drain_budget=o.graceful_shutdown_timeout),
-            H2Server(GrpcApp(None, 0, self.health), health_sock),
-        ]
+        self._h2servers = [H2Server(GrpcApp(None, 0, self.health), health_sock)]
+        if o.workers > 1:
+            await self._start_workers(ext_sock, tls_files)
+        else:
+            self.processor = GrpcApp(self.director.exchange, o.max_request_body_bytes,
+                                     self.health if o.health_checking else None)
+            self._h2servers.append(H2Server(self.processor, ext_sock, tls_files, watch,
+                                            drain_budget=o.graceful_shutdown_timeout))
         return host_port(o.bind_address, ext_sock.getsockname()[1])
+
+    async def _start_workers(self, ext_sock, tls_files) -> None:
+        """ext_proc streams in worker processes; this process makes every decision (docs/workers.md)."""
+        import tempfile
+
+        from epp.workers.decisions import DecisionServer
+        from epp.workers.supervisor import WorkerPool
+        from epp.workers.worker import WorkerSpec
+
+        o = self.opts
+        self._workdir = Path(tempfile.mkdtemp(prefix="epp-workers-"))
+        if tls_files is not None and tls_files.private:
+            # Workers started later (a restart) read the self-signed pair too: keep it while running.
+            import shutil
+
+            for f in (tls_files.certfile, tls_files.keyfile):
+                shutil.move(f, self._workdir / f.name)
+            shutil.rmtree(tls_files.certfile.parent, ignore_errors=True)
+            tls_files = type(tls_files)(self._workdir / "tls.crt", self._workdir / "tls.key")
+        self.decisions = DecisionServer(self.director, self.health)
+        await self.decisions.start(str(self._workdir / "decisions.sock"))
+        self.processor = self.decisions
+        self._ext_sock = ext_sock
+        spec = WorkerSpec(index=0, fd=ext_sock.fileno(), decisions=str(self._workdir / "decisions.sock"),
+                          max_body=o.max_request_body_bytes, health_checking=o.health_checking,
+                          certfile=str(tls_files.certfile) if tls_files else "",
+                          keyfile=str(tls_files.keyfile) if tls_files else "",
+                          cert_path=o.cert_path, cert_reload=o.enable_cert_reload,
+                          drain_budget=o.graceful_shutdown_timeout, verbosity=o.verbosity,
+                          log_encoder=o.log_encoder)
+        self.workers = WorkerPool(o.workers, spec, self.decisions, on_restart=self.metrics.worker_restarts.inc)
+        await self.workers.start()
 
     def readiness_detail(self) -> str:
         parts = [f"{len(self.datastore)} endpoints", "synced" if self.datastore.synced else "not synced"]
@@ -280,6 +319,16 @@ class Epp:
             await source.stop()
         await self.pool_gauges.stop()
         await self.collector.stop()
+        if self.workers is not None:
+            await self.workers.stop(grace)
+        if self.decisions is not None:
+            await self.decisions.stop()
+        if self._ext_sock is not None:
+            self._ext_sock.close()
+        if self._workdir is not None:
+            import shutil
+
+            shutil.rmtree(self._workdir, ignore_errors=True)
         await asyncio.gather(*(s.stop(grace) for s in self._servers), *(s.stop(grace) for s in self._h2servers))
         self.director.body_parser.close()
         if self._http is not None:

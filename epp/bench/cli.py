@@ -4,7 +4,7 @@
     epp-bench des [--workloads ...] [--routers ...]   virtual time: engines + the EPP scheduler in-process
     epp-bench report [--render-only]                  the committed suite (live + des), then report.md + plots
     epp-bench inference-perf                          cross-check with kubernetes-sigs/inference-perf
-    epp-bench overhead                                Envoy alone vs Envoy+EPP
+    epp-bench overhead                                Envoy alone vs Envoy+EPP (requests and token streams)
     epp-bench reliability [--quick] [--only ...]      issue 13's fuzz, faults, soak, 1,000 endpoints
 """
 
@@ -144,6 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--sizes", default="1024,204800", help="request body sizes in bytes")
     o.add_argument("--out", type=Path, default=RESULTS)
     o.add_argument("--epp-arg", action="append", default=[], help="extra flag for the EPP (repeatable)")
+    o.add_argument("--part", choices=("all", "requests", "streaming"), default="all",
+                   help="requests: wrk points (overhead.md); streaming: token streams (streaming.md); all: both")
+    o.add_argument("--streams", default="1,16,64,256", help="concurrent streaming clients per streaming point")
+    o.add_argument("--chunks", type=int, default=64, help="tokens per streamed response")
+    o.add_argument("--interval-ms", type=float, default=10.0, help="backend's gap between tokens")
+    o.add_argument("--stream-seconds", type=float, default=10.0, help="measured seconds per streaming point")
+    o.add_argument("--transports", default="grpcio,h2corn,h2cornx2",
+                   help="EPP setups side by side: grpcio, h2corn (one process), h2cornxN (N workers)")
+    o.add_argument("--cancel", type=float, default=0.0, help="fraction of streams the clients cancel mid-response")
+    o.add_argument("--epp-cpus", default=None, help="taskset CPU list for the EPP (e.g. 0)")
+    o.add_argument("--other-cpus", default=None, help="taskset CPU list for Envoy, backend and load generator")
+    o.add_argument("--envoy-concurrency", type=int, default=1)
 
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
@@ -181,14 +193,22 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"epp-bench: {exc}")
     elif args.cmd == "overhead":
         from epp.bench.overhead import overhead_table, run_overhead
+        from epp.bench.streaming import run_streaming, streaming_table
 
-        try:
-            points = run_overhead(args.seconds, tuple(int(c) for c in args.connections.split(",")),
-                                  tuple(int(s) for s in args.sizes.split(",")), args.out, tuple(args.epp_arg))
-        except RuntimeError as exc:
-            sys.exit(f"epp-bench: {exc}")
-        print()
-        print(overhead_table(points))
+        if args.part in ("all", "requests"):
+            try:
+                points = run_overhead(args.seconds, tuple(int(c) for c in args.connections.split(",")),
+                                      tuple(int(s) for s in args.sizes.split(",")), args.out, tuple(args.epp_arg))
+            except RuntimeError as exc:
+                sys.exit(f"epp-bench: {exc}")
+            print()
+            print(overhead_table(points))
+        if args.part in ("all", "streaming"):
+            spoints = run_streaming(tuple(int(s) for s in args.streams.split(",")), args.chunks, args.interval_ms,
+                                    args.stream_seconds, tuple(args.transports.split(",")), args.cancel, args.out,
+                                    args.epp_cpus, args.other_cpus, args.envoy_concurrency, tuple(args.epp_arg))
+            print()
+            print(streaming_table(spoints))
 
 
 if __name__ == "__main__":

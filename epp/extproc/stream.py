@@ -32,7 +32,7 @@ _NONE = 0
 class Exchange(Protocol):
     def route(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: held, see try_resume()
     async def wait_to_route(self, retry: Callable[[], bool]) -> None: ...
-    def route_headers_only(self, req: IncomingRequest) -> RouteDecision: ...
+    def route_headers_only(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: as route()
     def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision: ...
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None: ...
     def finish(self, completed: bool) -> None: ...
@@ -67,7 +67,7 @@ class StreamState:
         self.max_body = max_body
         self.routed_with_trailers = False
         # Set while the director holds the request (prefill gate): what to route once it may go.
-        self.held: tuple[IncomingRequest, bytes, bool, list[pb.ProcessingResponse]] | None = None
+        self.held: tuple[IncomingRequest, bytes, bool, list[pb.ProcessingResponse], bool] | None = None
         self.released: list[pb.ProcessingResponse] = []  # what to send once a held request is routed
         self.release_error: Exception | None = None
         self.response_started = False
@@ -106,13 +106,20 @@ class StreamState:
             self.subset = msg.subset_hint(req.metadata_context)
         if hs.end_of_stream:
             self.request_done = True
-            decision = self.exchange.route_headers_only(IncomingRequest(self.headers, b"", self.subset))
-            return [msg.route_headers_response(decision.destination, None, decision.set_headers,
-                                               decision.remove_headers)], False
+            incoming = IncomingRequest(self.headers, b"", self.subset)
+            decision = self.exchange.route_headers_only(incoming)
+            if decision is None:  # the decision is being made elsewhere (a worker process asks)
+                self.held = (incoming, b"", False, [], True)
+                return [], False
+            return [self._headers_only(decision)], False
         if self.request_mode in (_BUFFERED, _BUFFERED_PARTIAL, _NONE) or self.request_mode == 1:
             # Envoy waits for the headers answer before it sends the body in these modes.
             return [msg.empty_request_headers_response()], False
         return [], False
+
+    @staticmethod
+    def _headers_only(decision: RouteDecision) -> pb.ProcessingResponse:
+        return msg.route_headers_response(decision.destination, None, decision.set_headers, decision.remove_headers)
 
     def _request_body(self, chunk: bytes, eos: bool, req: pb.ProcessingRequest):
         if self.request_done:
@@ -151,7 +158,7 @@ class StreamState:
         incoming = IncomingRequest(self.headers or {}, body, self.subset)
         decision = self.exchange.route(incoming)
         if decision is None:
-            self.held = (incoming, body, eos_on_body, tail or [])
+            self.held = (incoming, body, eos_on_body, tail or [], False)
             return []
         return self._routed(decision, body, eos_on_body) + (tail or [])
 
@@ -160,16 +167,18 @@ class StreamState:
         that ended it) are then in `released` / `release_error`. Never raises: it may run inside
         another stream's response path (the gate calls it when that stream's prefill ends)."""
         assert self.held is not None
-        incoming, body, eos_on_body, tail = self.held
+        incoming, body, eos_on_body, tail, headers_only = self.held
         try:
-            decision = self.exchange.route(incoming)
+            decision = (self.exchange.route_headers_only(incoming) if headers_only
+                        else self.exchange.route(incoming))
         except Exception as exc:
             self.held, self.release_error = None, exc
             return True
         if decision is None:
             return False
         self.held = None
-        self.released = self._routed(decision, body, eos_on_body) + tail
+        self.released = [self._headers_only(decision)] if headers_only else \
+            self._routed(decision, body, eos_on_body) + tail
         return True
 
     def _routed(self, decision, body: bytes, eos_on_body: bool) -> list[pb.ProcessingResponse]:

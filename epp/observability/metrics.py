@@ -127,6 +127,12 @@ class EppMetrics:
             "epp_prefill_gate_hold_seconds", "How long each held request waited before it was dispatched.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
         self.leader = Gauge("epp_leader", "1 while this replica holds the leader-election lease.", registry=r)
+        self.worker_requests = Counter(
+            "epp_extproc_worker_requests", "Requests routed for each ext_proc worker process (--workers > 1): "
+            "how evenly the gateway's streams spread over the workers.", ("worker",), registry=r)
+        self.worker_restarts = Counter(
+            "epp_extproc_worker_restarts", "ext_proc worker processes that died and were started again.",
+            registry=r)
         self.scrape_interval = Gauge(
             "epp_scrape_interval_seconds", "Per-endpoint /metrics scrape interval in effect: "
             "--refresh-metrics-interval, stretched so the pool's scrapes stay within the CPU budget.", registry=r)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 import uuid
 from typing import Callable
@@ -23,9 +22,8 @@ from epp.observability.metrics import EppMetrics
 from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
-from epp.requests.modelname import restore_model_name
 from epp.requests.offload import BodyParser
-from epp.requests.usage import JsonUsageTracker, SseUsageScanner, Usage
+from epp.requestcontrol.relay import ResponseRelay
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
 from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
@@ -42,10 +40,6 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER,
                    "x-gateway-destination-endpoint-subset")
 CHARS_PER_TOKEN = 4
-# A non-streamed response is relayed as it arrives; when the model name must be written back,
-# only its head is held until the name has passed (servers put "model" in the first few fields).
-MODEL_HEAD_LIMIT = 64 * 1024
-_MODEL_PAIR = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"', re.S)
 
 
 def uncached_tokens(cycle, endpoint: Endpoint, tokens: int) -> int:
@@ -111,10 +105,9 @@ class Exchange:
     """One HTTP request's journey through the EPP."""
 
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
-                 "endpoint", "tokens", "streaming", "sse", "usage", "response_size",
-                 "closed", "failed", "priority", "request_size", "model_error", "prefill_pending", "series",
-                 "long", "gate", "held_since", "held_at", "status", "incoming_label", "target_label",
-                 "routed_body", "json_usage", "head", "head_size", "parsing")
+                 "endpoint", "tokens", "relay", "closed", "failed", "priority", "request_size", "prefill_pending",
+                 "series", "long", "gate", "held_since", "held_at", "incoming_label", "target_label",
+                 "routed_body", "parsing")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -126,28 +119,20 @@ class Exchange:
         self.result: SchedulingResult | None = None
         self.endpoint: Endpoint | None = None
         self.tokens = 0
-        self.streaming = False
-        self.sse: SseUsageScanner | None = None
-        self.usage: Usage | None = None
-        self.response_size = 0
+        self.relay = ResponseRelay()  # the response side: status, usage, model name written back
         self.closed = False
         self.failed = False
         self.priority = 0
         self.request_size = 0
-        self.model_error = False
         self.prefill_pending = False
         self.series = None
         self.long = False  # a long uncached prompt: counted by the prefill gate until its first byte
         self.gate: PrefillGate | None = None
         self.held_since: float | None = None
         self.held_at: tuple[Endpoint, int] | None = None  # where a held request wants to go, for how many tokens
-        self.status = 0  # the response's HTTP status (0 until response headers arrive)
         self.incoming_label = ""  # metric label values for the model names (observability/modellabels.py)
         self.target_label = ""
         self.routed_body: bytes | None = None  # the body with the model rewritten, when it is
-        self.json_usage: JsonUsageTracker | None = None
-        self.head: list[bytes] | None = None  # a non-streamed response's head, held for the model name
-        self.head_size = 0
         self.parsing: asyncio.Future[ParsedRequest] | None = None  # a large body in the parser worker
 
     # ---- request path ------------------------------------------------------------------------
@@ -239,6 +224,7 @@ class Exchange:
         extra = self._request_id_header(req)
         if result.request_headers:
             extra.extend(result.request_headers)
+        self.relay.routed(self.incoming_model, target, result.response_headers)
         return RouteDecision(destination, body, extra, self._removals(req))
 
     def _prepare(self, req: IncomingRequest, parsed: ParsedRequest | None = None) -> None:
@@ -337,68 +323,22 @@ class Exchange:
     # ---- response path -----------------------------------------------------------------------
 
     def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
-        status = headers.get(":status", "200")
-        self.status = int(status) if status.isdigit() and len(status) == 3 else 0
-        if not status.startswith("2") and self.endpoint is not None:
-            self.model_error = True
-        self.streaming = "text/event-stream" in headers.get("content-type", "")
-        if self.streaming:
-            self.sse = SseUsageScanner()
-        else:
-            self.json_usage = JsonUsageTracker()
-            if self._rewrites_name():
-                self.head = []
-        decision = ResponseHeadersDecision([("x-went-into-resp-headers", "true")])
-        if self.result is not None and self.result.response_headers:
-            decision.set_headers.extend(self.result.response_headers)
-        if self._rewrites_name() and "content-length" in headers:
-            # The body length changes when the model name is written back; let Envoy re-frame it.
-            decision.remove_headers.append("content-length")
-        return decision
+        return self.relay.headers(headers)
 
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None:
-        """Streaming: returns the chunk to forward now. Buffered JSON: None until end of stream."""
-        self.response_size += len(chunk)
-        if self.prefill_pending and chunk and self.endpoint is not None:
-            # The first byte back means the server finished this request's prefill.
+        """The bytes to forward now (None: held for the model name write-back)."""
+        if self.prefill_pending and chunk:
+            self.first_byte()
+        data = self.relay.chunk(chunk, eos)
+        if eos:
+            self.finish(completed=True)
+        return data
+
+    def first_byte(self) -> None:
+        """The first response byte: the server has finished this request's prefill."""
+        if self.prefill_pending and self.endpoint is not None:
             self.endpoint.inflight.prefill_done(self.tokens, self.long)
             self._prefill_finished()
-        if self.streaming:
-            if self.sse is not None:
-                self.sse.feed(chunk)
-            if self._rewrites_name():
-                chunk = restore_model_name(chunk, self.target_model, self.incoming_model)
-            if eos:
-                self.usage = self.sse.usage if self.sse else None
-                self.finish(completed=True)
-            return chunk
-        # Not a stream: relayed as it arrives (an 80 MB embeddings batch must not be buffered and
-        # parsed on the event loop while every other pick waits); usage comes from a bounded tail.
-        if self.json_usage is None:  # no response headers seen (a client breaking the protocol)
-            self.json_usage = JsonUsageTracker()
-        self.json_usage.feed(chunk)
-        head = self.head
-        if head is not None:
-            head.append(chunk)
-            self.head_size += len(chunk)
-            joined = b"".join(head)
-            if not eos and self.head_size < MODEL_HEAD_LIMIT and not self._name_has_passed(joined):
-                return None
-            self.head = None
-            chunk = restore_model_name(joined, self.target_model, self.incoming_model)
-        if eos:
-            self.usage = self.json_usage.usage()
-            self.finish(completed=True)
-        return chunk
-
-    def _rewrites_name(self) -> bool:
-        return bool(self.incoming_model) and self.incoming_model != self.target_model
-
-    @staticmethod
-    def _name_has_passed(head: bytes) -> bool:
-        """Whether the head holds a whole `"model": "..."` pair with more bytes after it."""
-        m = _MODEL_PAIR.search(head)
-        return m is not None and m.end() < len(head)
 
     def finish(self, completed: bool) -> None:
         """Release in-flight load and record metrics, exactly once (stream end, abort or error)."""
@@ -415,8 +355,10 @@ class Exchange:
         if ep is None:
             return
         ep.inflight.release(self.tokens, self.prefill_pending, self.long)
-        self.d.reachability.request_finished(ep, self.status, time.monotonic())
-        if 200 <= self.status < 300:
+        relay = self.relay
+        status = relay.status
+        self.d.reachability.request_finished(ep, status, time.monotonic())
+        if 200 <= status < 300:
             self.d.model_labels.confirmed(self.incoming_model)
         if self.prefill_pending:
             self._prefill_finished()
@@ -424,21 +366,21 @@ class Exchange:
         inc, tgt = self.incoming_label, self.target_label
         series = self.series
         series.running.dec()
-        if self.model_error:
+        if status and not 200 <= status < 300:  # the model server answered with an error
             m.request_error_total.labels(inc, tgt, ErrorCode.MODEL_SERVER_ERROR.value).inc()
         if self.result is not None and self.sched_req is not None:
             # Plugins that count what is in flight must hear about aborts too (usage is None then).
             for plugin in self.d.scheduler.config.response_complete:
                 try:
-                    plugin.response_complete(self.sched_req, self.result, self.usage if completed else None)
+                    plugin.response_complete(self.sched_req, self.result, relay.usage if completed else None)
                 except Exception:  # a plugin bug must not break the response path
                     log.exception("response-complete plugin %s failed", plugin.name)
         if not completed:
             return
         duration = time.monotonic() - self.start
         series.request_duration.observe(duration)
-        series.response_sizes.observe(self.response_size)
-        u = self.usage
+        series.response_sizes.observe(relay.size)
+        u = relay.usage
         if u is not None:
             if u.prompt_tokens > 0:
                 series.input_tokens.observe(u.prompt_tokens)

@@ -1,0 +1,103 @@
+"""`epp --workers 2` through real Envoy: one consistent view of load, spread streams, a worker
+that dies costs only its own streams and is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import MODEL
+from tests.e2e.test_routing import SYSTEM, burst
+
+
+def workers_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "epp.workers.worker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def metric(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_a_burst_spreads_over_an_idle_fleet_as_with_one_process(sim_fleet, epp_server, envoy):
+    fleet = sim_fleet(8, time_scale="1.0")
+    epp = epp_server(fleet.hostports, "--workers", "2")
+    assert len(workers_of(epp.proc.popen.pid)) == 2
+    gw = envoy("original-dst", epp)
+    share = asyncio.run(burst(gw.url, [SYSTEM + f"Question number {i}?" for i in range(100)]))
+    assert len(share) == 8, share
+    assert max(share.values()) <= 25, share
+    text = epp.metrics()
+    inflight = metric(text, "epp_endpoint_inflight_requests{")
+    assert len(inflight) == 8 and all(line.endswith(" 0.0") for line in inflight), inflight
+    per_worker = {line.split('"')[1]: float(line.split()[-1]) for line in metric(text, "epp_extproc_worker_requests_total{")}
+    assert sum(per_worker.values()) >= 100, per_worker  # every request was routed by the one decision process
+
+
+async def streams(url: str, n: int, tokens: int) -> Counter:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n + 10)) as c:
+        async def one(i: int) -> int:
+            async with c.stream("POST", f"{url}/v1/completions",
+                                json={"model": MODEL, "prompt": f"tell me a story {i}", "max_tokens": tokens,
+                                      "ignore_eos": True, "stream": True}) as r:
+                async for _ in r.aiter_bytes():
+                    pass
+                return r.status_code
+
+        return Counter(await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True))
+
+
+def test_a_killed_worker_is_replaced_and_its_requests_are_released(sim_fleet, epp_server, envoy):
+    fleet = sim_fleet(4, time_scale="1.0")
+    epp = epp_server(fleet.hostports, "--workers", "2")
+    gw = envoy("original-dst", epp)
+    before = workers_of(epp.proc.popen.pid)
+    assert len(before) == 2
+
+    async def scenario():
+        load = asyncio.ensure_future(streams(gw.url, 24, 400))  # ~4 s each at real time
+        await asyncio.sleep(1.5)
+        os.kill(before[0], signal.SIGKILL)  # mid-stream: its streams fail, the others carry on
+        return await load
+
+    outcome = asyncio.run(scenario())
+    assert outcome[200] >= 1, outcome  # the other worker's streams finished
+    assert until(lambda: len(workers_of(epp.proc.popen.pid)) == 2), "the killed worker was not replaced"
+    assert before[0] not in workers_of(epp.proc.popen.pid)
+
+    def released() -> bool:
+        inflight = metric(epp.metrics(), "epp_endpoint_inflight_requests{")
+        return len(inflight) == 4 and all(line.endswith(" 0.0") for line in inflight)
+
+    assert until(released), metric(epp.metrics(), "epp_endpoint_inflight_requests{")
+    assert metric(epp.metrics(), "epp_extproc_worker_restarts_total ")[0].endswith(" 1.0")
+    # ...and the pool serves as before.
+    again = asyncio.run(streams(gw.url, 8, 8))
+    assert again == Counter({200: 8}), again
+
+
+def test_workers_flag_is_checked():
+    from epp.cli import parse_options
+
+    base = ["--static-endpoints", "127.0.0.1:8000"]
+    assert parse_options([*base, "--workers", "3"])[0].workers == 3
+    assert parse_options([*base, "--workers", "auto", "--extproc-transport", "grpcio"])[0].workers == 1
+    for bad in (["--workers", "0"], ["--workers", "many"], ["--workers", "2", "--extproc-transport", "grpcio"]):
+        with pytest.raises(SystemExit):
+            parse_options([*base, *bad])
