@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP) system-deps
 
-# Debian packages the tests and benchmarks drive for real: nginx + njs (NGINX gateway), wrk (load).
-SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk
+# Debian packages the tests and benchmarks drive for real: nginx + njs (NGINX gateway), wrk (load),
+# h2load from nghttp2-client (ext_proc load straight to the EPP, `epp-bench overhead --part capacity`).
+SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk nghttp2-client
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -252,7 +252,7 @@ class Epp:
                     watch = self.cert_reloader = tls.ReloadingCertificates(o.cert_path, pair)
             else:
                 tls_files = private_files(tls.self_signed())
-        ext_sock = _bind_socket(o.bind_address, o.grpc_port, "--grpc-port")
+        ext_sock = _bind_socket(o.bind_address, o.grpc_port, "--grpc-port", listen=o.workers == 1)
         try:
             health_sock = _bind_socket(o.bind_address, o.grpc_health_port, "--grpc-health-port")
         except BaseException:
@@ -290,7 +290,7 @@ class Epp:
         await self.decisions.start(str(self._workdir / "decisions.sock"))
         self.processor = self.decisions
         self._ext_sock = ext_sock
-        spec = WorkerSpec(index=0, fd=ext_sock.fileno(), decisions=str(self._workdir / "decisions.sock"),
+        spec = WorkerSpec(index=0, host=o.bind_address, port=ext_sock.getsockname()[1], decisions=str(self._workdir / "decisions.sock"),
                           max_body=o.max_request_body_bytes, health_checking=o.health_checking,
                           certfile=str(tls_files.certfile) if tls_files else "",
                           keyfile=str(tls_files.keyfile) if tls_files else "",
@@ -337,14 +337,16 @@ class Epp:
             self.metrics_auth.close()
 
 
-def _bind_socket(addr: str, port: int, flag: str):
+def _bind_socket(addr: str, port: int, flag: str, listen: bool = True):
+    """The listening socket, or with `listen=False` the port held for worker processes (a bound
+    SO_REUSEPORT socket that accepts nothing: workers listen on their own sockets in its group)."""
     from epp.extproc.h2server import listening_socket
 
     reason = why_unbindable(addr, port)
     if reason is not None:
         raise bind_failure(addr, port, flag, reason)
     try:
-        return listening_socket(addr, port)
+        return listening_socket(addr, port, reuse_port=not listen, listen=listen)
     except OSError:
         raise bind_failure(addr, port, flag) from None
 

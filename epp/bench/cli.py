@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--sizes", default="1024,204800", help="request body sizes in bytes")
     o.add_argument("--out", type=Path, default=RESULTS)
     o.add_argument("--epp-arg", action="append", default=[], help="extra flag for the EPP (repeatable)")
-    o.add_argument("--part", choices=("all", "requests", "streaming"), default="all",
-                   help="requests: wrk points (overhead.md); streaming: token streams (streaming.md); all: both")
+    o.add_argument("--part", choices=("all", "requests", "streaming", "capacity"), default="all",
+                   help="requests: wrk points (overhead.md); streaming: token streams (streaming.md); capacity: "
+                        "ext_proc messages/s of one pinned EPP driven by h2load (capacity.md); all: all three")
     o.add_argument("--streams", default="1,16,64,256", help="concurrent streaming clients per streaming point")
     o.add_argument("--chunks", type=int, default=64, help="tokens per streamed response")
     o.add_argument("--interval-ms", type=float, default=10.0, help="backend's gap between tokens")
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--epp-cpus", default=None, help="taskset CPU list for the EPP (e.g. 0)")
     o.add_argument("--other-cpus", default=None, help="taskset CPU list for Envoy, backend and load generator")
     o.add_argument("--envoy-concurrency", type=int, default=1)
+    o.add_argument("--plaintext", action="store_true", help="streaming: ext_proc without TLS (default: TLS, "
+                   "as deployed)")
 
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
@@ -203,10 +206,21 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"epp-bench: {exc}")
             print()
             print(overhead_table(points))
+        if args.part in ("all", "capacity"):
+            from epp.bench.extprocload import capacity_table, run_capacity
+
+            try:
+                cpoints = run_capacity(tuple(args.transports.split(",")), out_dir=args.out, epp_cpus=args.epp_cpus or "0",
+                                       other_cpus=args.other_cpus or "1")
+            except RuntimeError as exc:
+                sys.exit(f"epp-bench: {exc}")
+            print()
+            print(capacity_table(cpoints, args.epp_cpus or "0", args.other_cpus or "1"))
         if args.part in ("all", "streaming"):
             spoints = run_streaming(tuple(int(s) for s in args.streams.split(",")), args.chunks, args.interval_ms,
                                     args.stream_seconds, tuple(args.transports.split(",")), args.cancel, args.out,
-                                    args.epp_cpus, args.other_cpus, args.envoy_concurrency, tuple(args.epp_arg))
+                                    args.epp_cpus, args.other_cpus, args.envoy_concurrency, tuple(args.epp_arg),
+                                    tls=not args.plaintext)
             print()
             print(streaming_table(spoints))
 

@@ -171,6 +171,8 @@ class StreamPoint:
     epp_cpu_us_per_msg: float | None = None
     envoy_cpu_us_per_msg: float | None = None
     epp_cpu_cores: float | None = None
+    epp_idle_cores: float | None = None  # the EPP's CPU with no traffic (scrapes at 50 ms, gauges)
+    epp_cpu_us_per_msg_net: float | None = None  # per message, the idle cost taken out
     worker_requests: list[int] = field(default_factory=list)  # with --workers > 1: requests routed per worker
     error_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -210,7 +212,7 @@ def _taskset(cpus: str | None, args: list[str]) -> list[str]:
 def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float = 10.0, seconds: float = 10.0,
                   transports=("grpcio", "h2corn", "h2cornx2"), cancel: float = 0.0, out_dir: Path | None = None,
                   epp_cpus: str | None = None, other_cpus: str | None = None, envoy_concurrency: int = 1,
-                  epp_args: tuple[str, ...] = ()) -> list[StreamPoint]:
+                  epp_args: tuple[str, ...] = (), tls: bool = True) -> list[StreamPoint]:
     workdir = Path(tempfile.mkdtemp(prefix="epp-streaming-"))
     procs: list[Proc] = []
     points: list[StreamPoint] = []
@@ -246,16 +248,23 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
             epp = Proc(f"epp-{setup}", _taskset(epp_cpus, [
                 bin_path("epp"), "--static-endpoints", f"127.0.0.1:{bport}", "--grpc-port", str(g),
                 "--grpc-health-port", str(h), "--metrics-port", str(m), "--health-checking", "-v=1",
-                "--extproc-transport", transport, "--workers", str(workers), *epp_args]),
+                "--extproc-transport", transport, "--workers", str(workers), f"--secure-serving={str(tls).lower()}",
+                *epp_args]),
                 workdir / f"epp-{setup}.log").start()
             procs.append(epp)
             wait_port(g, proc=epp.popen)
             gw = envoy(setup, envoyconf.render("original-dst", listen_port=free_port(), admin_port=free_port(),
-                                               epp_port=g), 7202 + i)
+                                               epp_port=g, epp_tls=tls), 7202 + i)
             label = transport if workers == 1 else f"{transport}, {workers} workers"
             gw.name, gw.epp, gw.metrics_port = f"envoy+epp ({label})", epp, m
             gateways.append(gw)
         time.sleep(2.0)  # health checks and the first scrapes
+        idle = {}
+        for gw in gateways:  # what each EPP costs with no traffic (scraping, gauges): reported apart
+            if gw.epp is not None:
+                c0 = procstat.tree_cpu_seconds(gw.epp.popen.pid)
+                time.sleep(3.0)
+                idle[gw.name] = (procstat.tree_cpu_seconds(gw.epp.popen.pid) - c0) / 3.0
         for s in streams:
             for gw in gateways:
                 asyncio.run(drive(gw.port, s, min(2.0, seconds), chunks, cancel))  # warm-up
@@ -281,12 +290,15 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
                     pt.epp_cpu_us_per_msg = round((p1 - p0) / max(msgs, 1) * 1e6, 1)
                     pt.envoy_cpu_us_per_msg = round((e1 - e0) / max(msgs, 1) * 1e6, 1)
                     pt.epp_cpu_cores = round((p1 - p0) / wall, 2)
+                    pt.epp_idle_cores = round(idle[gw.name], 3)
+                    pt.epp_cpu_us_per_msg_net = round(max(0.0, p1 - p0 - idle[gw.name] * wall) / max(msgs, 1) * 1e6, 1)
                     pt.worker_requests = [w1[k] - w0.get(k, 0) for k in sorted(w1)]
                 points.append(pt)
                 print(f"  {pt.setup:22s} S={s:<4d} {pt.requests:>6d} req {pt.tokens / wall:>8.0f} tok/s "
                       f"{pt.extproc_msgs_per_s:>8.0f} msg/s  TTFT p50 {pt.ttft_p50_ms:.1f} p99 {pt.ttft_p99_ms:.1f} ms"
                       f"  ITL p50 {pt.itl_p50_ms:.2f} p99 {pt.itl_p99_ms:.2f} ms  errors {pt.errors}"
-                      + (f"  EPP {pt.epp_cpu_us_per_msg} µs/msg ({pt.epp_cpu_cores} cores)"
+                      + (f"  EPP {pt.epp_cpu_us_per_msg} µs/msg ({pt.epp_cpu_us_per_msg_net} net of idle, "
+                         f"{pt.epp_cpu_cores} cores)"
                          f" Envoy {pt.envoy_cpu_us_per_msg} µs/msg"
                          + (f" split {'/'.join(map(str, pt.worker_requests))}" if pt.worker_requests else "")
                          if gw.epp else
@@ -301,9 +313,13 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
     return points
 
 
+def _us(raw: float | None, net: float | None) -> str:
+    return "—" if raw is None else f"{raw} ({net})"
+
+
 def streaming_table(points: list[StreamPoint]) -> str:
     base = {p.streams: p for p in points if p.setup == "envoy"}
-    rows = ["| setup | streams | tokens/s | ext_proc msg/s | EPP µs CPU/msg | EPP cores | Envoy µs CPU/msg "
+    rows = ["| setup | streams | tokens/s | ext_proc msg/s | EPP µs CPU/msg (net of idle) | EPP cores | Envoy µs CPU/msg "
             "| TTFT p50 / p99 ms (added) | ITL p50 / p99 ms (added) | errors | requests per worker |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in points:
@@ -315,7 +331,7 @@ def streaming_table(points: list[StreamPoint]) -> str:
         else:
             added_ttft = added_itl = added
         rows.append(f"| {p.setup} | {p.streams} | {p.tokens / p.seconds:,.0f} | {p.extproc_msgs_per_s:,.0f} | "
-                    f"{p.epp_cpu_us_per_msg if p.epp_cpu_us_per_msg is not None else '—'} | "
+                    f"{_us(p.epp_cpu_us_per_msg, p.epp_cpu_us_per_msg_net)} | "
                     f"{p.epp_cpu_cores if p.epp_cpu_cores is not None else '—'} | "
                     f"{p.envoy_cpu_us_per_msg if p.envoy_cpu_us_per_msg is not None else '—'} | "
                     f"{p.ttft_p50_ms:.1f} / {p.ttft_p99_ms:.1f}{added_ttft} | "

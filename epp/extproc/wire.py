@@ -18,6 +18,7 @@ BodyMutation.streamed_response = 3; StreamedBodyResponse.body = 1, end_of_stream
 from __future__ import annotations
 
 _REQ_RESPONSE_BODY = 0x2A  # field 5, length-delimited
+_REQ_METADATA_CONTEXT = 0x42  # field 8, length-delimited
 _BODY = 0x0A  # field 1, length-delimited
 _EOS = 0x10  # field 2, varint
 _EOS_TRUE = b"\x10\x01"
@@ -53,34 +54,48 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
 
 
 def response_body_chunk(message: bytes) -> tuple[bytes, bool] | None:
-    """(body, end_of_stream) when `message` is a ProcessingRequest holding only response_body
-    with only its body and end_of_stream fields set; None for anything else (the caller then
-    parses it with protobuf, which also reports malformed bytes)."""
-    if not message or message[0] != _REQ_RESPONSE_BODY:
-        return None
+    """(body, end_of_stream) when `message` is a ProcessingRequest holding response_body with
+    only its body and end_of_stream fields set, plus empty metadata_context fields (Envoy sends
+    one with every message); None for anything else (the
+    caller then parses it with protobuf, which also reports malformed bytes)."""
+    n = len(message)
     try:
-        size, i = _read_varint(message, 1)
-        if i + size != len(message):
-            return None  # more top-level fields (metadata, protocol_config...), or truncated
-        body = b""
-        eos = False
-        if i < len(message) and message[i] == _BODY:
-            n, i = _read_varint(message, i + 1)
-            end = i + n
-            if end > len(message):
+        i = 0
+        found: tuple[bytes, bool] | None = None
+        while i < n:
+            tag = message[i]
+            size, j = _read_varint(message, i + 1)
+            end = j + size
+            if end > n:
                 return None
-            body = message[i:end]
+            if tag == _REQ_RESPONSE_BODY and found is None:
+                found = _http_body(message, j, end)
+                if found is None:
+                    return None
+            elif tag != _REQ_METADATA_CONTEXT or size:  # a non-empty one is protobuf's to read
+                return None
             i = end
-        if i < len(message):
-            if message[i] != _EOS:
-                return None
-            v, i = _read_varint(message, i + 1)
-            eos = v != 0
-        if i != len(message):
-            return None
-        return body, eos
+        return found
     except (IndexError, ValueError):
         return None
+
+
+def _http_body(message: bytes, i: int, end: int) -> tuple[bytes, bool] | None:
+    body = b""
+    eos = False
+    if i < end and message[i] == _BODY:
+        n, i = _read_varint(message, i + 1)
+        stop = i + n
+        if stop > end:
+            return None
+        body = message[i:stop]
+        i = stop
+    if i < end:
+        if message[i] != _EOS:
+            return None
+        v, i = _read_varint(message, i + 1)
+        eos = v != 0
+    return (body, eos) if i == end else None
 
 
 # Varints of every length a token chunk's nesting can have, looked up instead of computed.

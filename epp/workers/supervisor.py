@@ -1,8 +1,9 @@
 """Starts the ext_proc worker processes, restarts one that dies, stops them all.
 
-Workers inherit the one listening socket the EPP bound (so a second EPP on the port still
-fails to bind, as with one process) and the kernel hands each new connection to whichever
-worker accepts it first. A worker that dies is started again at once (then at most once a
+Each worker listens on its own SO_REUSEPORT socket on the ext_proc port and the kernel spreads
+new connections over them by a hash of the connection's addresses. The decision process holds
+a bound, non-listening socket in the same group for as long as it runs: the port stays taken
+(a second EPP's start-up check still fails) and a restarted worker can join again. A worker that dies is started again at once (then at most once a
 second); its connection to the decision process ends with it, which releases every request
 it had in flight (decisions.py).
 """
@@ -44,7 +45,7 @@ class WorkerPool:
     def _spawn(self, i: int) -> None:
         spec = replace(self.spec, index=i)
         self.procs[i] = subprocess.Popen([sys.executable, "-m", "epp.workers.worker", json.dumps(asdict(spec))],
-                                         pass_fds=(spec.fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         self._last_start[i] = time.monotonic()
 
     async def start(self) -> None:

@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ STREAMS_PUSH_SECONDS = 0.1
 @dataclass
 class WorkerSpec:
     index: int
-    fd: int
+    host: str
+    port: int
     decisions: str  # the decision process's Unix socket
     max_body: int
     health_checking: bool
@@ -209,7 +209,11 @@ async def serve(spec: WorkerSpec) -> None:
     health = RemoteHealth()
     client = DecisionClient(reader, writer, health)
     app = GrpcApp(client.exchange, spec.max_body, health if spec.health_checking else None)
-    sock = socket.socket(fileno=spec.fd)
+    from epp.extproc.h2server import listening_socket
+
+    # Each worker listens on its own SO_REUSEPORT socket: the kernel spreads connections over
+    # them by hash. (One shared socket gave every connection to the same worker: 832/0.)
+    sock = listening_socket(spec.host, spec.port, reuse_port=True)
     tls_files = TlsFiles(Path(spec.certfile), Path(spec.keyfile)) if spec.certfile else None
     watch = None
     if spec.cert_reload and spec.cert_path:

@@ -37,6 +37,16 @@ def test_any_bytes_are_either_declined_or_read_as_protobuf_reads_them(raw):
     assert (parsed.response_body.body, parsed.response_body.end_of_stream) == fast
 
 
+@given(bodies, st.booleans())
+def test_envoys_shape_with_its_empty_metadata_context_takes_the_fast_path(body, eos):
+    # Envoy 1.40 sends `metadata_context {}` with every response chunk (seen on the wire).
+    req = pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=eos))
+    req.metadata_context.SetInParent()
+    raw = req.SerializeToString()
+    assert raw.endswith(b"\x42\x00")
+    assert wire.response_body_chunk(raw) == (body, eos)
+
+
 def test_messages_with_anything_more_go_to_protobuf():
     for req in (
         pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x", end_of_stream_without_message=True)),
