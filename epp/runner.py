@@ -35,7 +35,9 @@ from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metri
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
-from epp.sources import SourceError, build_sources
+from epp.routing.objectives import ObjectiveStore
+from epp.routing.rewrites import RewriteStore
+from epp.sources import SourceError, SourceTargets, build_sources
 from epp.requestcontrol.director import Director
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
@@ -137,8 +139,11 @@ class Epp:
     def __init__(self, opts: Options, config: LoadedConfig, endpoints) -> None:
         self.opts = opts
         self.config = config
+        # Start-up reads top-down: the data layer, the cold-path sources that feed it, the
+        # decision core that reads it, then (in start()) the workers and servers around them.
         self.metrics = EppMetrics()
         self.metrics.info.labels(__version__, "epp").set(1)
+        # -- data layer (cold path: scraping) --
         self.datastore = Datastore()
         for producer in config.producers:
             remove = getattr(producer, "remove_endpoint", None)
@@ -151,17 +156,23 @@ class Epp:
             self.datastore, interval=opts.refresh_metrics_interval, scheme=opts.model_server_metrics_scheme,
             insecure_skip_verify=opts.model_server_metrics_https_insecure_skip_verify,
             interval_gauge=self.metrics.scrape_interval)
+        self.health = HealthState(lambda: self.datastore.synced, opts.ha_enable_leader_election)
+        # -- sources (cold path: Kubernetes watches, leader election; static mode has none) --
+        objectives, rewrites = ObjectiveStore(), RewriteStore()
+        self.sources = build_sources(opts, SourceTargets(config, self.datastore, objectives, rewrites, self.metrics,
+                                                         self.health))
+        # -- decision core (hot path: one pick per request) --
         self.scheduler = Scheduler(config)
         self.director = Director(self.datastore, self.scheduler, self.metrics,
-                                 LegacyAdmission(detector_from_config(config)), parser=config.parser,
-                                 use_subset_hint=not opts.disable_endpoint_subset_filter,
+                                 LegacyAdmission(detector_from_config(config)), objectives, rewrites,
+                                 parser=config.parser, use_subset_hint=not opts.disable_endpoint_subset_filter,
                                  reachability=ReachabilityPolicy(
                                      scrape_interval=lambda: self.collector.effective_interval))
-        self.health = HealthState(lambda: self.datastore.synced, opts.ha_enable_leader_election)
         self.pool_gauges = PoolGaugeRefresher(self.datastore, self.metrics, opts.pool_name or "static",
                                               opts.refresh_prometheus_metrics_interval,
                                               opts.metrics_staleness_threshold, config,
                                               reachability=self.director.reachability)
+        # -- transport (set up in start(): grpcio servicer, h2corn app in process, or workers) --
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
         self._h2servers: list = []  # H2Server, imported only when that transport runs
@@ -171,8 +182,6 @@ class Epp:
         self._ext_sock = None
         self._http: ObservabilityServer | None = None
         self.cert_reloader: tls.ReloadingCertificates | None = None
-        # Cold-path producers of endpoints/objectives/rewrites (Kubernetes); static mode has none.
-        self.sources = build_sources(opts, self)
         self.http_picker = None
         self.metrics_auth: MetricsAuth | None = None
         if metrics_auth_decision(opts)[0]:
@@ -204,7 +213,9 @@ class Epp:
             from epp.bridge.inproc import start_http_picker
 
             try:
-                self.http_picker = await start_http_picker(self, o.bind_address, o.http_picker_port)
+                self.http_picker = await start_http_picker(self.director.exchange, self.metrics.registry,
+                                                           o.max_request_body_bytes, o.bind_address,
+                                                           o.http_picker_port)
             except OSError:
                 raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
         log.info("epp %s serving ext_proc on %s (%s, %s), health on %s:%d, metrics on %s:%d, %d endpoints",

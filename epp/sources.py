@@ -8,12 +8,16 @@ Nothing here touches the network: the sources connect in the background once sta
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
+from epp.datalayer.datastore import Datastore
+from epp.observability.health import HealthState
+from epp.observability.metrics import EppMetrics
 from epp.options import Options
-
-if TYPE_CHECKING:
-    from epp.runner import Epp
+from epp.routing.objectives import ObjectiveStore
+from epp.routing.rewrites import RewriteStore
+from epp.scheduling.config import LoadedConfig
 
 
 class SourceError(RuntimeError):
@@ -25,20 +29,32 @@ class Source(Protocol):
     async def stop(self) -> None: ...
 
 
-def _extractor_engine_settings(epp: "Epp") -> tuple[str, str]:
+@dataclass
+class SourceTargets:
+    """What the sources write to: endpoints, objectives, rewrites; and what they report on."""
+
+    config: LoadedConfig
+    datastore: Datastore
+    objectives: ObjectiveStore
+    rewrites: RewriteStore
+    metrics: EppMetrics
+    health: HealthState
+
+
+def _extractor_engine_settings(config: LoadedConfig | None) -> tuple[str, str]:
     """engineLabelKey/defaultEngine of the configured core-metrics-extractor (reference defaults otherwise)."""
     from epp.datalayer.kube.pods import ENGINE_LABEL
     from epp.datalayer.engines import DEFAULT_ENGINE
     from epp.scheduling.plugins.passive import CoreMetricsExtractor
 
-    plugins = epp.config.plugins_of(CoreMetricsExtractor) if getattr(epp, "config", None) else []
+    plugins = config.plugins_of(CoreMetricsExtractor) if config is not None else []
     if not plugins:
         return ENGINE_LABEL, DEFAULT_ENGINE
     p = plugins[0].params
     return p.engine_label_key or ENGINE_LABEL, p.default_engine or DEFAULT_ENGINE
 
 
-def build_sources(opts: Options, epp: "Epp") -> list[Source]:
+def build_sources(opts: Options, t: SourceTargets) -> list[Source]:
     if not (opts.pool_name or opts.endpoint_selector):
         return []
     from epp.datalayer.kube.client import KubeConfigError, api_client
@@ -50,8 +66,8 @@ def build_sources(opts: Options, epp: "Epp") -> list[Source]:
         api = api_client(opts)
     except KubeConfigError as exc:
         raise SourceError(str(exc)) from None
-    label, engine = _extractor_engine_settings(epp)
-    targets = KubeTargets(epp.datastore, epp.director.objectives, epp.director.rewrites, epp.metrics, label, engine)
+    label, engine = _extractor_engine_settings(t.config)
+    targets = KubeTargets(t.datastore, t.objectives, t.rewrites, t.metrics, label, engine)
     if opts.pool_name:
         name = opts.pool_name
         source = KubeSource(api, targets, opts.pool_namespace, pool_name=name, pool_group=opts.pool_group)
@@ -64,6 +80,6 @@ def build_sources(opts: Options, epp: "Epp") -> list[Source]:
         source = KubeSource(api, targets, opts.pool_namespace, standalone_pool=pool)
     sources: list[Source] = [source]
     if opts.ha_enable_leader_election:
-        sources.append(LeaderElection(api, opts.pool_namespace, lease_name(opts.pool_namespace, name), epp.health,
-                                      epp.metrics))
+        sources.append(LeaderElection(api, opts.pool_namespace, lease_name(opts.pool_namespace, name), t.health,
+                                      t.metrics))
     return sources

@@ -15,26 +15,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from epp.bridge import contract
 from epp.bridge.contract import Cause, PickOutcome
 from epp.bridge.metrics import BridgeMetrics
 from epp.bridge.server import respond
 from epp.errors import EppError
+from epp.requestcontrol.director import Exchange
 from epp.requestcontrol.exchange import IncomingRequest
-
-if TYPE_CHECKING:
-    from epp.runner import Epp
 
 log = logging.getLogger("epp.bridge.inproc")
 
 
 class InprocHandler:
-    def __init__(self, epp: "Epp", metrics: BridgeMetrics) -> None:
-        self.epp, self.metrics = epp, metrics
+    def __init__(self, new_exchange: Callable[[], Exchange], max_body: int, metrics: BridgeMetrics) -> None:
+        self.new_exchange, self.max_body, self.metrics = new_exchange, max_body, metrics
 
     async def __call__(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
@@ -42,7 +41,7 @@ class InprocHandler:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             outcome = PickOutcome.failed(Cause.TOO_LARGE,
-                                         f"request body larger than {self.epp.opts.max_request_body_bytes} bytes")
+                                         f"request body larger than {self.max_body} bytes")
         else:
             headers = contract.request_headers(list(request.headers.items()), request.method, request.path_qs)
             outcome = self.pick(IncomingRequest(headers, body))
@@ -51,7 +50,7 @@ class InprocHandler:
 
     def pick(self, req: IncomingRequest) -> PickOutcome:
         """Synchronous on purpose: no await between the pick and its accounting, like the ext_proc path."""
-        exchange = self.epp.director.exchange()
+        exchange = self.new_exchange()
         try:
             # No response phase tells us when a prefill ends, so nothing is held on this path.
             decision = exchange.route(req, may_hold=False) if req.body else exchange.route_headers_only(req)
@@ -67,10 +66,11 @@ class InprocHandler:
             exchange.finish(completed=False)
 
 
-async def start_http_picker(epp: "Epp", host: str, port: int) -> web.AppRunner:
-    metrics = BridgeMetrics(epp.metrics.registry, mode="inproc")
-    app = web.Application(client_max_size=epp.opts.max_request_body_bytes)
-    app.router.add_route("*", "/{tail:.*}", InprocHandler(epp, metrics))
+async def start_http_picker(new_exchange: Callable[[], Exchange], registry: CollectorRegistry, max_body: int,
+                            host: str, port: int) -> web.AppRunner:
+    metrics = BridgeMetrics(registry, mode="inproc")
+    app = web.Application(client_max_size=max_body)
+    app.router.add_route("*", "/{tail:.*}", InprocHandler(new_exchange, max_body, metrics))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -65,8 +65,8 @@ class Director:
         self.scheduler = scheduler
         self.metrics = metrics
         self.admission = admission
-        self.objectives = objectives or ObjectiveStore()
-        self.rewrites = rewrites or RewriteStore()
+        self.objectives = objectives if objectives is not None else ObjectiveStore()
+        self.rewrites = rewrites if rewrites is not None else RewriteStore()
         self.passthrough = parser == "passthrough-parser"
         self.use_subset_hint = use_subset_hint
         self.reachability = reachability or ReachabilityPolicy()
