@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
            "(default 60s; streams still open then are cut)")
     a("--workers", default="auto",
       help="ext_proc worker processes sharing the port, decisions made in one process (docs/workers.md); "
-           "auto (default) = the CPUs this process may use, at most 8; 1 = everything in one process")
+           "auto (default) = one per CPU this process may use beyond the first, at most 8 (1 on 2 CPUs); "
+           "1 = everything in one process")
     a("--extproc-transport", default="h2corn", choices=("h2corn", "grpcio"),
       help="the ext_proc gRPC server: h2corn (default; a Rust HTTP/2 server, about a quarter of grpcio's CPU "
            "per message, needs Envoy's ext_proc_graceful_grpc_close, see docs/transport.md) or grpcio")

@@ -154,7 +154,7 @@ async def test_metrics_under_load_and_disconnect_frees_sequence(start_fleet, mak
             seen_wait = max(seen_wait, _metric(text, "vllm:num_requests_waiting"))
             seen_kv = max(seen_kv, _metric(text, "vllm:kv_cache_usage_perc"))
             assert _metric(text, "vllm:num_requests_running") <= 4
-            if seen_wait >= 6:
+            if seen_wait >= 6 and seen_kv > 0.05:  # both, not the first seen: a busy box samples late
                 break
         results = await asyncio.gather(*tasks)
         assert all(r[0] == 200 and r[2]["usage"]["completion_tokens"] == 60 for r in results)
