@@ -269,7 +269,8 @@ class Epp:
         except BaseException:
             ext_sock.close()
             raise
-        self._h2servers = [H2Server(GrpcApp(None, 0, self.health), health_sock)]
+        # Health answers are instant; only Watch streams stay open, and stop() ends them.
+        self._h2servers = [H2Server(GrpcApp(None, 0, self.health), health_sock, drain_budget=2.0)]
         if o.workers > 1:
             await self._start_workers(ext_sock, tls_files)
         else:

@@ -69,10 +69,12 @@ class GrpcApp:
         self.last_activity = 0.0  # monotonic time of the last stream start or end, for the drain
         self.watches = 0
         self._streams: set[asyncio.Task] = set()
+        self._watch_tasks: set[asyncio.Task] = set()
 
     def cut(self) -> None:
-        """End every open stream now (the drain deadline has passed); each releases its load."""
-        for task in list(self._streams):
+        """End every open stream now (the drain deadline has passed); each releases its load.
+        Health watches end too: they would otherwise hold the server's shutdown open."""
+        for task in list(self._streams) + list(self._watch_tasks):
             task.cancel()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -258,6 +260,8 @@ class GrpcApp:
             await _end(send, Status.RESOURCE_EXHAUSTED, f"at most {MAX_WATCHES} watches at a time", started=False)
             return
         self.watches += 1
+        task = asyncio.current_task()
+        self._watch_tasks.add(task)
         gone = asyncio.ensure_future(_next(receive))  # the only thing the client can still send is its reset
         try:
             await _send(send, _START)
@@ -274,6 +278,7 @@ class GrpcApp:
                     return
         finally:
             gone.cancel()
+            self._watch_tasks.discard(task)
             self.watches -= 1
 
 

@@ -4,6 +4,8 @@ h2corn still having what the EPP patches."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import h2corn._lib
 import pytest
@@ -53,3 +55,22 @@ async def test_grpcio_transport_is_still_selectable():
         assert type(epp.processor).__name__ == "ExternalProcessor"
         out = await xc.run_stream(ch, [xc.request_headers(eos=True, method="GET", path="/v1/models")])
         assert out[0].WhichOneof("response") == "request_headers"
+
+
+async def test_an_open_health_watch_does_not_hold_the_shutdown():
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from epp.options import Options
+    from epp.runner import Epp
+    from epp.scheduling.config import load_config
+    from epp.stack.processes import free_port
+
+    o = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
+                secure_serving=False, static_endpoints="x", refresh_metrics_interval=3600)
+    epp = Epp(o, load_config(None), eps())
+    await epp.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{o.grpc_health_port}") as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="readiness"))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        # h2corn's graceful drain would wait for the watch (60 s by default): stop() ends it.
+        await asyncio.wait_for(epp.stop(grace=0.5), 10)
