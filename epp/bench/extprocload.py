@@ -18,13 +18,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from epp.bench import procstat
+from epp.bench.results import write_points
 from epp.bench.sseserver import token_event, usage_event
 from epp.extproc.framing import frame
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
@@ -119,10 +120,7 @@ def run_capacity(setups=("grpcio", "h2corn"), streams: int = 64, connections: in
         points.append(pt)
         print(f"  {setup:10s} S={streams} {pt.msgs_per_s:>9,.0f} msg/s  {pt.epp_cpu_us_per_msg} µs CPU/msg  "
               f"{pt.epp_cores} cores  {exchanges} exchanges, {failed} failed", flush=True)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "capacity.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
-        (out_dir / "capacity.md").write_text(capacity_table(points, epp_cpus, other_cpus))
+    write_points(out_dir, "capacity", points, capacity_table(points, epp_cpus, other_cpus))
     return points
 
 

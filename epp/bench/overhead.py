@@ -7,17 +7,17 @@ Both Envoy configurations run FULL_DUPLEX_STREAMED request and response processi
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from epp.bench import procstat, wrk
+from epp.bench.results import write_points
 from epp.datalayer.vllmpage import VllmState, vllm_page
 from epp.stack import envoyconf
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
@@ -138,10 +138,7 @@ def run_overhead(seconds: float = 10.0, connections=(1, 32), sizes=(1024, 200 * 
     finally:
         for p in reversed(procs):
             p.stop()
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "overhead.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
-        (out_dir / "overhead.md").write_text(overhead_table(points))
+    write_points(out_dir, "overhead", points, overhead_table(points))
     return points
 
 

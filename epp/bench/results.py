@@ -53,3 +53,14 @@ class ResultFile:
 
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def write_points(out_dir: Path | None, stem: str, points: list[Any], markdown: str) -> None:
+    """`<stem>.json` (the dataclass points) and `<stem>.md` (their table) in `out_dir`, if given."""
+    if out_dir is None:
+        return
+    from dataclasses import asdict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown)

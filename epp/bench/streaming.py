@@ -21,12 +21,13 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from epp.bench import procstat
+from epp.bench.results import write_points
 from epp.stack import envoyconf
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
 
@@ -306,10 +307,7 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
     finally:
         for p in reversed(procs):
             p.stop()
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "streaming.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n")
-        (out_dir / "streaming.md").write_text(streaming_table(points))
+    write_points(out_dir, "streaming", points, streaming_table(points))
     return points
 
 

@@ -48,8 +48,6 @@ _LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
 _FromString = pb.ProcessingRequest.FromString
 # How long a call the server has ended waits for the client to stop sending.
 DRAIN_SECONDS = 1.0
-# _stream's status when the client half-closed: the call ends OK and there is nothing to drain.
-_REQUEST_ENDED = object()
 
 
 class _Gone(Exception):
@@ -108,18 +106,14 @@ class GrpcApp:
         self._streams.add(task)
         self.active_streams += 1
         self.last_activity = time.monotonic()
-        status, message, request_open = Status.OK, "", False
         try:
             await _send(send, _START)
             timeout = _timeout(scope)
             try:
                 async with (asyncio.timeout(timeout) if timeout is not None else nullcontext()):
-                    status, message = await self._stream(state, receive, send, scope)
-                    request_open = status is not _REQUEST_ENDED
+                    status, message, request_open = await self._stream(state, receive, send, scope)
             except TimeoutError:
                 status, message, request_open = Status.DEADLINE_EXCEEDED, "deadline exceeded", True
-            if status is _REQUEST_ENDED:
-                status = Status.OK
             if request_open and status is Status.OK:
                 # OK trailers while the client still sends end its writes in a local INTERNAL error
                 # (grpc-core), however the call went: let it finish sending first. The answer
@@ -134,7 +128,8 @@ class GrpcApp:
             state.exchange.finish(completed=False)
 
     async def _stream(self, state: StreamState, receive: Receive, send: Send,
-                      scope: dict[str, Any]) -> tuple[Status, str]:
+                      scope: dict[str, Any]) -> tuple[Status, str, bool]:
+        """Serves the call's messages; (status, message, whether the client is still sending)."""
         reader = MessageReader(self.max_message)
         fast = wire.response_body_chunk
         pending: asyncio.Future | None = None  # a receive() started while a request was held
@@ -150,7 +145,7 @@ class GrpcApp:
                 try:
                     messages = reader.feed(data)
                 except FramingError as err:
-                    return err.status, err.message
+                    return err.status, err.message, True
                 for message in messages:
                     parsed = fast(message)
                     if parsed is not None:
@@ -166,14 +161,14 @@ class GrpcApp:
                         _corrupt_log.warning("ext_proc stream from %s sent a message that is not a "
                                              "ProcessingRequest; closed with INVALID_ARGUMENT", _peer(scope))
                         return Status.INVALID_ARGUMENT, ("message is not an "
-                                                         "envoy.service.ext_proc.v3.ProcessingRequest")
+                                                         "envoy.service.ext_proc.v3.ProcessingRequest"), True
                     try:
                         responses, close = state.handle(req)
                         if state.held is not None:  # the prefill gate holds it: wait, then route again
                             responses, pending = await self._hold(state, receive)
                     except EppError as err:
                         await _send_messages(send, [error_response(err).SerializeToString()])
-                        return Status.OK, ""
+                        return Status.OK, "", True
                     except _Gone:
                         raise
                     except Exception:
@@ -181,15 +176,15 @@ class GrpcApp:
                                           exc_info=True)
                         await _send_messages(send, [error_response(
                             EppError(ErrorCode.INTERNAL, "internal error")).SerializeToString()])
-                        return Status.OK, ""
+                        return Status.OK, "", True
                     if responses:
                         await _send_messages(send, [r.SerializeToString() for r in responses])
                     if close:
-                        return Status.OK, ""
+                        return Status.OK, "", True
             if not m.get("more_body", False):
                 if reader.partial:
-                    return Status.INTERNAL, "the stream ended inside a message"
-                return _REQUEST_ENDED, ""
+                    return Status.INTERNAL, "the stream ended inside a message", False
+                return Status.OK, "", False
 
     @staticmethod
     async def _hold(state: StreamState, receive: Receive) -> tuple[list[pb.ProcessingResponse],

@@ -38,7 +38,6 @@ h2corn._lib.emit_banner = lambda config, prepared: None  # type: ignore[assignme
 MAX_CONCURRENT_STREAMS = 256
 MAX_CONNECTIONS = 4096
 CERT_POLL_SECONDS = 0.25
-RUNTIME_THREADS = int(os.environ.get("EPP_H2_RUNTIME_THREADS", "2"))  # h2corn default; 1 measured no better
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class H2Server:
         return Config(bind=(f"fd://{self.sock.fileno()}",), grpc=True, http1=False, lifespan="off",
                       access_log=False, max_concurrent_streams=MAX_CONCURRENT_STREAMS,
                       limit_connections=MAX_CONNECTIONS, timeout_keep_alive=0,
-                      timeout_graceful_shutdown=self.drain_budget, runtime_threads=RUNTIME_THREADS, **kw)
+                      timeout_graceful_shutdown=self.drain_budget, **kw)
 
     async def _generation(self) -> tuple[Server, asyncio.Task]:
         server = Server(self.app, self._config())

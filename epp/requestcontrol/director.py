@@ -269,6 +269,33 @@ class Exchange:
         assert self.gate is not None
         await self.gate.wait(retry, self.start, time.monotonic() - self.start)
 
+    async def route_when_released(self, req: IncomingRequest, held: bool = False) -> RouteDecision:
+        """`route()`, waiting out any hold: for callers that answer a decision later (a worker
+        asking the decision process) rather than hold a stream of their own. `held`: route()
+        has just answered None for this request, so start by waiting."""
+        outcome: list[RouteDecision | BaseException] = []
+
+        def retry() -> bool:
+            try:
+                decision = self.route(req)
+            except Exception as exc:
+                outcome.append(exc)
+                return True
+            if decision is None:
+                return False
+            outcome.append(decision)
+            return True
+
+        if held or not retry():
+            while not outcome:
+                await self.wait_to_route(retry)
+                if not outcome:
+                    retry()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _forget_held_demand(self) -> None:
         if self.held_at is not None:
             ep, tokens = self.held_at

@@ -156,33 +156,18 @@ class DecisionServer:
 
     async def _settle(self, rid: int, ex: Exchange, req: IncomingRequest, writer: asyncio.StreamWriter,
                       holds: dict[int, asyncio.Task]) -> None:
-        """A held request: route it again whenever the gate says so, answer once it goes."""
-        outcome: list[RouteDecision | Exception] = []
-
-        def retry() -> bool:
-            try:
-                decision = ex.route(req)
-            except Exception as exc:
-                outcome.append(exc)
-                return True
-            if decision is None:
-                return False
-            outcome.append(decision)
-            return True
-
-        while not outcome:
-            await ex.wait_to_route(retry)
-            if not outcome:
-                retry()
-        holds.pop(rid, None)
-        result = outcome[0]
-        if isinstance(result, EppError):
-            writer.write(ipc.encode([ipc.ERROR, rid, result.code.value, result.message]))
-        elif isinstance(result, Exception):
-            log.error("internal error while routing a held request", exc_info=result)
+        """A held request: answered once the gate lets it go."""
+        try:
+            decision = await ex.route_when_released(req, held=True)
+        except EppError as err:
+            writer.write(ipc.encode([ipc.ERROR, rid, err.code.value, err.message]))
+        except Exception:
+            log.exception("internal error while routing a held request")
             writer.write(ipc.encode([ipc.ERROR, rid, ErrorCode.INTERNAL.value, "internal error"]))
         else:
-            writer.write(self._decision(rid, ex, result, req))
+            writer.write(self._decision(rid, ex, decision, req))
+        finally:
+            holds.pop(rid, None)
 
     async def _push_health(self, writer: asyncio.StreamWriter) -> None:
         last = None
