@@ -100,6 +100,22 @@ class _ErrorParser(argparse.ArgumentParser):
         self.exit(2, f"epp: error: {message} (epp --help lists the flags)\n")
 
 
+def static_objectives(text: str) -> tuple[tuple[str, int], ...]:
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, prio = part.partition("=")
+        try:
+            value = int(prio)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected name=priority with an integer priority")
+        if name.strip() in out:
+            raise argparse.ArgumentTypeError(f"objective {name.strip()!r} given twice")
+        out[name.strip()] = value
+    return tuple(out.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _ErrorParser(prog="epp", description="Endpoint Picker for LLM inference gateways (Envoy ext_proc).",
                      allow_abbrev=False)
@@ -120,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--endpoint-target-ports", type=target_ports, default=[], help="standalone mode: ports, comma-separated (1-8)")
     a("--static-endpoints", default="",
       help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
+    a("--static-objectives", type=static_objectives, default=(),
+      help="no-cluster mode: InferenceObjectives as name=priority[,name=priority...] "
+           "(what x-gateway-inference-objective names; Kubernetes mode reads the CRDs)")
     flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
     a("--refresh-metrics-interval", type=positive_duration, default=0.05,
       help="per-endpoint scrape period (default 50ms; stretched for pools over 16 endpoints, see docs/datalayer.md)")
@@ -228,6 +247,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         pool_namespace=ns.pool_namespace or os.environ.get("NAMESPACE") or "default",
         pool_group=ns.pool_group, endpoint_selector=ns.endpoint_selector,
         endpoint_target_ports=ns.endpoint_target_ports, static_endpoints=ns.static_endpoints,
+        static_objectives=ns.static_objectives,
         disable_endpoint_subset_filter=ns.disable_endpoint_subset_filter,
         refresh_metrics_interval=ns.refresh_metrics_interval,
         model_server_metrics_scheme=ns.model_server_metrics_scheme,

@@ -17,6 +17,7 @@ class Options:
     endpoint_selector: str = ""
     endpoint_target_ports: list[int] = field(default_factory=list)
     static_endpoints: str = ""
+    static_objectives: tuple[tuple[str, int], ...] = ()  # (name, priority) without Kubernetes
     disable_endpoint_subset_filter: bool = False
     refresh_metrics_interval: float = 0.05
     model_server_metrics_scheme: str = "http"  # http | https

@@ -35,7 +35,7 @@ from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metri
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
-from epp.routing.objectives import ObjectiveStore
+from epp.routing.objectives import Objective, ObjectiveStore
 from epp.routing.rewrites import RewriteStore
 from epp.sources import SourceError, SourceTargets, build_sources
 from epp.requestcontrol.director import Director
@@ -159,6 +159,8 @@ class Epp:
         self.health = HealthState(lambda: self.datastore.synced, opts.ha_enable_leader_election)
         # -- sources (cold path: Kubernetes watches, leader election; static mode has none) --
         objectives, rewrites = ObjectiveStore(), RewriteStore()
+        for name, priority in opts.static_objectives:
+            objectives.set(Objective(name, priority))
         self.sources = build_sources(opts, SourceTargets(config, self.datastore, objectives, rewrites, self.metrics,
                                                          self.health))
         # -- decision core (hot path: one pick per request) --
