@@ -27,11 +27,12 @@ from epp.extproc.tls import CertificateError
 from epp.listen import bind_failure, host_port, why_unbindable
 from epp.extproc.servicer import ExternalProcessor
 from epp.flowcontrol.admission import LegacyAdmission
-from epp.flowcontrol.saturation import UtilizationDetector
+from epp.flowcontrol.controller import FlowController
 from epp.observability import logs
 from epp.observability.health import HealthServicer, HealthState
 from epp.observability.http import ObservabilityServer
 from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metrics_auth_decision
+from epp.observability.flowmetrics import FlowMetrics
 from epp.observability.metrics import EppMetrics
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
@@ -41,9 +42,7 @@ from epp.sources import SourceError, SourceTargets, build_sources
 from epp.requestcontrol.director import Director
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
-from epp.scheduling.plugins.filters import UtilizationDetector as UtilizationDetectorPlugin
 from epp.scheduling.scheduler import Scheduler
-from epp.duration import parse_duration
 
 log = logging.getLogger("epp")
 
@@ -124,15 +123,6 @@ def _fail(exc: BaseException, code: int) -> int:
     return code
 
 
-def detector_from_config(config: LoadedConfig) -> UtilizationDetector:
-    plugins = config.plugins_of(UtilizationDetectorPlugin)
-    if not plugins:
-        return UtilizationDetector()
-    p = plugins[0].params
-    return UtilizationDetector(p.queue_depth_threshold, p.kv_cache_util_threshold,
-                               parse_duration(p.metrics_staleness_threshold))
-
-
 class Epp:
     """The running EPP's parts, so tests and supervisors can reach them."""
 
@@ -165,8 +155,12 @@ class Epp:
                                                          self.health))
         # -- decision core (hot path: one pick per request) --
         self.scheduler = Scheduler(config)
+        for warning in config.flow.warnings:
+            log.warning("%s", warning)
+        self.flow = FlowController(config.flow, self.datastore.endpoints,
+                                   FlowMetrics(self.metrics.registry, opts.pool_name or "static"))
         self.director = Director(self.datastore, self.scheduler, self.metrics,
-                                 LegacyAdmission(detector_from_config(config)), objectives, rewrites,
+                                 LegacyAdmission(self.flow.detector), self.flow, objectives, rewrites,
                                  parser=config.parser, use_subset_hint=not opts.disable_endpoint_subset_filter,
                                  reachability=ReachabilityPolicy(
                                      scrape_interval=lambda: self.collector.effective_interval))
@@ -181,6 +175,7 @@ class Epp:
         self.workers = None  # WorkerPool with --workers > 1
         self.decisions = None  # its DecisionServer
         self._workdir: Path | None = None
+        self._unkick = None
         self._ext_sock = None
         self._http: ObservabilityServer | None = None
         self.cert_reloader: tls.ReloadingCertificates | None = None
@@ -207,6 +202,12 @@ class Epp:
             await server.start()
         for h2 in self._h2servers:
             await h2.start()
+        # Room in the pool wakes flow control: a scraped page, an endpoint added or removed
+        # (datastore callbacks may come from a watch thread).
+        loop = asyncio.get_running_loop()
+        self.collector.on_update.append(self.flow.kick)
+        kick = lambda _ep: loop.call_soon_threadsafe(self.flow.kick)  # noqa: E731
+        self._unkick = self.datastore.subscribe(on_add=kick, on_remove=kick)
         await self.collector.start()
         self.pool_gauges.start()
         for source in self.sources:
@@ -327,6 +328,9 @@ class Epp:
         return "; ".join(parts)
 
     async def stop(self, grace: float = 5.0) -> None:
+        self.flow.close()  # waiting requests are answered while the servers still drain
+        if self._unkick is not None:
+            self._unkick()
         if self.http_picker is not None:
             await self.http_picker.cleanup()
         for source in reversed(self.sources):

@@ -30,6 +30,10 @@ class EndpointMetrics:
     # scrape budget stretches it in big pools): staleness thresholds tuned for the configured
     # interval allow this much more, or every endpoint of a big pool would look stale.
     interval_stretch: float = 0.0
+    # `InflightLoad.picks` when this page was read: picks after it are in no scraped queue yet,
+    # so a saturation reading adds them (flowcontrol/saturation.py) instead of dispatching a
+    # whole backlog on one stale page.
+    picks_seen: int = 0
 
     def age(self, now: float | None = None) -> float:
         if self.update_time == 0.0:
@@ -60,8 +64,10 @@ class InflightLoad:
     # queue too, only on our side of the wire; the scorer must see it or a held-back endpoint
     # looks idle and keeps attracting traffic it cannot take.
     held_tokens: int = 0
+    picks: int = 0  # every pick ever made here (monotonic): see EndpointMetrics.picks_seen
 
     def add(self, tokens: int, long: bool = False) -> None:
+        self.picks += 1
         self.requests += 1
         self.prompt_tokens += tokens
         self.prefill_tokens += tokens

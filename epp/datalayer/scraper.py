@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
@@ -98,6 +99,8 @@ class MetricsCollector:
         self._stats: dict[str, ScrapeStats] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe = None
+        # Called after each page that updated an endpoint (flow control re-reads saturation).
+        self.on_update: list[Callable[[], None]] = []
         if interval_gauge is not None:
             interval_gauge.set_function(lambda: self.effective_interval)
 
@@ -240,7 +243,10 @@ class MetricsCollector:
         if fields:
             fields["update_time"] = time.monotonic()
             fields["interval_stretch"] = max(0.0, self._effective - self.interval)
+            fields["picks_seen"] = ep.inflight.picks
             ep.metrics = dataclasses.replace(ep.metrics, **fields)
+            for listener in self.on_update:
+                listener()
             ep.reach.last_scrape_failed = False
             stats.ok += 1
             stats.last_error = "; ".join(errors)

@@ -14,14 +14,12 @@ so the scorer sees that endpoint's whole queue and spreads a prefix whose holder
 Nothing is lost: a held request is scheduled again at least every `recheck` (new endpoints,
 lost wake-ups), and after `maxWait` it is dispatched regardless. Requests below `minTokens`
 are never held, nor is a request with a single endpoint to go to.
+
+This plugin decides; the waiting itself is the flow controller's (controller.py, "parked"):
+one place where requests wait in the EPP.
 """
 
 from __future__ import annotations
-
-import asyncio
-import bisect
-import itertools
-from typing import Callable, Sequence
 
 from pydantic import Field
 
@@ -48,9 +46,6 @@ class PrefillGate(Plugin):
         self.max_per_endpoint = params.max_per_endpoint
         self.max_wait = parse_duration(params.max_wait)
         self.recheck = parse_duration(params.recheck)
-        # (arrival, tie-break, retry, future), oldest first: a request keeps its place across rechecks.
-        self._waiters: list[tuple[float, int, Callable[[], bool], asyncio.Future[None]]] = []
-        self._seq = itertools.count()
 
     # ---- decisions (hot path, synchronous) -------------------------------------------------
 
@@ -65,46 +60,3 @@ class PrefillGate(Plugin):
         holds it as well, and keeps the request's place without a round trip per release."""
         return (choices > 1 and uncached >= self.min_tokens
                 and endpoint.inflight.long_prefills >= self.max_per_endpoint and waited < self.max_wait)
-
-    # ---- waiting -----------------------------------------------------------------------------
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def wait(self, retry: Callable[[], bool], arrival: float, waited: float) -> None:
-        """Wait until `retry()` has returned True, or the recheck interval (or maxWait) has passed.
-
-        `retry` is called from `released()`, synchronously and in `arrival` order, so a held
-        request takes a freed slot before any request that arrived after it.
-        """
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (arrival, next(self._seq), retry, fut)
-        bisect.insort(self._waiters, entry, key=lambda w: (w[0], w[1]))
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(self.recheck, self.max_wait - waited)))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            try:
-                self._waiters.remove(entry)
-            except ValueError:
-                pass
-
-    def released(self, endpoints: Sequence[Endpoint]) -> None:
-        """A long prefill finished: the oldest held request that can use the freed slot goes now,
-        and while some endpoint still has a free slot the next ones try too (at most one round
-        per endpoint). Not every waiter on every release: each try is a full scheduling pass,
-        and with many held 200 KB prompts behind one endpoint that was most of the EPP's CPU.
-        The rest recheck on their own timers."""
-        placed, extra = False, len(endpoints)
-        for _, _, retry, fut in list(self._waiters):
-            if fut.done():
-                continue
-            if placed:
-                if extra <= 0 or not any(e.inflight.long_prefills < self.max_per_endpoint for e in endpoints):
-                    return
-                extra -= 1
-            if retry():
-                fut.set_result(None)
-                placed = True

@@ -1,11 +1,30 @@
-"""How saturated a set of endpoints is (reference `utilization-detector`)."""
+"""How saturated a set of endpoints is: the reference's two detectors, as arithmetic.
+
+The plugins that configure them (`utilization-detector`, `concurrency-detector`) live with the
+filters in scheduling/plugins/filters.py, because the reference makes each one a filter too;
+flow control and legacy admission read the numbers from here.
+
+>= 1.0 means saturated. An empty pool is saturated (1.0): requests wait for an endpoint.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 from epp.datalayer.endpoint import Endpoint
+
+
+class Detector(Protocol):
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float: ...
+
+
+def unseen_picks(e: Endpoint) -> int:
+    """Requests sent to `e` after its last scraped page and still without a first byte: in the
+    server's queue, or about to be, but in no page yet. Counting them is what lets flow control
+    dispatch a backlog one request at a time against a 50 ms-old page, instead of all at once."""
+    return min(e.inflight.picks - e.metrics.picks_seen, e.inflight.prefill_requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,18 +32,41 @@ class UtilizationDetector:
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
     staleness: float = 0.2  # seconds; older metrics count as fully saturated
+    # The reference reads only the page; True adds `unseen_picks` to the queue (flow control).
+    count_unseen: bool = False
 
-    def saturation(self, endpoints: list[Endpoint], now: float | None = None) -> float:
-        """Mean over endpoints of max(queue/threshold, kv/threshold); >= 1.0 means saturated."""
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float:
+        """Mean over endpoints of max(queue/threshold, kv/threshold); stale or never-scraped = 1.0."""
         if not endpoints:
             return 1.0
         now = time.monotonic() if now is None else now
+        q, kv, stale, unseen = self.queue_depth_threshold, self.kv_cache_util_threshold, self.staleness, self.count_unseen
         total = 0.0
         for e in endpoints:
             m = e.metrics
-            if m.stale(self.staleness, now):
+            if m.stale(stale, now):
                 total += 1.0
                 continue
-            total += max(m.waiting_queue_size / self.queue_depth_threshold,
-                         m.kv_cache_usage_percent / self.kv_cache_util_threshold)
+            waiting = m.waiting_queue_size + (unseen_picks(e) if unseen else 0)
+            a, b = waiting / q, m.kv_cache_usage_percent / kv
+            total += a if a > b else b
         return total / len(endpoints)
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyDetector:
+    """EPP-local: what this EPP has in flight over what the endpoints can take. Exact and
+    instant (no scrape lag), blind to traffic that reaches the servers some other way."""
+
+    mode: str = "requests"  # or "tokens" (uncached prompt tokens in flight)
+    max_concurrency: int = 100
+    max_token_concurrency: int = 1_000_000
+
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float:
+        if not endpoints:
+            return 1.0
+        if self.mode == "tokens":
+            used = sum(e.inflight.prompt_tokens for e in endpoints)
+            return used / (self.max_token_concurrency * len(endpoints))
+        used = sum(e.inflight.requests for e in endpoints)
+        return used / (self.max_concurrency * len(endpoints))

@@ -1,4 +1,4 @@
-"""The request director: parse -> rewrite -> objective -> admission -> candidates -> schedule -> account.
+"""The request director: parse -> rewrite -> objective -> admission/flow control -> candidates -> schedule -> account.
 
 One `Exchange` per HTTP request carries what the response path needs (names for the model
 rewrite back, usage, and the in-flight load to release exactly once).
@@ -17,7 +17,9 @@ from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
 from epp.errors import EppError, ErrorCode
 from epp.flowcontrol.admission import LegacyAdmission
+from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.prefill_gate import PrefillGate
+from epp.flowcontrol.ticket import Outcome, Ticket
 from epp.observability.metrics import EppMetrics
 from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
@@ -58,13 +60,14 @@ class EndpointSource:
 
 class Director:
     def __init__(self, datastore: EndpointSource, scheduler: Scheduler, metrics: EppMetrics,
-                 admission: LegacyAdmission, objectives: ObjectiveStore | None = None,
+                 admission: LegacyAdmission, flow: FlowController, objectives: ObjectiveStore | None = None,
                  rewrites: RewriteStore | None = None, parser: str = "openai-parser",
                  use_subset_hint: bool = True, reachability: ReachabilityPolicy | None = None) -> None:
         self.datastore = datastore
         self.scheduler = scheduler
         self.metrics = metrics
         self.admission = admission
+        self.flow = flow  # the waiting room: flow-control queues and the prefill gate's parking
         self.objectives = objectives if objectives is not None else ObjectiveStore()
         self.rewrites = rewrites if rewrites is not None else RewriteStore()
         self.passthrough = parser == "passthrough-parser"
@@ -107,7 +110,7 @@ class Exchange:
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "relay", "closed", "failed", "priority", "request_size", "prefill_pending",
                  "series", "long", "gate", "held_since", "held_at", "incoming_label", "target_label",
-                 "routed_body", "parsing")
+                 "routed_body", "parsing", "ticket", "admitted", "pending", "req")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -134,6 +137,10 @@ class Exchange:
         self.target_label = ""
         self.routed_body: bytes | None = None  # the body with the model rewritten, when it is
         self.parsing: asyncio.Future[ParsedRequest] | None = None  # a large body in the parser worker
+        self.ticket: Ticket | None = None  # its place in the waiting room, while it has one
+        self.admitted = False  # through admission / flow control: only scheduling is left
+        self.pending: RouteDecision | EppError | None = None  # how a wait ended, for route() to return
+        self.req: IncomingRequest | None = None  # what a waiting request is routed with
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -146,9 +153,16 @@ class Exchange:
         return RouteDecision(ep.hostport, None, self._request_id_header(req), self._removals(req))
 
     def route(self, req: IncomingRequest, may_hold: bool = True) -> RouteDecision | None:
-        """The routing decision, or None when the prefill gate holds the request: then await
+        """The routing decision, or None when the request waits (flow control queues it, the
+        prefill gate parks it, or its body is parsed in the worker): then await
         `wait_to_route()` and call `route()` again with the same request."""
         d = self.d
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if isinstance(pending, EppError):
+                raise pending
+            return pending
         if self.closed:
             # Only a client that breaks the protocol routes a finished exchange (a response
             # before its request); counting it would add load nothing ever releases.
@@ -172,13 +186,32 @@ class Exchange:
         parsed = self.parsed
         assert parsed is not None
         headers = req.headers
+        tokens = len(parsed.prefix_input) // CHARS_PER_TOKEN
+        flow = d.flow
+        if not self.admitted:
+            ticket = self.ticket
+            if ticket is not None and ticket.outcome is Outcome.DISPATCHED:
+                self.admitted = True  # flow control dispatched it: schedule now
+            elif flow.enabled and may_hold:
+                # Before candidates: with no endpoint at all the request waits for one.
+                try:
+                    ticket = self.ticket = flow.submit(self, headers.get(FAIRNESS_HEADER, ""), self.priority,
+                                                       self.request_size, tokens, headers,
+                                                       self.incoming_label, self.target_label)
+                except EppError as err:
+                    raise self._fail(err)
+                if ticket.outcome is not Outcome.DISPATCHED:
+                    self.req = req
+                    return None
+                self.admitted = True
         target = self.target_model
         incoming_label, target_label = self.incoming_label, self.target_label
         self._forget_held_demand()  # re-scheduled below from scratch
         candidates = self._candidates(req)
         try:
-            d.admission.admit(self.priority, candidates)
-            tokens = len(parsed.prefix_input) // CHARS_PER_TOKEN
+            if not self.admitted:
+                d.admission.admit(self.priority, candidates)
+                self.admitted = True
             sreq = SchedulingRequest(
                 request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=self.incoming_model,
                 api=parsed.api.value, prefix_input=parsed.prefix_input, cache_salt=parsed.cache_salt,
@@ -204,6 +237,8 @@ class Exchange:
             self.gate = gate
             primary.inflight.held_tokens += uncached
             self.held_at = (primary, uncached)
+            self.ticket = flow.park(self, self.ticket, gate, self.start)
+            self.req = req
             return None
         self._unhold()
         d.metrics.scheduler_attempts.labels("success", target_label, primary.pod_name or primary.name,
@@ -261,13 +296,43 @@ class Exchange:
         self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
 
     async def wait_to_route(self, retry: Callable[[], bool]) -> None:
-        """A held request waits here; `retry` routes it again and says whether it went
-        (see flowcontrol/prefill_gate.py). A body being parsed in the worker waits for it."""
+        """A waiting request waits here until its wait is over; then `route()` returns how it
+        ended (`retry` is the protocol's: flow control routes the request itself, see
+        try_dispatch). A body being parsed in the worker waits for it."""
         if self.parsing is not None:
             await asyncio.wait((self.parsing,))  # its outcome, error included, is read by route()
             return
-        assert self.gate is not None
-        await self.gate.wait(retry, self.start, time.monotonic() - self.start)
+        if self.pending is not None:
+            return
+        ticket = self.ticket
+        assert ticket is not None and ticket.done is not None
+        await asyncio.shield(ticket.done)
+
+    # ---- the waiting room's side (flowcontrol.ticket.Waiter) -----------------------------------
+
+    def try_dispatch(self) -> bool:
+        """Flow control says go (or the prefill gate rechecks): schedule now, keep the outcome
+        for route(). False when the gate parks it again. Never raises: it runs inside another
+        request's path (a completion, a first byte)."""
+        req = self.req
+        assert req is not None
+        try:
+            decision = self.route(req)
+        except EppError as err:
+            self.pending = err
+            return True
+        except Exception:
+            log.exception("scheduling a waiting request failed")
+            self.pending = self._fail(EppError(ErrorCode.INTERNAL, "internal error while scheduling"))
+            return True
+        if decision is None:
+            return False
+        self.pending = decision
+        return True
+
+    def evicted(self, err: EppError) -> None:
+        self._unhold()
+        self.pending = self._fail(err)
 
     async def route_when_released(self, req: IncomingRequest, held: bool = False) -> RouteDecision:
         """`route()`, waiting out any hold: for callers that answer a decision later (a worker
@@ -312,10 +377,12 @@ class Exchange:
 
     def _prefill_finished(self) -> None:
         self.prefill_pending = False
+        flow = self.d.flow
         if self.long:
             self.long = False
-            if self.gate is not None:
-                self.gate.released(self.d.datastore.endpoints())
+            if self.gate is not None and flow.parked:
+                flow.gate_released(self.d.datastore.endpoints())
+        flow.kick()  # the server has room in its queue again
 
     def _candidates(self, req: IncomingRequest) -> list[Endpoint]:
         eps = self.d.datastore.endpoints()
@@ -373,6 +440,14 @@ class Exchange:
             return
         self.closed = True
         self._unhold()  # a held request whose client went away
+        ticket = self.ticket
+        if ticket is not None:
+            d = self.d
+            if ticket.done is not None and not ticket.done.done():
+                d.flow.cancel(ticket)  # still waiting: it leaves the queue, nothing is counted
+            elif completed and self.relay.usage is not None:
+                u = self.relay.usage
+                d.flow.served(ticket, u.prompt_tokens, u.completion_tokens)
         if self.parsing is not None:
             if self.parsing.done() and not self.parsing.cancelled():
                 self.parsing.exception()  # retrieved: the client has gone, nobody will read it
@@ -382,6 +457,7 @@ class Exchange:
         if ep is None:
             return
         ep.inflight.release(self.tokens, self.prefill_pending, self.long)
+        self.d.flow.kick()
         relay = self.relay
         status = relay.status
         self.d.reachability.request_finished(ep, status, time.monotonic())

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from epp.flowcontrol.config import FlowControlSpec, FlowSettings, build_flow_settings
 from epp.scheduling.plugin import (
     ConfigError,
     DataProducer,
@@ -59,23 +60,6 @@ class DataLayerSpec(_Strict):
     sources: list[DataSourceSpec] = Field(default_factory=list)
 
 
-class PriorityBandSpec(_Strict):
-    priority: int
-    max_bytes: int | str | None = Field(None, alias="maxBytes")
-    max_requests: int | None = Field(None, alias="maxRequests")
-    ordering_policy_ref: str | None = Field(None, alias="orderingPolicyRef")
-    fairness_policy_ref: str | None = Field(None, alias="fairnessPolicyRef")
-
-
-class FlowControlSpec(_Strict):
-    max_bytes: int | str | None = Field(None, alias="maxBytes")
-    max_requests: int | None = Field(None, alias="maxRequests")
-    default_request_ttl: str | None = Field(None, alias="defaultRequestTTL")
-    default_priority_band: dict[str, Any] | None = Field(None, alias="defaultPriorityBand")
-    priority_bands: list[PriorityBandSpec] = Field(default_factory=list, alias="priorityBands")
-    usage_limit_policy_plugin_ref: str | None = Field(None, alias="usageLimitPolicyPluginRef")
-
-
 class EndpointPickerConfigSpec(_Strict):
     api_version: str = Field(alias="apiVersion")
     kind: str
@@ -86,8 +70,6 @@ class EndpointPickerConfigSpec(_Strict):
     data_layer: DataLayerSpec | None = Field(None, alias="dataLayer")
     flow_control: FlowControlSpec | None = Field(None, alias="flowControl")
     parser: PluginRef | None = None
-
-
 
 
 @dataclass
@@ -109,6 +91,7 @@ class LoadedConfig:
     response_complete: list[ResponseComplete]
     parser: str
     feature_gates: frozenset[str]
+    flow: FlowSettings
 
     def plugins_of(self, cls: type) -> list[Any]:
         return [p for p in self.plugins.values() if isinstance(p, cls)]
@@ -230,8 +213,10 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         if parser_plugin.type_name not in ("openai-parser", "passthrough-parser"):
             raise ConfigError(f"{source}: parser: {parser_plugin.type_name!r} is not a request parser")
         parser = parser_plugin.type_name
-    if spec.saturation_detector is not None:
-        ref("saturationDetector", spec.saturation_detector.plugin_ref)
+    detectors = [p for p in plugins.values() if hasattr(p, "detector")]
+    flow = build_flow_settings(spec.flow_control, frozenset(spec.feature_gates), spec.api_version,
+                               spec.saturation_detector.plugin_ref if spec.saturation_detector else None,
+                               ref, detectors, source)
     if spec.data_layer is not None:
         for i, s in enumerate(spec.data_layer.sources):
             ref(f"dataLayer.sources[{i}]", s.plugin_ref)
@@ -248,6 +233,7 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         response_complete=[p for p in plugins.values() if isinstance(p, ResponseComplete)],
         parser=parser,
         feature_gates=frozenset(spec.feature_gates),
+        flow=flow,
     )
 
 

@@ -12,4 +12,4 @@ from epp.scheduling.plugins import (  # noqa: F401
     profiles,
     ttft,
 )
-from epp.flowcontrol import prefill_gate  # noqa: F401,E402  (registers prefill-gate)
+from epp.flowcontrol import fairness, ordering, prefill_gate, usagelimit  # noqa: F401,E402  (flow-control plugins)

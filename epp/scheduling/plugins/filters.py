@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from pydantic import Field
 
 from epp.datalayer.endpoint import Endpoint
+from epp.flowcontrol import saturation
 from epp.scheduling.plugin import Filter, Params, register
 from epp.scheduling.types import CycleState, SchedulingRequest
 
@@ -88,15 +90,19 @@ class LabelSelectorFilter(Filter):
 
 class UtilizationDetectorParams(Params):
     queue_depth_threshold: int = Field(5, alias="queueDepthThreshold", gt=0)
-    kv_cache_util_threshold: float = Field(0.8, alias="kvCacheUtilThreshold", gt=0)
+    kv_cache_util_threshold: float = Field(0.8, alias="kvCacheUtilThreshold", gt=0, le=1)
     metrics_staleness_threshold: str = Field("200ms", alias="metricsStalenessThreshold")
     headroom: float = Field(0.0, ge=0)
+    # Ours: count requests sent since the last scraped page as queued (flowcontrol/saturation.py).
+    # On by default under flow control, where the reading gates dispatch.
+    count_unseen_picks: bool | None = Field(None, alias="countUnseenPicks")
 
 
 @register
 class UtilizationDetector(Filter):
-    """Saturation detector (admission) that doubles as a filter: drops endpoints above their
-    limits (plus headroom) or with stale metrics; keeps everything if that would drop all."""
+    """Saturation detector (admission, flow control) that doubles as a filter: drops endpoints
+    above their limits (plus headroom) or with stale metrics; keeps everything if that would
+    drop all."""
 
     type_name = "utilization-detector"
     Params = UtilizationDetectorParams
@@ -106,31 +112,52 @@ class UtilizationDetector(Filter):
         from epp.duration import parse_duration
 
         self.staleness = parse_duration(params.metrics_staleness_threshold)
+        if self.staleness <= 0:
+            raise ValueError(f"metricsStalenessThreshold must be positive (got {params.metrics_staleness_threshold!r})")
+
+    def detector(self, flow_control: bool) -> saturation.UtilizationDetector:
+        p = self.params
+        unseen = flow_control if p.count_unseen_picks is None else p.count_unseen_picks
+        return saturation.UtilizationDetector(p.queue_depth_threshold, p.kv_cache_util_threshold,
+                                              self.staleness, unseen)
 
     def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         p = self.params
         now = time.monotonic()
         limit = 1.0 + p.headroom
+        kv_limit = min(1.0, p.kv_cache_util_threshold * limit) / p.kv_cache_util_threshold
         keep = [e for e in endpoints
                 if not e.metrics.stale(self.staleness, now)
-                and max(e.metrics.waiting_queue_size / p.queue_depth_threshold,
-                        e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold) <= limit]
+                and e.metrics.waiting_queue_size / p.queue_depth_threshold <= limit
+                and e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold <= kv_limit]
         return keep or endpoints
 
 
 class ConcurrencyDetectorParams(Params):
+    concurrency_mode: Literal["requests", "tokens"] = Field("requests", alias="concurrencyMode")
     max_concurrency: int = Field(100, alias="maxConcurrency", gt=0)
+    max_token_concurrency: int = Field(1_000_000, alias="maxTokenConcurrency", gt=0)
     headroom: float = Field(0.0, ge=0)
 
 
 @register
 class ConcurrencyDetector(Filter):
-    """Drops endpoints with more in-flight requests than `maxConcurrency` (fail-open if all are)."""
+    """Saturation from the EPP's own in-flight counts; as a filter, drops endpoints over their
+    cap (plus headroom), fail-open if all are."""
 
     type_name = "concurrency-detector"
     Params = ConcurrencyDetectorParams
 
+    def detector(self, flow_control: bool) -> saturation.ConcurrencyDetector:
+        p = self.params
+        return saturation.ConcurrencyDetector(p.concurrency_mode, p.max_concurrency, p.max_token_concurrency)
+
     def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
-        limit = self.params.max_concurrency * (1 + self.params.headroom)
-        keep = [e for e in endpoints if e.inflight.requests < limit]
+        p = self.params
+        if p.concurrency_mode == "tokens":
+            limit = p.max_token_concurrency * (1 + p.headroom)
+            keep = [e for e in endpoints if e.inflight.prompt_tokens < limit]
+        else:
+            limit = p.max_concurrency * (1 + p.headroom)
+            keep = [e for e in endpoints if e.inflight.requests < limit]
         return keep or endpoints

@@ -1,9 +1,7 @@
-"""prefill-gate decisions and parameters (the waiting itself is tested over gRPC in tests/unit/extproc)."""
+"""prefill-gate decisions and parameters (the waiting: tests/unit/flowcontrol/test_parking.py, and over gRPC
+in tests/unit/extproc)."""
 
 from __future__ import annotations
-
-import asyncio
-import itertools
 
 import pytest
 
@@ -58,85 +56,3 @@ def test_bad_duration_is_a_config_error():
 
 def test_the_default_config_has_the_gate():
     assert len(load_config(None).plugins_of(PrefillGate)) == 1
-
-
-async def test_a_release_wakes_the_oldest_that_can_go_then_others_only_while_a_slot_is_free():
-    g = gate(maxPerEndpoint=1, recheck="10s")
-    arrivals = itertools.count()
-    full, free = Endpoint("full", "127.0.0.1", 8000), Endpoint("free", "127.0.0.1", 8001)
-    full.inflight.add(5000, long=True)
-    calls: list[str] = []
-
-    def waiter(name: str, goes_to: Endpoint | None):
-        def retry() -> bool:
-            calls.append(name)
-            if goes_to is None:
-                return False
-            goes_to.inflight.add(5000, long=True)
-            return True
-        return asyncio.ensure_future(g.wait(retry, next(arrivals), 0.0))
-
-    tasks = [waiter("a", None), waiter("b", free), waiter("c", free), waiter("d", free)]
-    await asyncio.sleep(0)
-    assert g.waiting == 4
-    g.released([full, free])
-    # a cannot go, b takes the free slot; then no endpoint has a free slot: c and d are not tried.
-    assert calls == ["a", "b"]
-    await asyncio.wait_for(tasks[1], 1)
-    assert [t.done() for t in tasks] == [False, True, False, False]
-    free.inflight.prefill_done(5000, long=True)  # b's prefill ends: free has a slot again
-    calls.clear()
-    g.released([full, free])
-    assert calls == ["a", "c"]
-    await asyncio.wait_for(tasks[2], 1)
-    assert [t.done() for t in tasks] == [False, True, True, False]
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert g.waiting == 0
-
-
-async def test_a_release_lets_several_go_while_slots_stay_free():
-    g = gate(maxPerEndpoint=1, recheck="10s")
-    arrivals = itertools.count()
-    e1, e2 = Endpoint("e1", "127.0.0.1", 8000), Endpoint("e2", "127.0.0.1", 8001)
-    order: list[str] = []
-
-    def waiter(name: str, goes_to: Endpoint):
-        def retry() -> bool:
-            order.append(name)
-            goes_to.inflight.add(5000, long=True)
-            return True
-        return asyncio.ensure_future(g.wait(retry, next(arrivals), 0.0))
-
-    tasks = [waiter("x", e1), waiter("y", e2), waiter("z", e1)]
-    await asyncio.sleep(0)
-    g.released([e1, e2])
-    assert order == ["x", "y"]  # after x, e2 still had a slot: y went too; then both full, z waits
-    await asyncio.wait_for(asyncio.gather(tasks[0], tasks[1]), 1)
-    assert not tasks[2].done()
-    tasks[2].cancel()
-    await asyncio.gather(tasks[2], return_exceptions=True)
-
-
-async def test_a_request_keeps_its_place_when_it_waits_again_after_a_recheck():
-    g = gate(maxPerEndpoint=1, recheck="10s")
-    e = Endpoint("e", "127.0.0.1", 8000)
-    order: list[str] = []
-
-    def retry(name: str):
-        def go() -> bool:
-            order.append(name)
-            if name == "old":
-                e.inflight.add(5000, long=True)  # it goes, and takes the only slot
-            return name == "old"
-        return go
-
-    young = asyncio.ensure_future(g.wait(retry("young"), 5.0, 0.0))
-    old = asyncio.ensure_future(g.wait(retry("old"), 1.0, 4.0))  # arrived first, back after a recheck
-    await asyncio.sleep(0)
-    g.released([e])
-    assert order == ["old"]
-    await asyncio.wait_for(old, 1)
-    young.cancel()
-    await asyncio.gather(young, return_exceptions=True)
