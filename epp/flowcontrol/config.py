@@ -154,11 +154,13 @@ def build_flow_settings(spec: FlowControlSpec | None, gates: frozenset[str], api
         raise ConfigError(f"{source}: saturationDetector: {detector.name!r} ({detector.type_name}) is not a "
                           "saturation detector (utilization-detector, concurrency-detector)")
 
+    kinds = {FairnessPolicy: "fairness policy", OrderingPolicy: "ordering policy",
+             UsageLimitPolicy: "usage limit policy"}
+
     def policy(where: str, name: str | None, default: str, kind: type) -> Any:
         p = ref(f"{w}.{where}", name or default)
         if not isinstance(p, kind):
-            raise ConfigError(f"{source}: {w}.{where}: plugin {p.name!r} ({p.type_name}) is not a "
-                              f"{kind.__name__.replace('Policy', ' policy').lower()}")
+            raise ConfigError(f"{source}: {w}.{where}: plugin {p.name!r} ({p.type_name}) is not a {kinds[kind]}")
         return p
 
     usage = policy("usageLimitPolicyPluginRef", fc.usage_limit_policy_plugin_ref, "static-usage-limit-policy",
