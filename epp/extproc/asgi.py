@@ -195,7 +195,10 @@ class GrpcApp:
         recv = asyncio.ensure_future(_next(receive))
         done, _ = await asyncio.wait((settle, recv), return_when=asyncio.FIRST_COMPLETED)
         if settle not in done:
-            if recv.result()["type"] != "http.request":
+            m = recv.result()
+            # A reset, or the end of the request stream: Envoy closes its side gracefully
+            # (ext_proc_graceful_grpc_close) when its client goes away, and wants no answer.
+            if m["type"] != "http.request" or not m.get("more_body", False):
                 settle.cancel()
                 raise _Gone
             await asyncio.wait((settle,))  # the peer sent more while held: read it after the hold

@@ -81,6 +81,7 @@ class FlowController:
         self.usage_limit = settings.usage_limit
         self.endpoints = endpoints
         self.metrics = metrics
+        self._cycle = metrics.cycle.labels()
         t, nt = settings.template, settings.negative_template
         assert t is not None and nt is not None
         self.registry = Registry([_band(b) for b in settings.bands], lambda p: _band(t(p)), lambda p: _band(nt(p)))
@@ -231,7 +232,7 @@ class FlowController:
             self._dispatch(t, now)
             n += 1
         self.metrics.set_saturation(self.last_saturation)
-        self.metrics.cycle.labels().observe(time.perf_counter() - t0)
+        self._cycle.observe(time.perf_counter() - t0)
         if now >= self._next_gc:
             self._collect(now)
         if reg.count:

@@ -27,6 +27,8 @@ class _Both:
         self.metrics = tuple(cls(p + name, doc, labels, registry=registry, **kw) for p in PREFIXES)
 
     def labels(self, *values: str) -> "_Children":
+        if not values:  # a metric without labels is its own child
+            return _Children(self.metrics)
         return _Children(tuple(m.labels(*values) for m in self.metrics))
 
 
