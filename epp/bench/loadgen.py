@@ -54,8 +54,8 @@ async def one_request(session: aiohttp.ClientSession, url: str, req: BenchReques
     last = None
     chunks = 0
     try:
-        async with session.post(url + req.path, data=body or orjson.dumps(req.body()),
-                                headers={"content-type": "application/json"}) as resp:
+        headers = {"content-type": "application/json", **dict(req.headers)}
+        async with session.post(url + req.path, data=body or orjson.dumps(req.body()), headers=headers) as resp:
             sample.status = resp.status
             sample.pod = resp.headers.get("x-inference-pod", "")
             if resp.status != 200:

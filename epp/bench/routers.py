@@ -34,6 +34,7 @@ class RouterSpec:
     # vllm-router's cache_aware hashes token ids and cannot tokenize text without a HF tokenizer
     # (it records `missing_tokens` and falls back): give it the prompt as token ids, its best case.
     token_ids: bool = False
+    epp_args: tuple[str, ...] = ()  # extra EPP flags, e.g. ("--static-objectives", "critical=100")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunningRouter:
     spec: RouterSpec
     url: str
     procs: list[Proc] = field(default_factory=list)
+    metrics_url: str = ""  # the EPP's Prometheus endpoint (kind == "epp")
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -76,6 +78,7 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
     procs: list[Proc] = []
     pool = [("127.0.0.1", p) for p in fleet.ports]
     port = free_port()
+    metrics_url = ""
     try:
         if spec.kind == "envoy":
             conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=free_port(),
@@ -83,11 +86,13 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
             _envoy(conf, workdir, f"envoy-{port}", procs)
         elif spec.kind == "epp":
             g, h, m = free_port(), free_port(), free_port()
+            metrics_url = f"http://127.0.0.1:{m}/metrics"
             args = [bin_path("epp"), "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in fleet.ports),
                     "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
                     "--health-checking", "-v=1"]
             if spec.config is not None:
                 args += ["--config-file", str(spec.config)]
+            args += list(spec.epp_args)
             epp = Proc("epp", args, workdir / f"epp-{g}.log").start()
             procs.append(epp)
             wait_port(g, proc=epp.popen, timeout=30)
@@ -110,7 +115,7 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
         for p in reversed(procs):
             p.stop()
         raise
-    return RunningRouter(spec, url, procs)
+    return RunningRouter(spec, url, procs, metrics_url)
 
 
 def _wait_routable(url: str, procs: list[Proc], timeout: float = 60.0) -> None:

@@ -26,6 +26,8 @@ class BenchRequest:
     prompt: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None  # (role, content)
     group: int = -1  # shared-prefix group / session (for analysis only)
+    # Extra HTTP request headers, e.g. x-gateway-inference-objective / -fairness-id (flow control).
+    headers: tuple[tuple[str, str], ...] = ()
 
     def body(self, prompt_ids: list[int] | None = None) -> dict[str, Any]:
         """The JSON body; `prompt_ids` sends the completion prompt as token ids instead of text."""
