@@ -6,6 +6,7 @@
     epp-bench inference-perf                          cross-check with kubernetes-sigs/inference-perf
     epp-bench overhead                                Envoy alone vs Envoy+EPP (requests and token streams)
     epp-bench reliability [--quick] [--only ...]      issue 13's fuzz, faults, soak, 1,000 endpoints
+    epp-bench flowcontrol [--scenario ...] [--quick]  flow control live: priority, fairness, queueing
 """
 
 from __future__ import annotations
@@ -160,6 +161,28 @@ def main(argv: list[str] | None = None) -> None:
     o.add_argument("--plaintext", action="store_true", help="streaming: ext_proc without TLS (default: TLS, "
                    "as deployed)")
 
+    fc = sub.add_parser("flowcontrol", help="flow control live (priority, fairness, queueing) -> "
+                                            "bench/results/flowcontrol.{json,md} and flowcontrol-<scenario>.png")
+    fc.add_argument("--scenario", choices=("priority", "fairness", "queueing", "all"), default="all")
+    fc.add_argument("--seeds", default="1", help="comma-separated seeds; every scenario runs once per seed")
+    fc.add_argument("--quick", action="store_true",
+                    help="smoke variant (~2 min): 2 configs per scenario, 2 simulated s per run, one queueing point; "
+                         "writes flowcontrol-quick.*")
+    fc.add_argument("--duration", type=float, default=None,
+                    help="simulated seconds of arrivals per priority/fairness run (default 8, --quick 2)")
+    fc.add_argument("--variants", default=None,
+                    help="comma-separated config names to run in every selected scenario (default: per scenario)")
+    fc.add_argument("--config", action="append", default=[], metavar="NAME=FILE",
+                    help="add or replace a config variant (repeatable); FILE is a path or a named config")
+    fc.add_argument("--replicas", type=int, default=8)
+    fc.add_argument("--max-wall-rps", type=float, default=40.0)
+    fc.add_argument("--drain-s", type=float, default=45.0, help="wall seconds a run may go on after its last arrival")
+    fc.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default bench/results/flowcontrol[-quick][-<scenario>].json)")
+    fc.add_argument("--render-only", action="store_true", help="re-render the Markdown and plots from the JSON")
+    fc.add_argument("--print-configs", action="store_true", help="print every config variant and exit")
+    fc.add_argument("--plan-only", action="store_true", help="print the planned requests and wall time, then exit")
+
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
                               "(epp-bench reliability --help)")
@@ -187,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
                 cmd_run(p.parse_args(["run", "--workloads", "shared-prefix", "--routers", "epp,envoy-rr",
                                       "--seed", "1"]), args.results / "live-repeat.json")
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "flowcontrol":
+        from epp.bench import flowbench
+
+        flowbench.main(args, _meta, RESULTS)
     elif args.cmd == "inference-perf":
         from epp.bench.inferenceperf import run_inference_perf
 
