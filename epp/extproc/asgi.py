@@ -196,9 +196,11 @@ class GrpcApp:
         done, _ = await asyncio.wait((settle, recv), return_when=asyncio.FIRST_COMPLETED)
         if settle not in done:
             m = recv.result()
-            # A reset, or the end of the request stream: Envoy closes its side gracefully
-            # (ext_proc_graceful_grpc_close) when its client goes away, and wants no answer.
-            if m["type"] != "http.request" or not m.get("more_body", False):
+            # A reset ends it; so does the end of the request stream while the request waits in
+            # the waiting room: Envoy closes its side gracefully (ext_proc_graceful_grpc_close)
+            # only when its client has gone and it wants no answer. A body still being parsed
+            # is not a wait: a plain gRPC client may half-close and still read its answer.
+            if m["type"] != "http.request" or (not m.get("more_body", False) and state.waiting()):
                 settle.cancel()
                 raise _Gone
             await asyncio.wait((settle,))  # the peer sent more while held: read it after the hold

@@ -239,6 +239,11 @@ class StreamState:
             return [wire.streamed_body(data, eos)]
         return [r.SerializeToString() for r in msg.streamed_body_responses(data, eos, response=True)]
 
+    def waiting(self) -> bool:
+        """Whether the held request waits for room (not just for its body to be parsed)."""
+        waiting = getattr(self.exchange, "waiting", None)
+        return True if waiting is None else waiting()
+
     async def settle_hold(self) -> list[pb.ProcessingResponse]:
         """Wait while the director holds the request (prefill gate), then its responses.
         Raises what ended the hold if routing it failed."""

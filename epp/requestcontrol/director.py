@@ -308,6 +308,11 @@ class Exchange:
         assert ticket is not None and ticket.done is not None
         await asyncio.shield(ticket.done)
 
+    def waiting(self) -> bool:
+        """In the waiting room (queued or parked), as opposed to a body being parsed."""
+        t = self.ticket
+        return t is not None and t.done is not None and not t.done.done()
+
     # ---- the waiting room's side (flowcontrol.ticket.Waiter) -----------------------------------
 
     def try_dispatch(self) -> bool:
