@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability clean
+.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability bench-flowcontrol clean
 
 install: $(STAMP) system-deps
 
@@ -48,6 +48,12 @@ bench-nginx: install
 # soak, 1,000 endpoints -> bench/results/reliability.md. RELIABILITY_ARGS="--quick" or "--only soak".
 bench-reliability: install
 	$(BIN)/python -m epp.bench.reliability $(RELIABILITY_ARGS)
+
+# Flow control live (~12 min): priority, fairness and queueing scenarios through Envoy + EPP on epp-sim
+# -> bench/results/flowcontrol.{json,md} + flowcontrol-<scenario>.png (docs/bench.md).
+# FLOWCONTROL_ARGS="--quick" (~2 min, writes flowcontrol-quick.*), "--scenario priority", "--seeds 1,2".
+bench-flowcontrol: install
+	$(BIN)/epp-bench flowcontrol $(FLOWCONTROL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

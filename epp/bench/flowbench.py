@@ -6,7 +6,8 @@ Three scenarios, each run on a fresh epp-sim fleet and a freshly started EPP + E
 * **priority** — a `critical` flow (objective priority 100) alone at 35 % of capacity, then the same
   critical stream beside a `sheddable` flood (priority -1) so the offered load is 150 %. Legacy
   admission (epp-default; and the same utilization detector as flow control, without the gate)
-  against flow control. Headline: critical TTFT p90 flooded / alone (goal <= 1.25).
+  against flow control (utilization detector; and the EPP-local concurrency detector). Headline:
+  critical TTFT p90 flooded / alone (goal <= 1.25).
 * **fairness** — tenant B alone (11.8 % of capacity), then beside tenant A at 10x B's rate (130 % in
   all), same priority. Flow control with global-strict (no fairness), round-robin and program-aware
   fairness. Headlines: B's TTFT p90 beside A / alone (goal <= 1.5) and fleet output tokens/s against
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -61,17 +63,24 @@ _PROFILE = [{"name": "default", "plugins": [{"pluginRef": "estimated-ttft-scorer
 
 
 def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_threshold: int = 1,
-               kv_cache_util_threshold: float | None = None, ttl: str = "60s",
-               fairness_parameters: dict | None = None, flow_control_extra: dict | None = None) -> str:
-    """epp-default's scheduling plus a utilization-detector saturation detector, with or without flow control.
+               kv_cache_util_threshold: float | None = None, ttl: str = "60s", detector: str = "utilization-detector",
+               detector_parameters: dict | None = None, fairness_parameters: dict | None = None,
+               flow_control_extra: dict | None = None) -> str:
+    """epp-default's scheduling plus a saturation detector, with or without flow control.
 
     Without `flow_control` the EPP uses legacy admission: sheddable requests get 429 while the pool is
-    saturated (by this detector), everything else goes straight to a server queue.
+    saturated (by this detector), everything else goes straight to a server queue. The detector is
+    `utilization-detector` (queueDepthThreshold / kvCacheUtilThreshold from the arguments) unless
+    `detector` names another (e.g. `concurrency-detector` with `detector_parameters`).
     """
-    detector: dict[str, Any] = {"queueDepthThreshold": queue_depth_threshold}
-    if kv_cache_util_threshold is not None:
-        detector["kvCacheUtilThreshold"] = kv_cache_util_threshold
-    plugins = [*_BASE_PLUGINS, {"type": "utilization-detector", "parameters": detector}]
+    if detector == "utilization-detector":
+        params: dict[str, Any] = {"queueDepthThreshold": queue_depth_threshold}
+        if kv_cache_util_threshold is not None:
+            params["kvCacheUtilThreshold"] = kv_cache_util_threshold
+        params.update(detector_parameters or {})
+    else:
+        params = dict(detector_parameters or {})
+    plugins = [*_BASE_PLUGINS, {"type": detector, **({"parameters": params} if params else {})}]
     doc: dict[str, Any] = {"apiVersion": "inference.networking.x-k8s.io/v1alpha1", "kind": "EndpointPickerConfig"}
     if flow_control:
         doc["featureGates"] = ["flowControl"]
@@ -79,7 +88,7 @@ def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_t
         plugins.append({"type": fairness, **({"parameters": fairness_parameters} if fairness_parameters else {})})
     doc["plugins"] = plugins
     doc["schedulingProfiles"] = _PROFILE
-    doc["saturationDetector"] = {"pluginRef": "utilization-detector"}
+    doc["saturationDetector"] = {"pluginRef": detector}
     if flow_control:
         fc: dict[str, Any] = {"defaultRequestTTL": ttl}
         if fairness:
@@ -103,6 +112,10 @@ CONFIGS: dict[str, str] = {
     "fc-global-strict": epp_config(flow_control=True, fairness="global-strict-fairness-policy"),
     "fc-round-robin": epp_config(flow_control=True, fairness="round-robin-fairness-policy"),
     "fc-program-aware": epp_config(flow_control=True, fairness="program-aware-fairness"),
+    # Flow control against the EPP's own in-flight count (no scrape lag; blind to a server's batch): at
+    # most 16 requests per endpoint, the rest wait in the EPP where priority and fairness apply.
+    "fc-concurrency": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
+                                 detector="concurrency-detector", detector_parameters={"maxConcurrency": 16}),
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,7 +141,7 @@ SHEDDABLE = Flow("sheddable", 1.15, objective="sheddable")
 TENANT_B = Flow("tenant-b", 1.3 / 11, fairness_id="tenant-b")
 TENANT_A = Flow("tenant-a", 1.3 * 10 / 11, fairness_id="tenant-a")
 
-PRIORITY = FlowScenario("priority", ("epp-default", "legacy-qd1", "flowcontrol"),
+PRIORITY = FlowScenario("priority", ("epp-default", "legacy-qd1", "flowcontrol", "fc-concurrency"),
                         (Run("alone", (CRITICAL,)), Run("flooded", (CRITICAL, SHEDDABLE))), focus="critical")
 FAIRNESS = FlowScenario("fairness", ("fc-global-strict", "fc-round-robin", "fc-program-aware"),
                         (Run("alone", (TENANT_B,)), Run("mixed", (TENANT_A, TENANT_B))), focus="tenant-b")
@@ -226,17 +239,33 @@ def flow_stats(samples: list[Sample], ts: float, window: float) -> dict[str, Any
     }
 
 
-def _metric_sums(text: str, needle: str = "flow_control") -> dict[str, float]:
-    """Sum of every sample (all labels) per metric name containing `needle`, histogram buckets skipped."""
+_FC_PREFIXES = ("inference_extension_flow_control_", "epp_flow_control_")  # the llm_d_epp_ copies are skipped
+_FC_LABELS = ("outcome", "priority", "fairness_id")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _metric_sums(text: str) -> dict[str, float]:
+    """The EPP's flow-control counters and histogram sums/counts, summed over every label except
+    outcome / priority / fairness id (gauges, buckets and `_created` skipped: a run's change is what counts)."""
+    gauges = set()
     out: dict[str, float] = {}
     for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) == 4 and parts[3] == "gauge":
+                gauges.add(parts[2])
+            continue
         if not line or line[0] == "#":
             continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if needle not in name or name.endswith("_bucket"):
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        prefix = next((p for p in _FC_PREFIXES if name.startswith(p)), None)
+        if prefix is None or name in gauges or name.endswith(("_bucket", "_created")):
             continue
+        kept = [f"{k}={v}" for k, v in _LABEL.findall(labels) if k in _FC_LABELS and v]
+        key = name[len(prefix):] + ("{" + ",".join(kept) + "}" if kept else "")
         try:
-            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            out[key] = out.get(key, 0.0) + float(value)
         except ValueError:
             pass
     return out
