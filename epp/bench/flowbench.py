@@ -292,7 +292,10 @@ async def _drive(url: str, fm_requests, arrivals_wall: list[float], deadline: fl
             if delay > 0:
                 await asyncio.sleep(delay)
             t = time.perf_counter() - t0
-            counters = await asyncio.to_thread(fleet.counters)
+            try:
+                counters = await asyncio.to_thread(fleet.counters)
+            except httpx.HTTPError:
+                return  # no reading: the run reports no generated-token rate
             marks[f"{key}_t"] = (t + time.perf_counter() - t0) / 2
             marks[f"{key}_tokens"] = counters[GEN_TOKENS]
 
@@ -303,6 +306,8 @@ async def _drive(url: str, fm_requests, arrivals_wall: list[float], deadline: fl
 def run_flow_mix(run: Run, scenario: str, variant: str, router: RunningRouter, fleet: SimFleet, cap: float,
                  ts: float, seed: int, opts: FlowBenchOptions, log: Callable[[str], None]) -> dict[str, Any]:
     fm = mix(run.flows, cap, opts.duration, seed, text_seed=f"{scenario}/{run.label}", max_per_flow=opts.max_per_flow)
+    if not fm.requests:
+        raise ValueError(f"{scenario}/{run.label}: no arrivals in {opts.duration} simulated s (raise --duration)")
     arrivals = [a * ts for a in fm.arrivals]
     deadline = arrivals[-1] + opts.drain_s
     epp_before = _epp_metrics(router)
@@ -540,6 +545,28 @@ HOW = ("How measured: one epp-sim process per config variant (8 identical vLLM-l
        "prefix cache. Flow control's TTL is wall time (60 s = 60 / time scale simulated s).")
 
 
+def versions() -> dict[str, str]:
+    """What ran: the EPP package, Envoy, the client library and the plotting library."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    from epp.stack.processes import bin_path
+
+    out = {}
+    for pkg in ("epp", "aiohttp", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = ""
+    try:
+        text = subprocess.run([bin_path("envoy"), "--version"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"version: \S+?/([0-9][^/\s]*)/", text)
+        out["envoy"] = m.group(1) if m else text.strip()[:80]
+    except (OSError, subprocess.SubprocessError, FileNotFoundError):
+        out["envoy"] = ""
+    return out
+
+
 def _parse_config_overrides(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -588,7 +615,7 @@ def main(args: Any, meta: Callable[[dict], dict], results_dir: Path) -> None:
                                "configs": {k: v for k, v in configs.items() if k in used},
                                "scheduler_fingerprint": scheduler_fingerprint(),
                                "flowcontrol_fingerprint": flowcontrol_fingerprint(),
-                               "planned_wall_s": round(est), "how": HOW}))
+                               "versions": versions(), "planned_wall_s": round(est), "how": HOW}))
     t0 = time.monotonic()
     rf.meta.update(run_benchmark(names, seeds, opts, rf.add))
     rf.meta["wall_s"] = round(time.monotonic() - t0)

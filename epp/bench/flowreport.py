@@ -109,6 +109,45 @@ def _configs_section(meta: dict) -> list[str]:
     return out
 
 
+def _labels(key: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = key.partition("{")
+    return name, dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if "=" in kv)
+
+
+def _engaged_section(rows: list[dict]) -> list[str]:
+    """What the EPP's flow-control counters say each run did (rows whose counters all stayed at 0 are left out)."""
+    out = ["## Was flow control engaged?", ""]
+    lines = []
+    for r in rows:
+        mt = {k: v for k, v in (r.get("epp_flow_control_metrics") or {}).items() if v}
+        if not mt:
+            continue
+        ts = r.get("time_scale") or 1.0
+        outcomes, waits = [], []
+        for k, v in mt.items():
+            name, lab = _labels(k)
+            if name == "requests_total":
+                outcomes.append(f"{lab.get('priority', '?')}: {lab.get('outcome', '?')} {v:g}")
+            elif name == "request_queue_duration_seconds_sum":
+                n = mt.get(k.replace("_sum{", "_count{"), 0)
+                if n:
+                    waits.append(f"{lab.get('fairness_id', '?')}/{lab.get('priority', '?')}/{lab.get('outcome', '?')}: "
+                                 f"{v / n / ts:.3f}")
+        lines.append(f"| {r.get('scenario')} | {r.get('variant')} | {r.get('run', r.get('load'))} | "
+                     f"{mt.get('dispatches_total', 0):g} | {'; '.join(outcomes) or '–'} | {'; '.join(waits) or '–'} |")
+    if lines:
+        out += ["Change of the EPP's flow-control counters over each run: requests dispatched from a queue "
+                "(`epp_flow_control_dispatches_total`), outcomes by priority "
+                "(`inference_extension_flow_control_requests_total`) and the mean time in flow control by "
+                "fairness id / priority / outcome (simulated s, from the queue-duration histogram's sum and count). "
+                "Runs whose counters all stayed at zero (legacy admission) are not listed.", "",
+                "| scenario | variant | run | dispatched from a queue | outcomes | mean time in flow control (s) |",
+                "|---|---|---|---|---|---|", *lines]
+    else:
+        out += ["No run's EPP counted anything in its flow-control metrics: nothing went through flow control."]
+    return out + [""]
+
+
 def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
     meta, rows = data["meta"], data["rows"]
     m = meta.get("machine", {})
@@ -116,7 +155,9 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
     out = [f"# Flow control: `epp-bench flowcontrol`{' (quick)' if meta.get('quick') else ''}", ""]
     out += [f"Commit `{meta.get('commit', '')}` (flow-control code `{meta.get('flowcontrol_fingerprint', '')}`), "
             f"{meta.get('date', '')}, {m.get('cores', '?')} × {m.get('cpu', '?')}, Python {m.get('python', '?')}, "
-            f"load average at start {m.get('load_avg_at_start')}; `{meta.get('command', '')}`; "
+            f"load average at start {m.get('load_avg_at_start')}; "
+            + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+            + f"; `{meta.get('command', '')}`; "
             f"{meta.get('requests', '?')} requests in {meta.get('wall_s', '?')} s wall "
             f"(planned {meta.get('planned_wall_s', '?')} s).", ""]
     out += [meta.get("how", ""), ""]
@@ -190,19 +231,7 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
         if "queueing" in plot_names:
             out += [f"![queueing]({plot_names['queueing']})", ""]
 
-    fc = [(r.get("scenario"), r.get("variant"), r.get("run", r.get("load")), r.get("epp_flow_control_metrics"))
-          for r in rows if r.get("epp_flow_control_metrics")]
-    out += ["## Was flow control engaged?", ""]
-    if fc:
-        out += ["Change of the EPP's `*flow_control*` metrics over each run (sums over labels):", "",
-                "| scenario | variant | run | metrics |", "|---|---|---|---|"]
-        for s, v, run, mt in fc:
-            out.append(f"| {s} | {v} | {run} | " + ", ".join(f"`{k}` {_f(x, 1)}" for k, x in mt.items()) + " |")
-    else:
-        out += ["No run's EPP exported a metric whose name contains `flow_control`: the flow-control layer "
-                "reported nothing (not landed yet, or not instrumented)."]
-    out.append("")
-
+    out += _engaged_section(rows)
     skipped = meta.get("skipped") or {}
     if skipped:
         out += ["## Skipped", "", "| scenario/variant | reason |", "|---|---|"]
@@ -252,10 +281,15 @@ def plot_priority(rows: list[dict], meta: dict, path: Path) -> Path | None:
             ys.append(v if v is not None else float("nan"))
         a.bar([i + (k - 2.5) * width for i in range(len(heads))], ys, width, label=f"{run} p{q}",
               color=("#9ecae1", "#4292c6", "#084594", "#fdae6b", "#f16913", "#8c2d04")[k])
+    for i, h in enumerate(heads):  # the goal: flooded p90 within PRIORITY_GOAL x alone p90
+        if h["alone_p90"] is not None:
+            a.hlines(h["alone_p90"] * PRIORITY_GOAL, i - 3 * width, i + 3 * width, colors="k", linestyles="dashed",
+                     label=f"goal: {PRIORITY_GOAL} x alone p90" if i == 0 else None)
     a.set_xticks(range(len(heads)), labels, fontsize=8)
     a.set_ylabel("critical TTFT (simulated s)")
     a.set_title("critical TTFT: alone vs beside the sheddable flood")
-    a.legend(fontsize=7, ncol=2)
+    a.legend(fontsize=7, ncol=2, loc="upper left")
+    a.set_ylim(top=a.get_ylim()[1] * 1.3)  # room for the legend
     kinds = (("ok", "completed", "#41ab5d"), ("http_429", "429", "#fd8d3c"), ("http_503", "503", "#e31a1c"),
              ("other_errors", "other errors", "#6a51a3"))
     bottom = [0.0] * len(heads)
@@ -294,10 +328,15 @@ def plot_fairness(rows: list[dict], meta: dict, path: Path) -> Path | None:
             v = r["flows"][flow]["ttft_p90"] if r else None
             ys.append(v if v is not None else float("nan"))
         a.bar([i + (k - 1) * width for i in range(len(heads))], ys, width, label=label, color=color)
+    for i, h in enumerate(heads):
+        if h["alone_p90"] is not None:
+            a.hlines(h["alone_p90"] * FAIRNESS_TTFT_GOAL, i - 1.5 * width, i + 1.5 * width, colors="k",
+                     linestyles="dashed", label=f"goal: {FAIRNESS_TTFT_GOAL} x B alone p90" if i == 0 else None)
     a.set_xticks(range(len(heads)), labels, fontsize=8)
     a.set_ylabel("TTFT p90 (simulated s)")
     a.set_title("TTFT p90 per tenant")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper left")
+    a.set_ylim(top=a.get_ylim()[1] * 1.3)
     b.bar(range(len(heads)), [h["fleet_tok_s"] or 0.0 for h in heads], 0.6, color="#41ab5d")
     b.set_xticks(range(len(heads)), labels, fontsize=8)
     b.set_ylabel("fleet output tokens / simulated s")

@@ -70,8 +70,17 @@ def test_report_headlines_compare_each_variant_with_its_own_baseline() -> None:
         "fairness": {"variants": ["fc-global-strict", "fc-round-robin"], "runs": [
             {"label": "mixed", "flows": [{"name": "tenant-a", "load": 1.18}, {"name": "tenant-b", "load": 0.12}]}]}},
         "fairness_baseline": "fc-global-strict", "configs": {"flowcontrol": "kind: EndpointPickerConfig\n"}}
+    rows[3]["time_scale"] = 2.0
+    rows[3]["epp_flow_control_metrics"] = {
+        "dispatches_total": 40.0, "requests_total{outcome=Dispatched,priority=-1}": 300.0,
+        "request_queue_duration_seconds_sum{fairness_id=default-flow,outcome=Dispatched,priority=-1}": 120.0,
+        "request_queue_duration_seconds_count{fairness_id=default-flow,outcome=Dispatched,priority=-1}": 300.0}
     md = render({"meta": meta, "rows": rows})
     assert md == render({"meta": meta, "rows": rows})
+    # 120 wall s over 300 requests at time scale 2: 0.2 simulated s each.
+    assert ("| priority | flowcontrol | flooded | 40 | -1: Dispatched 300 | default-flow/-1/Dispatched: 0.200 |"
+            in md)
+    assert "| priority | epp-default | flooded |" not in md.split("## Was flow control engaged?")[1]
     assert "| epp-default | 1 | 0.200 | 0.400 | 2.00 | **no** | 100/100 | 300 | 270 | 30 |" in md
     assert "| flowcontrol | 1 | 0.200 | 0.220 | 1.10 | yes | 100/100 | 300 | 300 | 0 |" in md
     assert "| fc-global-strict | 1 | 0.200 | 0.250 | 1.25 | yes | 20/20 | 2000.0 | 1.000 | yes |" in md
