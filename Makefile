@@ -54,6 +54,7 @@ bench-reliability: install
 # FLOWCONTROL_ARGS="--quick" (~2 min, writes flowcontrol-quick.*), "--scenario priority", "--seeds 1,2".
 bench-flowcontrol: install
 	$(BIN)/epp-bench flowcontrol $(FLOWCONTROL_ARGS)
+	$(BIN)/epp-bench drain
 
 clean:
 	rm -rf $(VENV) build *.egg-info

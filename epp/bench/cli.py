@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     fc.add_argument("--print-configs", action="store_true", help="print every config variant and exit")
     fc.add_argument("--plan-only", action="store_true", help="print the planned requests and wall time, then exit")
 
+    dr = sub.add_parser("drain", help="flow control: how fast a queued backlog drains (in process) -> "
+                                      "bench/results/flowcontrol-drain.md")
+    dr.add_argument("--requests", type=int, default=10_000)
+    dr.add_argument("--endpoints", type=int, default=10)
+    dr.add_argument("--repeats", type=int, default=3)
+
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
                               "(epp-bench reliability --help)")
@@ -210,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
                 cmd_run(p.parse_args(["run", "--workloads", "shared-prefix", "--routers", "epp,envoy-rr",
                                       "--seed", "1"]), args.results / "live-repeat.json")
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "drain":
+        from epp.bench import drain
+
+        drain.main(args.requests, args.endpoints, args.repeats)
     elif args.cmd == "flowcontrol":
         from epp.bench import flowbench
 
