@@ -65,7 +65,7 @@ _PROFILE = [{"name": "default", "plugins": [{"pluginRef": "estimated-ttft-scorer
 def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_threshold: int = 1,
                kv_cache_util_threshold: float | None = None, ttl: str = "60s", detector: str = "utilization-detector",
                detector_parameters: dict | None = None, fairness_parameters: dict | None = None,
-               flow_control_extra: dict | None = None) -> str:
+               flow_control_extra: dict | None = None, extra_plugins: list[dict] | None = None) -> str:
     """epp-default's scheduling plus a saturation detector, with or without flow control.
 
     Without `flow_control` the EPP uses legacy admission: sheddable requests get 429 while the pool is
@@ -86,6 +86,7 @@ def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_t
         doc["featureGates"] = ["flowControl"]
     if flow_control and fairness:
         plugins.append({"type": fairness, **({"parameters": fairness_parameters} if fairness_parameters else {})})
+    plugins.extend(extra_plugins or [])
     doc["plugins"] = plugins
     doc["schedulingProfiles"] = _PROFILE
     doc["saturationDetector"] = {"pluginRef": detector}
@@ -116,6 +117,20 @@ CONFIGS: dict[str, str] = {
     # most 16 requests per endpoint, the rest wait in the EPP where priority and fairness apply.
     "fc-concurrency": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
                                  detector="concurrency-detector", detector_parameters={"maxConcurrency": 16}),
+    # Tighter per-endpoint concurrency (about the fleet's concurrency at capacity for these requests).
+    "fc-conc8": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
+                           detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
+    # ...and lower bands stop earlier (priority-holdback): headroom only higher priorities may use.
+    "fc-conc8-hb50": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
+                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
+                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+                                extra_plugins=[{"type": "priority-holdback-policy",
+                                                "parameters": {"minCeiling": 0.5}}]),
+    "fc-conc8-hb25": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
+                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
+                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+                                extra_plugins=[{"type": "priority-holdback-policy",
+                                                "parameters": {"minCeiling": 0.25}}]),
 }
 
 # ---------------------------------------------------------------------------------------------------------------
