@@ -240,7 +240,12 @@ class StreamState:
         return [r.SerializeToString() for r in msg.streamed_body_responses(data, eos, response=True)]
 
     def waiting(self) -> bool:
-        """Whether the held request waits for room (not just for its body to be parsed)."""
+        """Whether a half-close now means the client has gone: the held request waits for room
+        (not just for its body to be parsed), and the client announced a response phase, so an
+        end of its stream before the response is an abort (Envoy). A client that does no
+        response phase (the NGINX bridge) half-closes after its request and reads the answer."""
+        if self.response_mode == _NONE:
+            return False
         waiting = getattr(self.exchange, "waiting", None)
         return True if waiting is None else waiting()
 

@@ -27,12 +27,18 @@ def unseen_picks(e: Endpoint) -> int:
     return min(e.inflight.picks - e.metrics.picks_seen, e.inflight.prefill_requests)
 
 
+def _unanswering(e: Endpoint) -> bool:
+    r = e.reach
+    return r.scrape_failures > 0 or r.request_failures > 0
+
+
 @dataclass(frozen=True, slots=True)
 class UtilizationDetector:
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
     staleness: float = 0.2  # seconds; older metrics count as fully saturated
-    # The reference reads only the page; True adds `unseen_picks` to the queue (flow control).
+    # The reference reads only the page; True (flow control) adds `unseen_picks` to the queue,
+    # and judges a server without a fresh page that still answers by the EPP's own counts.
     count_unseen: bool = False
 
     def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float:
@@ -41,11 +47,20 @@ class UtilizationDetector:
             return 1.0
         now = time.monotonic() if now is None else now
         q, kv, stale, unseen = self.queue_depth_threshold, self.kv_cache_util_threshold, self.staleness, self.count_unseen
+        # When no server answers its scrapes, that says more about the monitoring than about
+        # load: fail open (as the reachability filter does) and judge them all by our counts.
+        trust_down = unseen and not all(_unanswering(e) for e in endpoints)
         total = 0.0
         for e in endpoints:
             m = e.metrics
             if m.stale(stale, now):
-                total += 1.0
+                if unseen and not (trust_down and _unanswering(e)):
+                    # No fresh page from a server that answers (not scraped yet, a page we cannot
+                    # read): judge it by what the EPP itself sent it that has not started. The
+                    # reference counts it as full, so a broken metrics page stops all dispatch.
+                    total += e.inflight.prefill_requests / q
+                else:
+                    total += 1.0
                 continue
             waiting = m.waiting_queue_size + (unseen_picks(e) if unseen else 0)
             a, b = waiting / q, m.kv_cache_usage_percent / kv

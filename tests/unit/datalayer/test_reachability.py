@@ -127,7 +127,7 @@ def epp_for(ports: list[int], config: str | None = None) -> Epp:
 
 async def test_dead_server_gets_no_picks_and_returns_when_it_answers():
     live_port, dead_port = free_ports(2)
-    live = PageServer(live_port, queue=5)  # busier: the dead one would win every pick on load
+    live = PageServer(live_port, queue=3)  # busier: the dead one would win every pick on load
     dead = PageServer(dead_port, queue=0)
     await live.start()
     await dead.start()

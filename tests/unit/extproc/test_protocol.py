@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
 from epp.datalayer.endpoint import Endpoint
 from epp.extproc.messages import BODY_CHUNK_LIMIT
+from epp.scheduling import configs
 from tests.support.extproc_client import (
     BUFFERED,
     Conversation,
@@ -216,14 +219,27 @@ async def test_bad_bodies_get_400_and_the_server_stays_healthy(path, body, statu
         assert kinds(ok) == ["request_headers", "request_body"]
 
 
-async def test_no_endpoints_is_503_and_bodyless_with_no_endpoints_is_500():
-    async with running_epp([]) as (epp, ch):
+async def test_no_endpoints_is_503_without_flow_control_and_bodyless_with_no_endpoints_is_500():
+    async with running_epp([], configs.text("reference-default")) as (epp, ch):
         out = await run_stream(ch, [request_headers(), request_body(completion())])
         assert out[0].immediate_response.status.code == 503
         assert out[0].immediate_response.body.startswith(b"inference error: ServiceUnavailable - ")
         out = await run_stream(ch, [request_headers("/v1/models", eos=True, method="GET")])
         assert out[0].immediate_response.status.code == 500
         assert out[0].immediate_response.body == b"inference error: Internal - no pods available in datastore"
+
+
+async def test_with_the_default_config_a_request_waits_for_the_first_endpoint():
+    async with running_epp([]) as (epp, ch):
+        conv = Conversation(ch, timeout=30)
+        await conv.send(request_headers())
+        await conv.send(request_body(completion()))
+        answer = asyncio.ensure_future(conv.recv())
+        await asyncio.sleep(0.2)
+        assert not answer.done() and epp.flow.queued == 1  # scale from zero: it waits in the EPP
+        epp.datastore.replace_all([Endpoint("127.0.0.1:8000", "127.0.0.1", 8000)])
+        first = await asyncio.wait_for(answer, 5)
+        assert set_headers(first.request_headers.response)["x-gateway-destination-endpoint"] == "127.0.0.1:8000"
 
 
 async def test_subset_hint_restricts_candidates_and_empty_subset_is_503():
@@ -258,8 +274,8 @@ schedulingProfiles:
         assert out[0].immediate_response.body.startswith(b"inference error: ResourceExhausted - failed to find target endpoint")
 
 
-async def test_sheddable_request_is_429_when_saturated():
-    async with running_epp(eps(1)) as (epp, ch):
+async def test_sheddable_request_is_429_when_saturated_without_flow_control():
+    async with running_epp(eps(1), configs.text("reference-default")) as (epp, ch):
         epp.director.objectives.set(__import__("epp.routing.objectives", fromlist=["Objective"]).Objective("batch", -1))
         # Never-scraped metrics count as saturated, so a sheddable request is dropped...
         out = await run_stream(ch, [request_headers(extra={"x-gateway-inference-objective": "batch"}),

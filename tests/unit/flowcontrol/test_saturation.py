@@ -46,3 +46,17 @@ def test_concurrency_in_requests_and_in_tokens():
     assert ConcurrencyDetector(max_concurrency=2).saturation([a, b]) == pytest.approx(0.75)
     assert ConcurrencyDetector("tokens", max_token_concurrency=2000).saturation([a, b]) == pytest.approx(0.75)
     assert ConcurrencyDetector().saturation([]) == 1.0
+
+
+def test_under_flow_control_a_server_without_a_page_is_judged_by_its_own_counts_unless_it_is_down():
+    fc = UtilizationDetector(queue_depth_threshold=2, staleness=0.2, count_unseen=True)
+    never = Endpoint("n", "127.0.0.1", 8000)  # not scraped yet
+    assert fc.saturation([never], now=100.0) == 0.0
+    never.inflight.add(10)
+    assert fc.saturation([never], now=100.0) == pytest.approx(0.5)
+    assert UtilizationDetector().saturation([never], now=100.0) == 1.0  # the reference: stale = full
+    never.reach.scrape_failures = 1  # refused: a dead server is full...
+    alive = endpoint(at=100.0)
+    assert fc.saturation([never, alive], now=100.0) == pytest.approx(0.5)
+    # ...unless no server answers: then the monitoring is what failed; judge by our counts.
+    assert fc.saturation([never], now=100.0) == pytest.approx(0.5)

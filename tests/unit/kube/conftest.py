@@ -86,9 +86,16 @@ async def pick(channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, 
     """One request through ext_proc: (HTTP status, destination endpoint, model in the forwarded body)."""
     import orjson
 
+    from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+
     from tests.support.extproc_client import request_body, request_headers, run_stream, set_headers, streamed_body
 
-    out = await run_stream(channel, [request_headers(extra=headers),
+    NONE = ProcessingMode.NONE
+
+    first_message = request_headers(extra=headers)
+    # No response phase follows (as from the NGINX bridge): a half-close is not an abort.
+    first_message.protocol_config.response_body_mode = NONE
+    out = await run_stream(channel, [first_message,
                                      request_body(orjson.dumps({"model": model, "prompt": "hello"}))])
     first = out[0]
     if first.WhichOneof("response") == "immediate_response":

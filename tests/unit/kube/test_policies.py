@@ -9,6 +9,7 @@ import time
 from epp.datalayer.endpoint import EndpointMetrics
 from epp.datalayer.kube.policies import rewrite_rules_from_object
 from epp.routing.rewrites import RewriteStore
+from epp.scheduling import configs
 from tests.support.kubeapi import OBJECTIVES, PODS, POOL_V1, REWRITES, KubeApiServer
 from tests.unit.kube.conftest import NS, kube_epp, pick, pod, pool, until
 
@@ -40,7 +41,8 @@ async def test_negative_priority_is_shed_under_saturation_and_priority_2_is_not(
     kubeapi.create(OBJECTIVES, objective("batch", -1))
     kubeapi.create(OBJECTIVES, objective("interactive", 2))
     kubeapi.create(OBJECTIVES, objective("elsewhere", -5, pool_name="another-pool"))
-    async with kube_epp(kubeapi) as (epp, ch):
+    # Legacy admission (no flow control) sheds; flow control queues instead (tests/unit/flowcontrol).
+    async with kube_epp(kubeapi, configs.text("reference-default")) as (epp, ch):
         objectives = epp.director.objectives
         await until(lambda: objectives.priority("batch") == -1 and objectives.priority("interactive") == 2)
         assert objectives.priority("elsewhere") == 0  # another pool's objective is not ours
