@@ -120,6 +120,14 @@ def with_flow_control(text: str, on: bool) -> str:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
 
 
+def with_holdback(text: str, min_ceiling: float) -> str:
+    doc = yaml.safe_load(text)
+    doc["plugins"] = [p for p in doc["plugins"] if p["type"] != "priority-holdback-policy"] + [
+        {"type": "priority-holdback-policy", "parameters": {"minCeiling": min_ceiling}}]
+    doc["flowControl"] = dict(doc["flowControl"], usageLimitPolicyPluginRef="priority-holdback-policy")
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
+
+
 def _named(name: str) -> str:
     return resolve_config(name).read_text()
 
@@ -130,6 +138,8 @@ CONFIGS: dict[str, str] = {
     # The default's scheduling with flow control off and on (whichever the built-in default is).
     "default-nofc": with_flow_control(_named("epp-default"), False),
     "default-fc": with_flow_control(_named("epp-default"), True),
+    # ...and sheddable (lower) bands stop at half the saturation the top band may use.
+    "default-fc-hb50": with_holdback(with_flow_control(_named("epp-default"), True), 0.5),
     # Legacy admission with flow control's detector (queue depth 1): sheds as early, queues nothing in the EPP.
     "legacy-qd1": epp_config(flow_control=False),
     # Flow control as the reference documents it (round-robin fairness inside each priority band).

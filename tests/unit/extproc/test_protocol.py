@@ -229,8 +229,13 @@ async def test_no_endpoints_is_503_without_flow_control_and_bodyless_with_no_end
         assert out[0].immediate_response.body == b"inference error: Internal - no pods available in datastore"
 
 
-async def test_with_the_default_config_a_request_waits_for_the_first_endpoint():
-    async with running_epp([]) as (epp, ch):
+FLOW_CONTROL = configs.text("epp-default") + """featureGates: [flowControl]
+flowControl: {defaultRequestTTL: 30s}
+"""
+
+
+async def test_with_flow_control_a_request_waits_for_the_first_endpoint():
+    async with running_epp([], FLOW_CONTROL) as (epp, ch):
         conv = Conversation(ch, timeout=30)
         await conv.send(request_headers())
         await conv.send(request_body(completion()))
