@@ -40,7 +40,7 @@ def test_every_config_variant_is_one_the_epp_accepts() -> None:
         cfg = load_config(text, name)
         if name in ("epp-default",):  # whatever the built-in default is
             continue
-        flow_control = name in ("flowcontrol", "default-fc") or name.startswith("fc-")
+        flow_control = name in ("flowcontrol", "default-fc", "default-fc-hb50") or name.startswith("fc-")
         assert ("flowControl" in cfg.feature_gates) == flow_control, name
         assert cfg.flow.enabled == flow_control, name
         if flow_control:

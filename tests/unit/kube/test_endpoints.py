@@ -72,9 +72,11 @@ async def test_pod_going_not_ready_or_deleted_stops_receiving_picks_within_a_sec
         terminating["metadata"]["deletionTimestamp"] = "2026-11-23T00:00:00Z"
         kubeapi.update(PODS, terminating)
         await until(lambda: len(epp.datastore) == 0, timeout=1.0)
-        assert (await pick(ch))[0] == 503
+        waiting = asyncio.ensure_future(pick(ch))  # no endpoint: it waits in the EPP for one
+        await until(lambda: epp.flow.queued == 1, timeout=1.0)
         kubeapi.update(PODS, pod("vllm-0", "10.0.0.1"))
         await until(lambda: names(epp) == {"vllm-0-rank-0"}, timeout=1.0)
+        assert (await asyncio.wait_for(waiting, 5))[:2] == (200, "10.0.0.1:8000")
         assert took < 1.0
 
 
