@@ -285,7 +285,7 @@ def plot_priority(rows: list[dict], meta: dict, path: Path) -> Path | None:
         if h["alone_p90"] is not None:
             a.hlines(h["alone_p90"] * PRIORITY_GOAL, i - 3 * width, i + 3 * width, colors="k", linestyles="dashed",
                      label=f"goal: {PRIORITY_GOAL} x alone p90" if i == 0 else None)
-    a.set_xticks(range(len(heads)), labels, fontsize=8)
+    a.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     a.set_ylabel("critical TTFT (simulated s)")
     a.set_title("critical TTFT: alone vs beside the sheddable flood")
     a.legend(fontsize=7, ncol=2, loc="upper left")
@@ -297,7 +297,7 @@ def plot_priority(rows: list[dict], meta: dict, path: Path) -> Path | None:
         ys = [float(h["sheddable"].get(key, 0)) for h in heads]
         b.bar(range(len(heads)), ys, 0.6, bottom=bottom, label=label, color=color)
         bottom = [x + y for x, y in zip(bottom, ys)]
-    b.set_xticks(range(len(heads)), labels, fontsize=8)
+    b.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     b.set_ylabel("sheddable requests")
     b.set_title("sheddable flood: outcome")
     b.legend(fontsize=8)
@@ -332,13 +332,13 @@ def plot_fairness(rows: list[dict], meta: dict, path: Path) -> Path | None:
         if h["alone_p90"] is not None:
             a.hlines(h["alone_p90"] * FAIRNESS_TTFT_GOAL, i - 1.5 * width, i + 1.5 * width, colors="k",
                      linestyles="dashed", label=f"goal: {FAIRNESS_TTFT_GOAL} x B alone p90" if i == 0 else None)
-    a.set_xticks(range(len(heads)), labels, fontsize=8)
+    a.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     a.set_ylabel("TTFT p90 (simulated s)")
     a.set_title("TTFT p90 per tenant")
     a.legend(fontsize=8, loc="upper left")
     a.set_ylim(top=a.get_ylim()[1] * 1.3)
     b.bar(range(len(heads)), [h["fleet_tok_s"] or 0.0 for h in heads], 0.6, color="#41ab5d")
-    b.set_xticks(range(len(heads)), labels, fontsize=8)
+    b.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     b.set_ylabel("fleet output tokens / simulated s")
     b.set_title("fleet output tokens/s, first arrival to last completion")
     for ax in (a, b):
