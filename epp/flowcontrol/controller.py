@@ -41,6 +41,7 @@ log = logging.getLogger("epp.flowcontrol")
 DEFAULT_FLOW = "default-flow"
 MAX_PER_PASS = 512  # then yield to the loop (streams keep flowing) and go on in the next pass
 WATCHDOG = 0.1
+READING_TTL = 0.02  # the reference caches its pool view for 50 ms
 GC_EVERY = 60.0
 FLOW_IDLE = 300.0  # reference: flows idle 5 min are forgotten, dynamic bands after 10 min
 BAND_IDLE = 600.0
@@ -97,6 +98,8 @@ class FlowController:
         self.closed = False
         self.dispatched = 0  # from a queue (the fast path is not counted)
         self.last_saturation = 0.0
+        self._read_at = -1.0  # when last_saturation was read (monotonic); -1: not trusted
+        self._since_read = 0  # requests dispatched on the fast path since
 
     # ---- entering -----------------------------------------------------------------------------
 
@@ -121,9 +124,10 @@ class FlowController:
         eps = self.endpoints()
         self._regime(eps, now)
         if not self._waiting_at_or_above(priority):
-            sat = self.last_saturation = self.detector.saturation(eps, now)
-            if sat < self._ceiling(band):
+            ceiling = self._ceiling(band)
+            if self._surely_below(ceiling, len(eps), now) or self._read(eps, now) < ceiling:
                 self._go(t, now)
+                self._since_read += 1
                 return t
         if not self._has_capacity(band, size):
             outcome = Outcome.REJECTED_NO_ENDPOINTS if self.settings.llmd and not eps else Outcome.REJECTED_CAPACITY
@@ -140,6 +144,21 @@ class FlowController:
         self.metrics.queued_gauge.inc()
         self.kick()
         return t
+
+    def _read(self, eps: Sequence[Endpoint], now: float) -> float:
+        sat = self.last_saturation = self.detector.saturation(eps, now)
+        self._read_at, self._since_read = now, 0
+        return sat
+
+    def _surely_below(self, ceiling: float, n: int, now: float) -> bool:
+        """Whether the last reading, plus the most the picks since could have added, is still
+        below `ceiling`: then this arrival goes without a fresh reading (an O(endpoints) loop,
+        0.7 ms with 1,000 of them). A reading is trusted for READING_TTL at most, and a scraped
+        page or an endpoint change drops it (kick)."""
+        if now - self._read_at > READING_TTL:
+            return False
+        step = self.detector.step(n)
+        return step is not None and self.last_saturation + (self._since_read + 1) * step < ceiling
 
     def _waiting_at_or_above(self, priority: int) -> bool:
         for b in self.registry.bands:
@@ -206,6 +225,7 @@ class FlowController:
 
     def kick(self) -> None:
         """Something may have made room: run one dispatch pass soon (passes coalesce)."""
+        self._read_at = -1.0  # the pool changed: the next arrival reads saturation afresh
         if self._pump_pending or not self.registry.count:
             return
         self._pump_pending = True
@@ -225,7 +245,7 @@ class FlowController:
         self._regime(eps, now)
         n = 0
         while reg.count and n < MAX_PER_PASS:
-            sat = self.last_saturation = self.detector.saturation(eps, now)
+            sat = self._read(eps, now)
             t = self._next(sat, now)
             if t is None:
                 break

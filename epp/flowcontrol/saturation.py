@@ -19,6 +19,10 @@ from epp.datalayer.endpoint import Endpoint
 class Detector(Protocol):
     def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float: ...
 
+    def step(self, n: int) -> float | None:
+        """The most one more pick can raise the reading over `n` endpoints (None: unknown)."""
+        ...
+
 
 def unseen_picks(e: Endpoint) -> int:
     """Requests sent to `e` after its last scraped page and still without a first byte: in the
@@ -68,6 +72,12 @@ class UtilizationDetector:
         return total / len(endpoints)
 
 
+    def step(self, n: int) -> float | None:
+        # One pick is one more unseen request on one endpoint; the page itself moves only
+        # with a scrape, which drops the cached reading. Without unseen counting, nothing.
+        return 1.0 / (self.queue_depth_threshold * n) if n else None
+
+
 @dataclass(frozen=True, slots=True)
 class ConcurrencyDetector:
     """EPP-local: what this EPP has in flight over what the endpoints can take. Exact and
@@ -85,3 +95,10 @@ class ConcurrencyDetector:
             return used / (self.max_token_concurrency * len(endpoints))
         used = sum(e.inflight.requests for e in endpoints)
         return used / (self.max_concurrency * len(endpoints))
+
+    def step(self, n: int) -> float | None:
+        if not n:
+            return None
+        if self.mode == "tokens":
+            return None  # a pick adds its prompt tokens, unknown here
+        return 1.0 / (self.max_concurrency * n)

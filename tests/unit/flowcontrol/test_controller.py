@@ -369,3 +369,30 @@ async def test_shutdown_answers_every_queued_request_and_refuses_new_ones():
     assert t.outcome is Outcome.EVICTED_OTHER and r.error.http_status == 500 and fc.queued == 0
     with pytest.raises(EppError):
         submit(fc, pool, log, "after")
+
+
+async def test_arrivals_reuse_a_reading_only_while_it_surely_stays_below_the_ceiling():
+    pool, log = Pool(10), []
+    fc, _ = make(config(), pool)  # maxConcurrency 1 per endpoint: each pick adds 0.1
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.reads = inner, 0
+
+        def saturation(self, eps, now=None):
+            self.reads += 1
+            return self.inner.saturation(eps, now)
+
+        def step(self, n):
+            return self.inner.step(n)
+
+    fc.detector = counting = Counting(fc.detector)
+    tickets = [submit(fc, pool, log, f"r{i}")[0] for i in range(12)]
+    # Read at 0.0; the next 8 ride that reading (0.0 + k * 0.1 < 1.0); the 10th cannot be sure,
+    # reads 0.9 and goes; the 11th reads 1.0 and waits; the 12th queues behind it unread.
+    assert [t.outcome is Outcome.DISPATCHED for t in tickets] == [True] * 10 + [False] * 2
+    assert counting.reads == 3
+    pool.eps[0].inflight.release(10, prefill_pending=True)
+    fc.kick()  # a change in the pool drops the reading
+    await settle()
+    assert tickets[10].outcome is Outcome.DISPATCHED and tickets[11].state is State.QUEUED
