@@ -208,6 +208,11 @@ class Epp:
         self.collector.on_update.append(self.flow.kick)
         kick = lambda _ep: loop.call_soon_threadsafe(self.flow.kick)  # noqa: E731
         self._unkick = self.datastore.subscribe(on_add=kick, on_remove=kick)
+        # Plugins with a cold path of their own (the KV-event ingester) follow the datastore.
+        for plugin in self.config.plugins.values():
+            attach = getattr(plugin, "attach", None)
+            if attach is not None:
+                attach(self.datastore, self.metrics.registry)
         await self.collector.start()
         self.pool_gauges.start()
         for source in self.sources:
@@ -349,6 +354,13 @@ class Epp:
             shutil.rmtree(self._workdir, ignore_errors=True)
         await asyncio.gather(*(s.stop(grace) for s in self._servers), *(s.stop(grace) for s in self._h2servers))
         self.director.body_parser.close()
+        for plugin in self.config.plugins.values():
+            close = getattr(plugin, "close", None)
+            if close is not None and asyncio.iscoroutinefunction(close):
+                try:
+                    await close()
+                except Exception:
+                    log.exception("closing plugin %s failed", plugin.name)
         if self._http is not None:
             await self._http.stop()
         if self.metrics_auth is not None:

@@ -29,6 +29,7 @@ from epp.requestcontrol.relay import ResponseRelay
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
 from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
+from epp.scheduling.plugins.precise_prefix import TokenProducer
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import SchedulingRequest, SchedulingResult
 
@@ -82,6 +83,8 @@ class Director:
         self.rng = random.Random()
         self._gate_config: object = None
         self._gate: PrefillGate | None = None
+        self._tokens_config: object = None
+        self._tokens: TokenProducer | None = None
 
     @property
     def gate(self) -> PrefillGate | None:
@@ -90,6 +93,14 @@ class Director:
             gates = config.plugins_of(PrefillGate)
             self._gate_config, self._gate = config, (gates[0] if gates else None)
         return self._gate
+
+    @property
+    def token_producer(self) -> TokenProducer | None:
+        config = self.scheduler.config
+        if config is not self._tokens_config:
+            found = config.plugins_of(TokenProducer)
+            self._tokens_config, self._tokens = config, (found[0] if found else None)
+        return self._tokens
 
     def exchange(self) -> "Exchange":
         return Exchange(self)
@@ -114,7 +125,7 @@ class Exchange:
     __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
                  "endpoint", "tokens", "relay", "closed", "failed", "priority", "request_size", "prefill_pending",
                  "series", "long", "gate", "held_since", "held_at", "incoming_label", "target_label",
-                 "routed_body", "parsing", "ticket", "admitted", "pending", "req")
+                 "routed_body", "parsing", "ticket", "admitted", "pending", "req", "token_ids", "tokenizing")
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -145,6 +156,8 @@ class Exchange:
         self.admitted = False  # through admission / flow control: only scheduling is left
         self.pending: RouteDecision | EppError | None = None  # how a wait ended, for route() to return
         self.req: IncomingRequest | None = None  # what a waiting request is routed with
+        self.token_ids: list[int] | None = None  # the prompt's tokens (token-producer), [] when unknown
+        self.tokenizing: asyncio.Future[list[int]] | None = None  # the model server tokenizing it
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -189,8 +202,11 @@ class Exchange:
                 self._prepare(req)
         parsed = self.parsed
         assert parsed is not None
+        if self.token_ids is None and not self._tokenize(parsed, may_hold):
+            return None
         headers = req.headers
-        tokens = len(parsed.prefix_input) // CHARS_PER_TOKEN
+        token_ids = self.token_ids
+        tokens = len(token_ids) if token_ids else len(parsed.prefix_input) // CHARS_PER_TOKEN
         flow = d.flow
         if not self.admitted:
             ticket = self.ticket
@@ -219,7 +235,8 @@ class Exchange:
             sreq = SchedulingRequest(
                 request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=self.incoming_model,
                 api=parsed.api.value, prefix_input=parsed.prefix_input, cache_salt=parsed.cache_salt,
-                headers=headers, prompt_tokens=tokens, priority=self.priority, stream=parsed.stream)
+                headers=headers, prompt_tokens=tokens, priority=self.priority, stream=parsed.stream,
+                token_ids=token_ids or None)
             t0 = time.perf_counter()
             result, cycle = d.scheduler.schedule(sreq, candidates)
             d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
@@ -266,6 +283,33 @@ class Exchange:
         self.relay.routed(self.incoming_model, target, result.response_headers)
         return RouteDecision(destination, body, extra, self._removals(req))
 
+    def _tokenize(self, parsed: ParsedRequest, may_hold: bool) -> bool:
+        """Settle self.token_ids (a list, [] when unknown). False while the server tokenizes it."""
+        task = self.tokenizing
+        if task is not None:
+            if not task.done():
+                return False
+            self.tokenizing = None
+            self.token_ids = task.result() if not task.cancelled() and task.exception() is None else []
+            return True
+        tp = self.d.token_producer
+        prompt = tp.prompt(parsed.api.value, parsed.data, self.target_model) if tp is not None else None
+        if tp is None or prompt is None:
+            self.token_ids = []
+            return True
+        ids = tp.tokenize_now(prompt)
+        if ids is not None:
+            self.token_ids = ids
+            return True
+        if not may_hold:
+            self.token_ids = []  # a caller that cannot wait is scheduled on the approximate index
+            return True
+        self.tokenizing = asyncio.ensure_future(tp.tokenize(prompt, self._candidates_for_tokens()))
+        return False
+
+    def _candidates_for_tokens(self) -> list[Endpoint]:
+        return list(self.d.datastore.endpoints())
+
     def _prepare(self, req: IncomingRequest, parsed: ParsedRequest | None = None) -> None:
         """Parse the body (unless a worker did) and settle the names and priority: once per
         request, however often it is routed."""
@@ -305,6 +349,9 @@ class Exchange:
         try_dispatch). A body being parsed in the worker waits for it."""
         if self.parsing is not None:
             await asyncio.wait((self.parsing,))  # its outcome, error included, is read by route()
+            return
+        if self.tokenizing is not None:
+            await asyncio.wait((self.tokenizing,))  # never fails: [] when the server cannot say
             return
         if self.pending is not None:
             return
@@ -462,6 +509,9 @@ class Exchange:
                 self.parsing.exception()  # retrieved: the client has gone, nobody will read it
             self.parsing.cancel()
             self.parsing = None
+        if self.tokenizing is not None:
+            self.tokenizing.cancel()
+            self.tokenizing = None
         ep = self.endpoint
         if ep is None:
             return

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-events-connect", action="store_true", help="connect every replica to the endpoint instead of binding")
     g.add_argument("--kv-events-topic", default="kv@{host}:{port}@{model}", help="template: {host} {port} {pod} {model}")
     g.add_argument("--kv-events-format", choices=("array", "map"), default="array")
+    g.add_argument("--kv-events-replay-endpoint", default=None,
+                   help="tcp://127.0.0.1:PORT: a ROUTER socket answering replay requests; replica i binds PORT+i")
+    g.add_argument("--kv-events-buffer-steps", type=int, default=10_000, help="batches kept for replay")
+    ap.add_argument("--tokenizer-file", default=None,
+                    help="a Hugging Face tokenizer.json for prompts (python -m epp.sim.hftokenizer DIR builds one)")
     ap.add_argument("--log-level", default="WARNING")
     return ap
 
@@ -127,6 +132,9 @@ def configs_from_args(args: argparse.Namespace) -> list[ReplicaConfig]:
                 kv_events_connect=args.kv_events_connect,
                 kv_events_topic=args.kv_events_topic,
                 kv_events_format=args.kv_events_format,
+                kv_events_replay_endpoint=args.kv_events_replay_endpoint,
+                kv_events_buffer_steps=args.kv_events_buffer_steps,
+                tokenizer_file=args.tokenizer_file,
                 lora_ids=lora_ids,
             )
         )

@@ -10,6 +10,7 @@ import asyncio
 import sys
 from typing import TextIO
 
+from epp.sim.hftokenizer import HFTokenizer
 from epp.sim.server import ReplicaConfig, SimServer
 from epp.sim.tokenizer import OutputVocab, Tokenizer
 
@@ -18,7 +19,9 @@ class Fleet:
     def __init__(self, configs: list[ReplicaConfig]) -> None:
         tok = Tokenizer()
         vocab = OutputVocab(tok)
-        self.servers = [SimServer(c, tok, vocab) for c in configs]
+        files = {c.tokenizer_file for c in configs if c.tokenizer_file}
+        prompt = {f: HFTokenizer(f) for f in files}
+        self.servers = [SimServer(c, tok, vocab, prompt.get(c.tokenizer_file or "")) for c in configs]
 
     async def start(self, announce: TextIO | None = sys.stdout) -> None:
         started: list[SimServer] = []

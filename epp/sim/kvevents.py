@@ -32,6 +32,7 @@ endpoint where a subscriber has bound (the llm-d indexer layout).
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -54,7 +55,9 @@ def offset_endpoint(endpoint: str, index: int) -> str:
 def encode_event(ev: KVEvent, fmt: str = "array") -> Any:
     if isinstance(ev, BlockStored):
         if fmt == "array":
-            return ["BlockStored", ev.block_hashes, ev.parent_block_hash, ev.token_ids, ev.block_size, ev.lora_id, MEDIUM_GPU]
+            # vLLM appended lora_name after medium (#27577); trailing defaults are omitted.
+            base = ["BlockStored", ev.block_hashes, ev.parent_block_hash, ev.token_ids, ev.block_size, ev.lora_id, MEDIUM_GPU]
+            return base + [ev.lora_name] if ev.lora_name else base
         return {
             "type": "BlockStored",
             "block_hashes": ev.block_hashes,
@@ -101,11 +104,20 @@ def decode_batch(payload: bytes) -> tuple[float, list[dict[str, Any]]]:
     return ts, out
 
 
+END_OF_REPLAY = (1 << 64) - 1
+
+
 class KVEventPublisher:
     """Non-blocking: a PUB socket drops at its high-water mark instead of stalling the
-    event loop, which is what a slow subscriber would see from vLLM too."""
+    event loop, which is what a slow subscriber would see from vLLM too.
 
-    def __init__(self, endpoint: str, topic: str, fmt: str = "array", connect: bool = False, hwm: int = 100_000) -> None:
+    With `replay_endpoint`, a ROUTER socket answers [b"", start seq] with every buffered batch
+    numbered >= start, then an end marker (seq 2^64-1, empty payload), as vLLM does; the last
+    `buffer_steps` batches are kept. `replay_topic` picks the framing: with the topic (vLLM
+    >= 0.26) or without."""
+
+    def __init__(self, endpoint: str, topic: str, fmt: str = "array", connect: bool = False, hwm: int = 100_000,
+                 replay_endpoint: str | None = None, buffer_steps: int = 10_000, replay_topic: bool = True) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"kv events format must be one of {FORMATS}")
         self.endpoint = endpoint
@@ -120,11 +132,60 @@ class KVEventPublisher:
         else:
             self._sock.bind(endpoint)
         self._seq = 0
+        # Fault injection: the next N batches are numbered and kept for replay but never sent,
+        # which is what a subscriber sees when the PUB socket is at its high-water mark.
+        self.drop_next = 0
+        self._buffer: deque[tuple[int, bytes]] = deque(maxlen=max(1, buffer_steps))
+        self._replay_topic = replay_topic
+        self._router: zmq.Socket | None = None
+        if replay_endpoint:
+            self._router = self._ctx.socket(zmq.ROUTER)
+            self._router.setsockopt(zmq.LINGER, 0)
+            self._router.bind(replay_endpoint)
+
+    @property
+    def replay_fd(self) -> int | None:
+        """Readable when a replay request may be waiting (for the owner's event loop)."""
+        return self._router.getsockopt(zmq.FD) if self._router is not None else None
+
+    def serve_replays(self) -> int:
+        """Answer every replay request waiting on the ROUTER socket; returns how many."""
+        r = self._router
+        if r is None:
+            return 0
+        served = 0
+        while r.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = r.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) != 3 or frames[1] != b"" or len(frames[2]) != 8:
+                continue  # vLLM ignores anything else
+            ident, start = frames[0], int.from_bytes(frames[2], "big")
+            for seq, payload in list(self._buffer):
+                if seq >= start:
+                    self._reply(ident, seq.to_bytes(8, "big"), payload)
+            self._reply(ident, END_OF_REPLAY.to_bytes(8, "big"), b"")
+            served += 1
+        return served
+
+    def _reply(self, ident: bytes, seq: bytes, payload: bytes) -> None:
+        assert self._router is not None
+        frames = [ident, b"", self.topic, seq, payload] if self._replay_topic else [ident, b"", seq, payload]
+        try:
+            self._router.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def publish(self, events: list[KVEvent], ts: float | None = None) -> None:
         if not events:
             return
         payload = encode_batch(events, time.time() if ts is None else ts, self.fmt)
+        self._buffer.append((self._seq, payload))
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            self._seq += 1
+            return
         try:
             self._sock.send_multipart((self.topic, self._seq.to_bytes(8, "big"), payload), flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -133,3 +194,5 @@ class KVEventPublisher:
 
     def close(self) -> None:
         self._sock.close(linger=0)
+        if self._router is not None:
+            self._router.close(linger=0)

@@ -13,11 +13,13 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 from aiohttp import web
 
 from epp.sim.costmodel import CostModel
+from epp.sim.hftokenizer import HFTokenizer
 from epp.sim.engine import FINISHED, Engine, EngineConfig, SimRequest, StepResult, TokenEvent
 from epp.sim.kvevents import KVEventPublisher, offset_endpoint
 from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
@@ -26,6 +28,10 @@ from epp.sim.realtime import RealtimeDriver
 from epp.sim.tokenizer import VOCAB_SIZE, OutputVocab, Tokenizer, natural_output_len, render_chat, request_key
 
 log = logging.getLogger(__name__)
+
+
+class PromptTokenizer(Protocol):
+    def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class ReplicaConfig:
     kv_events_connect: bool = False
     kv_events_topic: str = "kv@{host}:{port}@{model}"
     kv_events_format: str = "array"
+    kv_events_replay_endpoint: str | None = None  # ROUTER; replica i binds PORT+i
+    kv_events_buffer_steps: int = 10_000
+    tokenizer_file: str | None = None  # a Hugging Face tokenizer.json for prompts (default: our own)
     lora_ids: tuple[tuple[str, int], ...] = ()  # adapter -> lora_int_id, shared across the fleet
 
     @property
@@ -80,10 +89,16 @@ class TokenSink:
 
 
 class SimServer:
-    def __init__(self, cfg: ReplicaConfig, tokenizer: Tokenizer | None = None, vocab: OutputVocab | None = None) -> None:
+    def __init__(self, cfg: ReplicaConfig, tokenizer: Tokenizer | None = None, vocab: OutputVocab | None = None,
+                 prompt_tokenizer: PromptTokenizer | None = None) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer or Tokenizer()
         self.vocab = vocab or OutputVocab(self.tokenizer)
+        # Output tokens always come from our own vocabulary (pseudo-words of one token each);
+        # prompts may be tokenized by a real tokenizer.json, which the EPP can load too.
+        if prompt_tokenizer is None and cfg.tokenizer_file:
+            prompt_tokenizer = HFTokenizer(cfg.tokenizer_file)
+        self.prompt_tokenizer: PromptTokenizer = prompt_tokenizer or self.tokenizer
         self.engine = Engine(cfg.engine, cfg.cost, self.vocab.token, dict(cfg.lora_ids))
         self.metrics = MetricsRenderer(self.engine, cfg.names[0], cfg.engine_kind)
         self.port = cfg.port
@@ -94,6 +109,7 @@ class SimServer:
         self._headers: dict[str, str] = {}
         self._by_id = self.vocab.by_id
         self.created = int(time.time())
+        self._replay_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -102,6 +118,9 @@ class SimServer:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/v1/completions/render", self.render_completion)
+        app.router.add_post("/v1/chat/completions/render", self.render_chat)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_handler)
         app.on_response_prepare.append(self._add_headers)
@@ -126,10 +145,26 @@ class SimServer:
             topic = self.cfg.kv_events_topic.format(
                 host=self.cfg.host, port=self.port, pod=self.cfg.pod_name, model=self.cfg.names[0]
             )
-            self.publisher = KVEventPublisher(ep, topic, self.cfg.kv_events_format, connect=self.cfg.kv_events_connect)
+            replay = self.cfg.kv_events_replay_endpoint
+            if replay:
+                replay = offset_endpoint(replay, self.cfg.index)
+            self.publisher = KVEventPublisher(ep, topic, self.cfg.kv_events_format, connect=self.cfg.kv_events_connect,
+                                              replay_endpoint=replay, buffer_steps=self.cfg.kv_events_buffer_steps)
+            if replay:
+                self._replay_task = asyncio.create_task(self._serve_replays())
         self.driver.start()
 
+    async def _serve_replays(self) -> None:
+        pub = self.publisher
+        assert pub is not None
+        while True:
+            pub.serve_replays()
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+            self._replay_task = None
         if self.driver is not None:
             await self.driver.stop()
         if self._runner is not None:
@@ -197,15 +232,7 @@ class SimServer:
             raise ApiError(404, f"The model `{p.model}` does not exist.", param="model")
         if cfg.fail_rate > 0 and self._rng.random() < cfg.fail_rate:
             raise ApiError(500, "Simulated failure (--fail-rate).")
-        if p.chat:
-            ids = self.tokenizer.encode(render_chat(p.messages or []))
-        elif p.prompt_token_ids is not None:
-            ids = p.prompt_token_ids
-            if any(t < 0 or t >= VOCAB_SIZE for t in ids):
-                raise ApiError(400, f"Token id out of vocabulary (size {VOCAB_SIZE}).", param="prompt")
-        else:
-            # vLLM prepends BOS to completion prompts for Llama tokenizers.
-            ids = self.tokenizer.encode(p.prompt_text or "", add_bos=True)
+        ids = self._prompt_ids(p)
         n = len(ids)
         limit = cfg.engine.max_model_len
         if p.max_tokens is None:
@@ -232,6 +259,54 @@ class SimServer:
             out_len, reason = (natural, "stop") if natural < max_tokens else (max_tokens, "length")
         rid = ("chatcmpl-" if p.chat else "cmpl-") + os.urandom(16).hex()
         return SimRequest(rid, ids, max_tokens, output_len=out_len, lora=lora, output_key=key, finish_reason=reason)
+
+    def _prompt_ids(self, p: ParsedRequest) -> list[int]:
+        if p.chat:
+            return self.prompt_tokenizer.encode(render_chat(p.messages or []))
+        if p.prompt_token_ids is not None:
+            ids = p.prompt_token_ids
+            if any(t < 0 or t >= VOCAB_SIZE for t in ids):
+                raise ApiError(400, f"Token id out of vocabulary (size {VOCAB_SIZE}).", param="prompt")
+            return ids
+        # vLLM prepends BOS to completion prompts for Llama tokenizers.
+        return self.prompt_tokenizer.encode(p.prompt_text or "", add_bos=True)
+
+    # ---- tokenization endpoints (vLLM's /tokenize and the render endpoints) -------------------
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's POST /tokenize: {"model", "prompt"} or {"model", "messages"} -> {"count",
+        "max_model_len", "tokens"} — the tokens the same request would be prefilled with."""
+        try:
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise ApiError(400, f"Invalid JSON body: {e}") from None
+            chat = isinstance(body, dict) and "messages" in body
+            ids = self._render_ids(raw, chat)
+        except ApiError as e:
+            return self._error(e)
+        return web.Response(body=orjson.dumps({"count": len(ids), "max_model_len": self.cfg.engine.max_model_len,
+                                               "tokens": ids, "token_strs": None}), content_type="application/json")
+
+    async def render_completion(self, request: web.Request) -> web.Response:
+        return await self._render(request, chat=False)
+
+    async def render_chat(self, request: web.Request) -> web.Response:
+        return await self._render(request, chat=True)
+
+    async def _render(self, request: web.Request, chat: bool) -> web.Response:
+        try:
+            ids = self._render_ids(await request.read(), chat)
+        except ApiError as e:
+            return self._error(e)
+        return web.Response(body=orjson.dumps({"token_ids": ids, "count": len(ids)}), content_type="application/json")
+
+    def _render_ids(self, raw: bytes, chat: bool) -> list[int]:
+        p = parse_request(raw, chat)
+        if p.model not in self.cfg.names and p.model not in self.cfg.lora_modules:
+            raise ApiError(404, f"The model `{p.model}` does not exist.", param="model")
+        return self._prompt_ids(p)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
         driver = self.driver

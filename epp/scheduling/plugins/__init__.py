@@ -8,6 +8,7 @@ from epp.scheduling.plugins import (  # noqa: F401
     load,
     passive,
     pickers,
+    precise_prefix,
     prefix,
     profiles,
     ttft,

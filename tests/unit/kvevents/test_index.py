@@ -1,0 +1,155 @@
+"""The precise index: own keys from events, reference counts, tiers, clears, memory bound."""
+
+import tracemalloc
+
+import pytest
+
+from epp.datalayer.kvevents.decode import Cleared, Removed, Stored
+from epp.datalayer.kvevents.index import KVBlockIndex
+from epp.datalayer.kvevents.keys import request_keys, root_key, chain_keys
+
+BS = 4
+MODEL = "m"
+PROMPT = list(range(100, 124))  # 6 blocks of 4
+
+
+def index(**kw) -> KVBlockIndex:
+    ix = KVBlockIndex(block_size=BS, **kw)
+    for name in ("a", "b"):
+        ix.add_endpoint(name, MODEL)
+    return ix
+
+
+def stored(hashes, parent, tokens, **kw) -> Stored:
+    return Stored(tuple(hashes), parent, tokens, BS, **kw)
+
+
+def test_keys_do_not_depend_on_engine_hashes():
+    ix = index()
+    # Two servers with different hash seeds: different engine hashes for the same tokens.
+    ix.apply("a", [stored([1, 2, 3], None, PROMPT[:12])])
+    ix.apply("b", [stored([901, 902], None, PROMPT[:8])])
+    keys = request_keys(MODEL, PROMPT, BS)
+    assert ix.match(keys) == {"a": 3.0, "b": 2.0}
+
+
+def test_continuation_resolves_its_parent_through_the_bridge():
+    ix = index()
+    ix.apply("a", [stored([1, 2], None, PROMPT[:8])])
+    ix.apply("a", [stored([3, 4], 2, PROMPT[8:16])])
+    assert ix.match(request_keys(MODEL, PROMPT, BS)) == {"a": 4.0}
+
+
+def test_orphan_store_is_dropped():
+    ix = index()
+    ix.apply("a", [stored([3, 4], 99, PROMPT[8:16])])
+    assert len(ix) == 0 and ix.counters.orphans == 1
+
+
+def test_duplicate_stores_need_as_many_removes():
+    ix = index()
+    ev = stored([1, 2], None, PROMPT[:8])
+    ix.apply("a", [ev, ev])
+    keys = request_keys(MODEL, PROMPT, BS)
+    ix.apply("a", [Removed((2,))])
+    assert ix.match(keys) == {"a": 2.0}  # one copy of block 2 is still there
+    ix.apply("a", [Removed((2,))])
+    assert ix.match(keys) == {"a": 1.0}
+    ix.apply("a", [Removed((2,)), Removed((1,))])  # a remove too many is ignored
+    assert ix.match(keys) == {"a": 1.0}
+    ix.apply("a", [Removed((1,))])
+    assert ix.match(keys) == {}
+    assert ix.blocks_of("a") == 0
+
+
+def test_eviction_of_a_middle_block_truncates_the_match():
+    ix = index()
+    ix.apply("a", [stored([1, 2, 3], None, PROMPT[:12])])
+    ix.apply("a", [Removed((2,))])
+    assert ix.match(request_keys(MODEL, PROMPT, BS)) == {"a": 1.0}
+
+
+def test_tiers_cpu_copy_weighs_less_and_survives_gpu_eviction():
+    ix = index()
+    ix.apply("a", [stored([1, 2], None, PROMPT[:8])])
+    ix.apply("a", [Stored((1, 2), None, [], BS, tier="cpu")])  # offload copy: no tokens
+    keys = request_keys(MODEL, PROMPT, BS)
+    assert ix.match(keys) == {"a": 2.0}  # GPU is the best tier for both
+    ix.apply("a", [Removed((2,), "gpu")])
+    assert ix.match(keys) == {"a": 1.8}  # block 2 only on CPU now
+    ix.apply("a", [Removed((2,), "cpu")])
+    assert ix.match(keys) == {"a": 1.0}
+
+
+def test_lora_and_salt_are_part_of_the_key():
+    ix = index()
+    ix.apply("a", [stored([1, 2], None, PROMPT[:8], lora_name="sql")])
+    assert ix.match(request_keys(MODEL, PROMPT, BS)) == {}
+    assert ix.match(request_keys("sql", PROMPT, BS)) == {"a": 2.0}
+    ix.apply("b", [stored([5, 6], None, PROMPT[:8], extra_keys=(("s1",), None))])
+    assert ix.match(request_keys(MODEL, PROMPT, BS, cache_salt="s1")) == {"b": 2.0}
+    assert ix.match(request_keys(MODEL, PROMPT, BS, cache_salt="s2")) == {}
+
+
+def test_all_blocks_cleared_and_endpoint_removal_clear_only_that_endpoint():
+    ix = index()
+    for name in ("a", "b"):
+        ix.apply(name, [stored([1, 2], None, PROMPT[:8])])
+    keys = request_keys(MODEL, PROMPT, BS)
+    ix.apply("a", [Cleared()])
+    assert ix.match(keys) == {"b": 2.0}
+    ix.apply("a", [stored([1], None, PROMPT[:4])])
+    assert ix.match(keys) == {"b": 2.0, "a": 1.0}
+    ix.remove_endpoint("b")
+    assert ix.match(keys) == {"a": 1.0} and len(ix) == 1
+    ix.add_endpoint("c", MODEL)  # reuses b's slot, starts empty
+    assert ix.match(keys) == {"a": 1.0}
+
+
+def test_block_size_mismatch_is_counted_not_misindexed():
+    ix = index()
+    ix.apply("a", [Stored((1,), None, PROMPT[:16], 16)])
+    assert len(ix) == 0 and ix.counters.size_mismatch == 1
+
+
+def test_memory_bound_keeps_the_newest_blocks():
+    ix = index(max_blocks=10)
+    tokens = list(range(4 * 30))
+    ix.apply("a", [Stored(tuple(range(1, 31)), None, tokens, BS)])
+    assert len(ix) == 10 and ix.counters.evicted == 20
+    assert ix.blocks_of("a") == 10
+    keys = chain_keys(root_key(MODEL), tokens, BS)
+    assert ix.match(keys) == {}  # the oldest (the prefix) went first
+    assert ix.match(keys[20:]) == {"a": 10.0}
+    # a remove of an evicted block is harmless, and its bridge entry goes
+    ix.apply("a", [Removed((1, 30))])
+    assert ix.blocks_of("a") == 9
+
+
+@pytest.mark.parametrize("holders", [1, 3])
+def test_memory_estimate_matches_what_is_allocated(holders):
+    ix = KVBlockIndex(block_size=16, max_blocks=10**7)
+    for h in range(holders):
+        ix.add_endpoint(f"p{h}", MODEL)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    n = 20_000
+    for run in range(n // 100):
+        toks = list(range(run * 1600, run * 1600 + 1600))
+        for h in range(holders):  # real engines publish 64-bit hashes
+            hashes = tuple(2**63 + h * 10**9 + run * 100 + i for i in range(100))
+            ix.apply(f"p{h}", [Stored(hashes, None, toks, 16)])
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(ix) == n
+    # epp_kv_index_memory_bytes is within 20 % of what the index allocated
+    assert 0.8 * used <= ix.memory_bytes <= 1.2 * used, (used / n, ix.memory_bytes / n)
+
+
+def test_two_endpoints_share_blocks_and_drop_out_where_they_diverge():
+    ix = index()
+    ix.apply("a", [stored([1, 2, 3], None, PROMPT[:12])])
+    other = PROMPT[:8] + [7, 7, 7, 7]
+    ix.apply("b", [stored([1, 2, 9], None, other)])
+    assert ix.match(request_keys(MODEL, PROMPT, BS)) == {"a": 3.0, "b": 2.0}
+    assert ix.match(request_keys(MODEL, other, BS)) == {"a": 2.0, "b": 3.0}

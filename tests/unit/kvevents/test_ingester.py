@@ -1,0 +1,192 @@
+"""The ingester against real ZMQ sockets (epp-sim's vLLM-shaped publisher): order, gaps,
+restarts, late joins, replay and bad input."""
+
+import time
+
+import pytest
+import zmq
+
+from epp.datalayer.kvevents.index import KVBlockIndex
+from epp.datalayer.kvevents.ingester import IngestConfig, KVEventIngester
+from epp.datalayer.kvevents.keys import request_keys
+from epp.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
+from epp.sim.kvevents import KVEventPublisher
+from epp.stack.processes import free_port
+
+BS = 4
+MODEL = "m"
+A = list(range(100, 116))  # 4 blocks
+B = list(range(200, 216))
+
+
+def keys(tokens):
+    return request_keys(MODEL, tokens, BS)
+
+
+def store(hashes, tokens, parent=None):
+    return BlockStored(hashes, parent, tokens, BS, None, None)
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+class Rig:
+    def __init__(self, replay: bool = True, fmt: str = "array", replay_topic: bool = True):
+        self.port = free_port()
+        self.replay_port = free_port() if replay else None
+        self.fmt, self.replay_topic = fmt, replay_topic
+        self.pub = self._publisher()
+        self.index = KVBlockIndex(block_size=BS)
+        cfg = IngestConfig(socket_port=self.port, replay_socket_port=self.replay_port, replay_idle_s=0.5,
+                           replay_cooldown_s=0.0)
+        self.ing = KVEventIngester(self.index, cfg)
+        self.ing.start()
+
+    def _publisher(self):
+        return KVEventPublisher(f"tcp://127.0.0.1:{self.port}", f"kv@127.0.0.1:8000@{MODEL}", self.fmt,
+                                replay_endpoint=f"tcp://127.0.0.1:{self.replay_port}" if self.replay_port else None,
+                                replay_topic=self.replay_topic)
+
+    def subscribe(self):
+        self.ing.add("pod", "127.0.0.1", 8000)
+        assert wait_for(lambda: self.ing.subscribers == 1)
+        time.sleep(0.3)  # ZMQ's slow joiner: the subscription must reach the publisher
+
+    def publish(self, *events):
+        self.pub.publish(list(events))
+        self.pub.serve_replays()
+
+    def settle(self, cond):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            self.pub.serve_replays()  # the sim serves replays from its loop; here we do
+            if cond():
+                return True
+            time.sleep(0.01)
+        return cond()
+
+    def restart_publisher(self):
+        self.pub.close()
+        time.sleep(0.05)
+        self.pub = self._publisher()
+
+    def close(self):
+        self.ing.stop()
+        self.pub.close()
+
+
+@pytest.fixture
+def rig(request):
+    r = Rig(**getattr(request, "param", {}))
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("rig", [{"fmt": "array"}, {"fmt": "map"}], indirect=True)
+def test_stores_and_removes_in_order(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    assert rig.ing.publishing("pod")
+    rig.publish(BlockRemoved([3]))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 2.0})
+    rig.publish(AllBlocksCleared())
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {})
+
+
+@pytest.mark.parametrize("rig", [{"replay": False}], indirect=True)
+def test_gap_without_replay_drops_the_endpoint_and_rebuilds(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    rig.pub.drop_next = 1
+    rig.publish(BlockRemoved([1, 2, 3, 4]))  # lost at the high-water mark: A would stay a false hit
+    rig.publish(store([11, 12, 13, 14], B))
+    assert rig.settle(lambda: rig.index.match(keys(B)) == {"pod": 4.0})
+    assert rig.index.match(keys(A)) == {}
+    assert rig.ing.counters.batches["gap"] == 1
+
+
+@pytest.mark.parametrize("rig", [{"replay_topic": True}, {"replay_topic": False}], indirect=True)
+def test_gap_with_replay_recovers_exactly(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    rig.pub.drop_next = 2
+    rig.publish(BlockRemoved([3, 4]))  # both lost on the live socket, kept for replay
+    rig.publish(store([21, 22], B[:8]))
+    rig.publish(store([23, 24], B[8:], parent=22))  # its parent came in a lost batch
+    assert rig.settle(lambda: rig.index.match(keys(B)) == {"pod": 4.0})
+    assert rig.index.match(keys(A)) == {"pod": 2.0}  # the lost remove was replayed
+    assert rig.ing.counters.replays["complete"] == 1
+
+
+def test_engine_restart_clears_the_endpoint(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    rig.publish(store([11, 12, 13, 14], B))
+    assert rig.settle(lambda: rig.index.match(keys(B)) == {"pod": 4.0})
+    rig.restart_publisher()  # a new process: empty cache, numbers from 0 again
+    time.sleep(0.5)  # the SUB reconnects by itself
+    deadline = time.monotonic() + 5
+    while not rig.ing.counters.batches["reset"] and time.monotonic() < deadline:
+        rig.publish(store([31], A[:4]))
+        time.sleep(0.1)
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 1.0})
+    assert rig.index.match(keys(B)) == {}
+
+
+def test_late_join_replays_history(rig):
+    rig.publish(store([1, 2], A[:8]))  # nobody listens yet
+    rig.publish(store([3, 4], A[8:], parent=2))
+    rig.subscribe()
+    rig.publish(BlockRemoved([4]))  # first live batch is number 2: replay 0..1 first
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 3.0})
+    assert rig.ing.counters.batches["late-join"] == 1
+
+
+def test_dead_replay_socket_falls_back_to_rebuild():
+    r = Rig(replay=True)
+    try:
+        r.pub.close()
+        r.pub = KVEventPublisher(f"tcp://127.0.0.1:{r.port}", f"kv@x:1@{MODEL}")  # same port, no ROUTER
+        r.subscribe()
+        r.publish(store([1, 2, 3, 4], A))
+        assert r.settle(lambda: r.index.match(keys(A)) == {"pod": 4.0})
+        r.pub.drop_next = 1
+        r.publish(BlockRemoved([1]))
+        r.publish(store([11, 12, 13, 14], B))
+        assert r.settle(lambda: r.index.match(keys(B)) == {"pod": 4.0})
+        assert r.index.match(keys(A)) == {}
+        assert r.ing.counters.replays["failed"] == 1
+    finally:
+        r.close()
+
+
+def test_garbage_is_counted_and_the_stream_goes_on(rig):
+    rig.subscribe()
+    ctx = zmq.Context.instance()
+    # A second publisher on another port would not reach the ingester: speak on the same socket.
+    sock = rig.pub._sock
+    sock.send_multipart([b"kv@x", (0).to_bytes(8, "big"), b"\xc1garbage"])
+    sock.send_multipart([b"kv@x", b"short", b""])
+    sock.send_multipart([b"kv@x", (1).to_bytes(8, "big")])
+    rig.pub._seq = 1
+    rig.publish(store([1, 2, 3, 4], A))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    assert rig.ing.counters.decode_errors == 1 and rig.ing.counters.bad_frames == 2
+    assert ctx is not None
+
+
+def test_removing_the_endpoint_forgets_it(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    rig.ing.remove("pod")
+    assert rig.settle(lambda: rig.ing.subscribers == 0 and rig.index.match(keys(A)) == {})
+    assert not rig.ing.publishing("pod")
