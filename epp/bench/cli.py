@@ -189,6 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     dr.add_argument("--endpoints", type=int, default=10)
     dr.add_argument("--repeats", type=int, default=3)
 
+    kv = sub.add_parser("kvcache", help="precise vs approximate prefix index under cache pressure, warm ladder "
+                                        "-> bench/results/kvcache.md")
+    kv.add_argument("--shapes", default="pressure,low", help="pressure (73 %% of fleet KV), low (18 %%)")
+    kv.add_argument("--routers", default="approx,precise,approx-x2,precise-x2",
+                    help="approx, precise, approx-x2, precise-x2 (two active-active EPPs), envoy-lr, envoy-rr")
+    kv.add_argument("--loads", default="0.3,0.6,0.8,1.0,1.2", help="stages as fractions of fleet capacity")
+    kv.add_argument("--stage-requests", type=int, default=300)
+    kv.add_argument("--seeds", default="1")
+    kv.add_argument("--max-wall-rps", type=float, default=30.0)
+    kv.add_argument("--out", type=Path, default=RESULTS / "kvcache.json")
+    kv.add_argument("--render-only", action="store_true")
+
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
                               "(epp-bench reliability --help)")
@@ -216,6 +228,25 @@ def main(argv: list[str] | None = None) -> None:
                 cmd_run(p.parse_args(["run", "--workloads", "shared-prefix", "--routers", "epp,envoy-rr",
                                       "--seed", "1"]), args.results / "live-repeat.json")
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "kvcache":
+        from epp.bench import kvreport
+        from epp.bench.kvbench import KvOptions, routers as kv_routers, run_kvcache
+        from epp.bench.results import load as load_results
+
+        if not args.render_only:
+            t0 = time.monotonic()
+            from epp.bench.results import ResultFile
+
+            rf = ResultFile(args.out, _meta({"mode": "kvcache", "configs": _epp_configs(kv_routers(_names(args.routers)))}))
+            specs = kv_routers(_names(args.routers))
+            for seed in (int(x) for x in args.seeds.split(",")):
+                run_kvcache(specs, KvOptions(shapes=_names(args.shapes), loads=_floats(args.loads),
+                                             stage_requests=args.stage_requests, seed=seed,
+                                             max_wall_rps=args.max_wall_rps), rf.add,
+                            log=lambda s: print(s, flush=True))
+            rf.meta["wall_s"] = round(time.monotonic() - t0, 1)
+            rf.save()
+        print(f"wrote {kvreport.render(load_results(args.out), args.out.parent, args.out.stem)}")
     elif args.cmd == "drain":
         from epp.bench import drain
 

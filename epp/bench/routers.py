@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from epp.bench.configs import resolve_config
+from epp.bench.configs import resolve_config, with_local_kv_events
 from epp.bench.peers import peer_binary
-from epp.bench.simfleet import SimFleet
+from epp.bench.simfleet import KV_EVENTS_OFFSET, KV_REPLAY_OFFSET, SimFleet
 from epp.bench.workloads import MODEL
 from epp.stack import envoyconf
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
@@ -35,6 +35,7 @@ class RouterSpec:
     # (it records `missing_tokens` and falls back): give it the prompt as token ids, its best case.
     token_ids: bool = False
     epp_args: tuple[str, ...] = ()  # extra EPP flags, e.g. ("--static-objectives", "critical=100")
+    epp_replicas: int = 1  # active-active EPPs behind one Envoy ext_proc cluster
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunningRouter:
     url: str
     procs: list[Proc] = field(default_factory=list)
     metrics_url: str = ""  # the EPP's Prometheus endpoint (kind == "epp")
+    epps: list[Proc] = field(default_factory=list)  # kind == "epp": its EPP processes
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -76,6 +78,7 @@ def _envoy(conf: dict, workdir: Path, name: str, procs: list[Proc]) -> None:
 
 def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRouter:
     procs: list[Proc] = []
+    epps: list[Proc] = []
     pool = [("127.0.0.1", p) for p in fleet.ports]
     port = free_port()
     metrics_url = ""
@@ -85,18 +88,26 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
                                     pool=pool, lb=spec.policy)
             _envoy(conf, workdir, f"envoy-{port}", procs)
         elif spec.kind == "epp":
-            g, h, m = free_port(), free_port(), free_port()
-            metrics_url = f"http://127.0.0.1:{m}/metrics"
-            args = [bin_path("epp"), "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in fleet.ports),
-                    "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
-                    "--health-checking", "-v=1"]
-            if spec.config is not None:
-                args += ["--config-file", str(spec.config)]
-            args += list(spec.epp_args)
-            epp = Proc("epp", args, workdir / f"epp-{g}.log").start()
-            procs.append(epp)
-            wait_port(g, proc=epp.popen, timeout=30)
-            conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=g)
+            config = spec.config
+            if config is not None and fleet.kv_events:
+                config = with_local_kv_events(config, workdir, KV_EVENTS_OFFSET, KV_REPLAY_OFFSET)
+            grpc_ports = []
+            for _ in range(spec.epp_replicas):
+                g, h, m = free_port(), free_port(), free_port()
+                metrics_url = metrics_url or f"http://127.0.0.1:{m}/metrics"
+                args = [bin_path("epp"), "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in fleet.ports),
+                        "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
+                        "--health-checking", "-v=1"]
+                if config is not None:
+                    args += ["--config-file", str(config)]
+                args += list(spec.epp_args)
+                epp = Proc("epp", args, workdir / f"epp-{g}.log").start()
+                procs.append(epp)
+                epps.append(epp)
+                wait_port(g, proc=epp.popen, timeout=30)
+                grpc_ports.append(g)
+            conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=grpc_ports[0],
+                                    more_epp_ports=tuple(grpc_ports[1:]))
             _envoy(conf, workdir, f"envoy-{port}", procs)
         elif spec.kind in ("smg", "vllm-router"):
             exe = peer_binary(spec.kind)
@@ -115,7 +126,7 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
         for p in reversed(procs):
             p.stop()
         raise
-    return RunningRouter(spec, url, procs, metrics_url)
+    return RunningRouter(spec, url, procs, metrics_url, epps)
 
 
 def _wait_routable(url: str, procs: list[Proc], timeout: float = 60.0) -> None:

@@ -16,11 +16,18 @@ COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "
             "epp_sim:lora_adapter_loads_total")
 
 
+# Where a fleet publishes KV events, relative to each replica's HTTP port (the EPP is told the
+# same offsets: podDiscoveryConfig.socketPortOffset / replaySocketPortOffset).
+KV_EVENTS_OFFSET = 2000
+KV_REPLAY_OFFSET = 4000
+
+
 @dataclass
 class SimFleet:
     proc: Proc
     ports: list[int]
     time_scale: float
+    kv_events: bool = False
 
     @property
     def urls(self) -> list[str]:
@@ -44,7 +51,7 @@ class SimFleet:
         self.proc.stop()
 
 
-def _consecutive_ports(n: int) -> list[int]:
+def _consecutive_ports(n: int, also: tuple[int, ...] = ()) -> list[int]:
     """N bindable consecutive ports below the kernel's ephemeral range.
 
     Inside the ephemeral range, other benchmarks' TIME-WAIT sockets (tens of thousands on this
@@ -54,8 +61,10 @@ def _consecutive_ports(n: int) -> list[int]:
     for _ in range(500):
         base = rng.randrange(20000, 32000 - n)
         ports = list(range(base, base + n))
-        if all(_bindable(p) for p in ports):
+        if all(_bindable(p + off) for p in ports for off in (0, *also)):
             return ports
+    if also:
+        raise RuntimeError("no free run of ports for the fleet and its KV-event sockets")
     return free_ports(n, consecutive=True)
 
 
@@ -69,9 +78,13 @@ def _bindable(port: int) -> bool:
 
 
 def start_fleet(spec: FleetSpec, time_scale: float, workdir: Path, seed: int = 0) -> SimFleet:
-    ports = _consecutive_ports(spec.replicas)
+    offsets = (KV_EVENTS_OFFSET, KV_REPLAY_OFFSET) if spec.kv_events else ()
+    ports = _consecutive_ports(spec.replicas, offsets)
     args = [bin_path("epp-sim"), "--port", str(ports[0]), "--model", MODEL, "--time-scale", str(time_scale),
             "--seed", str(seed), *spec.sim_args()]
+    if spec.kv_events:
+        args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{ports[0] + KV_EVENTS_OFFSET}",
+                 "--kv-events-replay-endpoint", f"tcp://127.0.0.1:{ports[0] + KV_REPLAY_OFFSET}"]
     proc = Proc("epp-sim", args, workdir / f"sim-{ports[0]}.log").start()
     try:
         for p in ports:
@@ -79,4 +92,4 @@ def start_fleet(spec: FleetSpec, time_scale: float, workdir: Path, seed: int = 0
     except Exception:
         proc.stop()
         raise
-    return SimFleet(proc, ports, time_scale)
+    return SimFleet(proc, ports, time_scale, spec.kv_events)

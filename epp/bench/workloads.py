@@ -53,6 +53,7 @@ class FleetSpec:
     lora_modules: tuple[str, ...] = ()
     max_loras: int = 1
     extra: tuple[str, ...] = ()
+    kv_events: bool = False  # publish vLLM KV events (and answer replays) for the precise index
 
     def sim_args(self) -> list[str]:
         args = ["--replicas", str(self.replicas), "--num-gpu-blocks", str(self.num_gpu_blocks)]
@@ -187,6 +188,27 @@ def multi_turn(seed: int, sessions: int = 24, turns: int = 5, system_len: int = 
                          answer_len=answer_len))
 
 
+def cache_pressure(seed: int, groups: int = 96, system_len: int = 4000, question_len: int = 400,
+                   output_len: int = 64, n: int = 300, replicas: int = 8, num_gpu_blocks: int = 4096,
+                   prefix_seed: int | None = None) -> Workload:
+    """llm-d's 73 %-capacity shape (kvevents.md §4), scaled: `groups` system prompts whose total is
+    a large share of the fleet's KV (96 x 4,000 tokens = 73 % of 8 x 4,096 blocks x 16, ~6x one
+    server), each request one of them (uniformly) plus a fresh question. The prompt set comes from
+    `prefix_seed` and stays the same across a ladder's stages, so what each server caches carries
+    over from stage to stage as in a running service; questions and order come from `seed`."""
+    base = random.Random(f"cache-pressure/prefixes/{seed if prefix_seed is None else prefix_seed}")
+    systems = [Words(base).text(system_len) for _ in range(groups)]
+    rng = random.Random(f"cache-pressure/{seed}")
+    w = Words(rng)
+    reqs = []
+    for _ in range(n):
+        g = rng.randrange(groups)
+        reqs.append(BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g))
+    return Workload("cache-pressure", reqs, FleetSpec(replicas, num_gpu_blocks, kv_events=True),
+                    dict(groups=groups, system_len=system_len, question_len=question_len, output_len=output_len,
+                         resident_share=round(groups * system_len / (replicas * num_gpu_blocks * 16), 3)))
+
+
 GENERATORS: dict[str, Callable[..., Workload]] = {
     "shared-prefix": shared_prefix,
     "sharegpt-like": sharegpt_like,
@@ -194,6 +216,7 @@ GENERATORS: dict[str, Callable[..., Workload]] = {
     "multi-lora": multi_lora,
     "long-prompt": long_prompt,
     "multi-turn": multi_turn,
+    "cache-pressure": cache_pressure,
 }
 
 

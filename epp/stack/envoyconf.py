@@ -21,7 +21,7 @@ def _socket(port: int, host: str = "127.0.0.1") -> dict[str, Any]:
 
 def render(kind: str, *, listen_port: int, admin_port: int, epp_port: int, pool: list[tuple[str, int]] = (),
            epp_tls: bool = True, failure_mode_allow: bool | None = None,
-           lb: str | None = None) -> dict[str, Any]:
+           lb: str | None = None, more_epp_ports: tuple[int, ...] = ()) -> dict[str, Any]:
     """Load deploy/envoy/<kind>.yaml and point it at the given ports.
 
     `lb` ("round_robin" / "least_request") turns the file into a no-EPP baseline: the ext_proc
@@ -35,7 +35,10 @@ def render(kind: str, *, listen_port: int, admin_port: int, epp_port: int, pool:
     filters = hcm["http_filters"]
     clusters = {c["name"]: c for c in conf["static_resources"]["clusters"]}
     epp = clusters["epp"]
-    epp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _socket(epp_port)
+    lb_endpoints = epp["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    lb_endpoints[0]["endpoint"]["address"] = _socket(epp_port)
+    for extra in more_epp_ports:  # active-active EPP replicas behind one ext_proc cluster
+        lb_endpoints.append({"endpoint": {"address": _socket(extra)}})
     if not epp_tls:
         epp.pop("transport_socket", None)
         for hc in epp.get("health_checks", []):

@@ -105,7 +105,7 @@ class KVEventIngester:
         self.config = config
         self.counters = IngestCounters()
         self._on_batch = on_batch
-        self._ctx = zmq.Context()
+        self._ctx: zmq.Context | None = None  # made by start(): a config that is only validated opens nothing
         self._cmds: queue.SimpleQueue[tuple[str, str, str, int]] = queue.SimpleQueue()
         self._subs: dict[str, _Sub] = {}
         self._by_sock: dict[zmq.Socket, _Sub] = {}
@@ -130,6 +130,7 @@ class KVEventIngester:
 
     def start(self) -> None:
         if self._thread is None:
+            self._ctx = zmq.Context()
             self._thread = threading.Thread(target=self._run, name="kv-events", daemon=True)
             self._thread.start()
 
@@ -141,7 +142,9 @@ class KVEventIngester:
         for sub in list(self._subs.values()):
             sub.sock.close(linger=0)
         self._subs.clear()
-        self._ctx.term()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     # ---- the ingester thread ------------------------------------------------------------------
 
@@ -185,6 +188,7 @@ class KVEventIngester:
                 continue
             self.index.remove_endpoint(name)  # a re-added endpoint starts from nothing
             self.index.add_endpoint(name, self.config.model_name)
+            assert self._ctx is not None
             sock = self._ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -254,6 +258,7 @@ class KVEventIngester:
         if now < sub.cooldown_until:
             return False
         c = self.counters
+        assert self._ctx is not None
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         ok = False
