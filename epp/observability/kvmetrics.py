@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -64,5 +65,9 @@ def register_kv_metrics(registry: CollectorRegistry, producer: Any) -> None:
     registry.register(KVEventsCollector(producer))
 
 
-def register_tokenizer_metrics(registry: CollectorRegistry, producer: Any) -> None:
+def register_tokenizer_metrics(registry: CollectorRegistry, producer: Any) -> Histogram:
+    """Registers the counters; returns the latency histogram the producer observes into."""
     registry.register(TokenizerCollector(producer))
+    return Histogram("epp_tokenizer_duration_seconds", "Time to tokenize a prompt that was not cached, by source",
+                     ["source"], registry=registry,
+                     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
@@ -156,8 +156,8 @@ class Exchange:
         self.admitted = False  # through admission / flow control: only scheduling is left
         self.pending: RouteDecision | EppError | None = None  # how a wait ended, for route() to return
         self.req: IncomingRequest | None = None  # what a waiting request is routed with
-        self.token_ids: list[int] | None = None  # the prompt's tokens (token-producer), [] when unknown
-        self.tokenizing: asyncio.Future[list[int]] | None = None  # the model server tokenizing it
+        self.token_ids: Sequence[int] | None = None  # the prompt's tokens (token-producer), [] when unknown
+        self.tokenizing: asyncio.Future[Sequence[int]] | None = None  # the model server tokenizing it
 
     # ---- request path ------------------------------------------------------------------------
 

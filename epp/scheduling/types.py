@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -21,7 +21,7 @@ class SchedulingRequest:
     priority: int = 0
     stream: bool = False
     prefix_key: int = 0  # first prefix-block hash, set by the prefix producer (0 = none)
-    token_ids: list[int] | None = None  # the prompt's real tokens, when a token-producer is configured
+    token_ids: Sequence[int] | None = None  # the prompt's real tokens, when a token-producer is configured
 
 
 class CycleState(dict[str, Any]):

@@ -16,7 +16,7 @@ never matches it (the safe direction).
 from __future__ import annotations
 
 from array import array
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import xxhash
 
@@ -32,7 +32,7 @@ def _extra_bytes(extra: Iterable[Any]) -> bytes:
     return "\x1f".join(repr(e) if not isinstance(e, str) else e for e in extra).encode("utf-8", "surrogatepass")
 
 
-def chain_keys(parent: int, tokens: list[int] | tuple[int, ...], block_size: int,
+def chain_keys(parent: int, tokens: Sequence[int], block_size: int,
                first_extra: tuple[Any, ...] = (), extras: list[tuple[Any, ...]] | None = None,
                max_blocks: int = 0) -> list[int]:
     """Keys of the full blocks of `tokens`, chained from `parent` (a root or a block key).
@@ -46,7 +46,7 @@ def chain_keys(parent: int, tokens: list[int] | tuple[int, ...], block_size: int
         return []
     head = tokens[: n * block_size]
     try:
-        packed = array(_U32, head).tobytes()
+        packed = head.tobytes() if isinstance(head, array) and head.typecode == _U32 else array(_U32, head).tobytes()
     except OverflowError:
         # No real vocabulary has ids outside u32; fold them rather than fail the request or the stream.
         packed = array(_U32, [t & 0xFFFFFFFF for t in head]).tobytes()
@@ -66,7 +66,7 @@ def chain_keys(parent: int, tokens: list[int] | tuple[int, ...], block_size: int
     return out
 
 
-def request_keys(model: str, tokens: list[int], block_size: int, cache_salt: str = "", seed: str = "",
+def request_keys(model: str, tokens: Sequence[int], block_size: int, cache_salt: str = "", seed: str = "",
                  max_blocks: int = 0) -> list[int]:
     """The keys a request's prompt would have if it were cached."""
     return chain_keys(root_key(model, seed), tokens, block_size, (cache_salt,) if cache_salt else (),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+import time
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -92,13 +93,14 @@ class TokenProducer(Plugin):
             self.remote = RemoteTokenizer(v.endpoint, v.timeout_s)
         self.cache = TokenCache(params.cache_tokens)
         self.counts = {"given": 0, "cache": 0, "local": 0, "remote": 0, "failed": 0}
+        self.duration: Any = None  # Histogram by source, once attached to a registry
         self._rng = random.Random()
 
     def attach(self, datastore: Any, registry: Any = None) -> None:
         if registry is not None:
             from epp.observability.kvmetrics import register_tokenizer_metrics
 
-            register_tokenizer_metrics(registry, self)
+            self.duration = register_tokenizer_metrics(registry, self)
 
     @property
     def failures(self) -> int:
@@ -109,7 +111,7 @@ class TokenProducer(Plugin):
 
         return prompt_of(api, data, self.params.model_name or target_model)
 
-    def tokenize_now(self, prompt: Prompt) -> list[int] | None:
+    def tokenize_now(self, prompt: Prompt) -> Sequence[int] | None:
         """Tokens without waiting: a given token-id prompt, a cache hit, or the local tokenizer.
         None when only the server can answer (then await `tokenize`)."""
         c = self.counts
@@ -123,6 +125,7 @@ class TokenProducer(Plugin):
             return ids
         if self.local is None:
             return None
+        t0 = time.perf_counter()
         try:
             ids = self.local.tokenize(prompt)
         except Exception as exc:  # a template that fails on these messages: schedule without tokens
@@ -130,10 +133,11 @@ class TokenProducer(Plugin):
             log.debug("local tokenizer: %s", exc)
             return []
         c["local"] += 1
-        self.cache.put(key, ids)
-        return ids
+        if self.duration is not None:
+            self.duration.labels("local").observe(time.perf_counter() - t0)
+        return self.cache.put(key, ids)
 
-    async def tokenize(self, prompt: Prompt, endpoints: list[Endpoint]) -> list[int]:
+    async def tokenize(self, prompt: Prompt, endpoints: list[Endpoint]) -> Sequence[int]:
         """The server's tokens ([] when it cannot say in time: the approximate index decides)."""
         assert self.remote is not None
         url = self.params.vllm.url if self.params.vllm is not None and self.params.vllm.url else ""
@@ -142,6 +146,7 @@ class TokenProducer(Plugin):
                 return []
             ep = endpoints[self._rng.randrange(len(endpoints))]
             url = f"http://{ep.hostport}"
+        t0 = time.perf_counter()
         try:
             ids = await self.remote.tokenize(url, prompt)
         except RemoteTokenizeError as exc:
@@ -149,8 +154,9 @@ class TokenProducer(Plugin):
             log.debug("remote tokenizer: %s", exc)
             return []
         self.counts["remote"] += 1
-        self.cache.put(prompt.cache_key(), ids)
-        return ids
+        if self.duration is not None:
+            self.duration.labels("remote").observe(time.perf_counter() - t0)
+        return self.cache.put(prompt.cache_key(), ids)
 
     async def close(self) -> None:
         if self.remote is not None:
