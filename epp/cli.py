@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
            "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode")
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
     flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
+    a("--ha-mode", choices=("single", "leader-election", "active-active"), default=None,
+      help="replicas of one pool: leader-election (= --ha-enable-leader-election: one ready leader, warm "
+           "standbys) or active-active (every replica ready and serving, no Lease; in-flight counts and "
+           "queues are per replica, prefix state shared through KV events with epp-precise; docs/ha.md). "
+           "Default: leader-election with --ha-enable-leader-election, else single")
     a("--max-request-body-bytes", type=positive_int, default=64 * 1024 * 1024, help="largest request body accepted")
     a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
     a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
@@ -218,6 +223,11 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
     if sum(modes) == 0:
         parser.error("one of --pool-name, --endpoint-selector or --static-endpoints is required")
+    if ns.ha_mode == "active-active" and ns.ha_enable_leader_election:
+        parser.error("--ha-mode active-active runs without leader election; drop --ha-enable-leader-election")
+    if ns.ha_mode == "leader-election":
+        ns.ha_enable_leader_election = True
+    ns.ha_mode = ns.ha_mode or ("leader-election" if ns.ha_enable_leader_election else "single")
     if ns.ha_enable_leader_election and not (ns.pool_name or ns.endpoint_selector):
         parser.error("--ha-enable-leader-election needs Kubernetes mode (--pool-name or --endpoint-selector)")
     if ns.endpoint_selector and not ns.endpoint_target_ports:
@@ -256,6 +266,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         metrics_staleness_threshold=ns.metrics_staleness_threshold, config_file=ns.config_file,
         config_text=ns.config_text or "", config_name=ns.config_name, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
         health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
+        ha_mode=ns.ha_mode,
         verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
         kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
         http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,

@@ -32,6 +32,7 @@ class Options:
     enable_cert_reload: bool = False  # re-read tls.crt/tls.key from cert_path for new connections
     health_checking: bool = False
     ha_enable_leader_election: bool = False
+    ha_mode: str = "single"  # single | leader-election | active-active (docs/ha.md)
     verbosity: int = 2
     log_encoder: str = "console"
     max_request_body_bytes: int = 64 * 1024 * 1024

@@ -326,6 +326,8 @@ class Epp:
             parts.append("draining (shutting down)")
         if self.health.leader_election:
             parts.append("leader" if self.health.is_leader else "follower")
+        elif self.opts.ha_mode == "active-active":
+            parts.append("active-active")
         for source in self.sources:
             detail = getattr(source, "detail", None)
             if detail is not None:

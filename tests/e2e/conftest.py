@@ -111,12 +111,13 @@ def envoy(procs):
 
     def start(kind: str, epp: EppProc | None, pool: list[str] = (), *, epp_tls: bool = True,
               failure_mode_allow: bool | None = None, lb: str | None = None, mutate=None,
-              wait: bool = True) -> Gateway:
+              wait: bool = True, more_epps: tuple[EppProc, ...] = ()) -> Gateway:
         port, admin = free_port(), free_port()
         conf = envoyconf.render(kind, listen_port=port, admin_port=admin,
                                 epp_port=epp.grpc_port if epp else free_port(),
                                 pool=[(hp.split(":")[0], int(hp.split(":")[1])) for hp in pool], epp_tls=epp_tls,
-                                failure_mode_allow=failure_mode_allow, lb=lb)
+                                failure_mode_allow=failure_mode_allow, lb=lb,
+                                more_epp_ports=tuple(e.grpc_port for e in more_epps))
         if mutate is not None:
             mutate(conf)
         path = envoyconf.write(conf, tmp / f"envoy-{port}.yaml")

@@ -20,5 +20,10 @@ inferencepool: {{ include "epp.name" . }}
 {{- end -}}
 
 {{- define "epp.leaderElection" -}}
-{{- if gt (int .Values.inferenceExtension.replicas) 1 }}true{{ end -}}
+{{- if and (gt (int .Values.inferenceExtension.replicas) 1) (ne (default "leader-election" .Values.inferenceExtension.haMode) "active-active") }}true{{ end -}}
+{{- end -}}
+
+{{/* Every replica ready and serving, no Lease (docs/ha.md). */}}
+{{- define "epp.activeActive" -}}
+{{- if eq (default "leader-election" .Values.inferenceExtension.haMode) "active-active" }}true{{ end -}}
 {{- end -}}
