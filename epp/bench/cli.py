@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     kv.add_argument("--out", type=Path, default=RESULTS / "kvcache.json")
     kv.add_argument("--render-only", action="store_true")
 
+    tk = sub.add_parser("tokenize", help="per-request cost of the precise index -> bench/results/tokenize.md")
+    tk.add_argument("--requests", type=int, default=200)
+
     rel = sub.add_parser("reliability", add_help=False,
                          help="fuzz, faults under load, soak, 1,000 endpoints -> bench/results/reliability.md "
                               "(epp-bench reliability --help)")
@@ -247,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
             rf.meta["wall_s"] = round(time.monotonic() - t0, 1)
             rf.save()
         print(f"wrote {kvreport.render(load_results(args.out), args.out.parent, args.out.stem)}")
+    elif args.cmd == "tokenize":
+        from epp.bench.tokenbench import run as run_tokenize
+
+        print(run_tokenize(args.requests, RESULTS / "tokenize.md"))
     elif args.cmd == "drain":
         from epp.bench import drain
 

@@ -141,7 +141,12 @@ class KVEventPublisher:
         if replay_endpoint:
             self._router = self._ctx.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
-            self._router.bind(replay_endpoint)
+            try:
+                self._router.bind(replay_endpoint)
+            except zmq.ZMQError:
+                self._router.close(linger=0)
+                self._sock.close(linger=0)
+                raise
 
     @property
     def replay_fd(self) -> int | None:

@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +40,10 @@ from epp.tokenization.prompt import Prompt
 from epp.tokenization.remote import RemoteTokenizeError, RemoteTokenizer
 
 log = logging.getLogger(__name__)
+
+# Prompts up to this many characters are tokenized locally inline (well under a millisecond);
+# longer ones on the tokenizer thread, so the event loop never stalls on a long prompt.
+INLINE_CHARS = 2000
 
 
 class _Sub(BaseModel):
@@ -94,6 +100,7 @@ class TokenProducer(Plugin):
         self.cache = TokenCache(params.cache_tokens)
         self.counts = {"given": 0, "cache": 0, "local": 0, "remote": 0, "failed": 0}
         self.duration: Any = None  # Histogram by source, once attached to a registry
+        self._executor: ThreadPoolExecutor | None = None
         self._rng = random.Random()
 
     def attach(self, datastore: Any, registry: Any = None) -> None:
@@ -123,8 +130,14 @@ class TokenProducer(Plugin):
         if ids is not None:
             c["cache"] += 1
             return ids
-        if self.local is None:
-            return None
+        if self.local is None or len(prompt.text or "") + sum(len(str(m.get("content", ""))) for m in
+                                                               prompt.messages or ()) > INLINE_CHARS:
+            return None  # a long prompt is tokenized on a thread, not on the event loop
+        return self._local(prompt, key)
+
+    def _local(self, prompt: Prompt, key: int) -> Sequence[int]:
+        assert self.local is not None
+        c = self.counts
         t0 = time.perf_counter()
         try:
             ids = self.local.tokenize(prompt)
@@ -138,7 +151,11 @@ class TokenProducer(Plugin):
         return self.cache.put(key, ids)
 
     async def tokenize(self, prompt: Prompt, endpoints: list[Endpoint]) -> Sequence[int]:
-        """The server's tokens ([] when it cannot say in time: the approximate index decides)."""
+        """The server's tokens ([] when it cannot say in time: the approximate index decides), or
+        the local tokenizer's, computed on its own thread."""
+        if self.local is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool(), self._local, prompt, prompt.cache_key())
         assert self.remote is not None
         url = self.params.vllm.url if self.params.vllm is not None and self.params.vllm.url else ""
         if not url:
@@ -158,9 +175,17 @@ class TokenProducer(Plugin):
             self.duration.labels("remote").observe(time.perf_counter() - t0)
         return self.cache.put(prompt.cache_key(), ids)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        return self._executor
+
     async def close(self) -> None:
         if self.remote is not None:
             await self.remote.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 # ---- precise-prefix-cache-producer ------------------------------------------------------------

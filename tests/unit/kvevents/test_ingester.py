@@ -36,6 +36,18 @@ def wait_for(cond, timeout=5.0):
     return cond()
 
 
+def _rebind(make, timeout=3.0):
+    """ZMQ closes sockets on its I/O thread: the port may stay taken for a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return make()
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Rig:
     def __init__(self, replay: bool = True, fmt: str = "array", replay_topic: bool = True):
         self.port = free_port()
@@ -73,8 +85,7 @@ class Rig:
 
     def restart_publisher(self):
         self.pub.close()
-        time.sleep(0.05)
-        self.pub = self._publisher()
+        self.pub = _rebind(self._publisher)
 
     def close(self):
         self.ing.stop()
@@ -154,7 +165,7 @@ def test_dead_replay_socket_falls_back_to_rebuild():
     r = Rig(replay=True)
     try:
         r.pub.close()
-        r.pub = KVEventPublisher(f"tcp://127.0.0.1:{r.port}", f"kv@x:1@{MODEL}")  # same port, no ROUTER
+        r.pub = _rebind(lambda: KVEventPublisher(f"tcp://127.0.0.1:{r.port}", f"kv@x:1@{MODEL}"))  # no ROUTER
         r.subscribe()
         r.publish(store([1, 2, 3, 4], A))
         assert r.settle(lambda: r.index.match(keys(A)) == {"pod": 4.0})

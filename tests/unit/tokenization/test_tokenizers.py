@@ -108,3 +108,13 @@ def test_token_producer_caches_whole_prompts(tokenizer_dir):
     p = Prompt(MODEL, text="hello " * 50)
     first = tp.tokenize_now(p)
     assert tp.tokenize_now(p) == first and tp.counts["cache"] == 1 and tp.counts["local"] == 1
+
+
+async def test_long_prompts_are_tokenized_off_the_event_loop(tokenizer_dir):
+    tp = build_plugin("token-producer", "t", {"local": {"path": str(tokenizer_dir)}})
+    long = Prompt(MODEL, text="the of and kabo " * 400)
+    assert tp.tokenize_now(long) is None  # the director then awaits tokenize()
+    ids = await tp.tokenize(long, [])
+    assert list(ids) == LocalTokenizer(tokenizer_dir).tokenize(long) and tp.counts["local"] == 1
+    assert list(tp.tokenize_now(long)) == list(ids) and tp.counts["cache"] == 1
+    await tp.close()
