@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability bench-flowcontrol clean
+.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
 
 install: $(STAMP) system-deps
 
@@ -55,6 +55,12 @@ bench-reliability: install
 bench-flowcontrol: install
 	$(BIN)/epp-bench flowcontrol $(FLOWCONTROL_ARGS)
 	$(BIN)/epp-bench drain
+
+# Precise vs approximate prefix index under cache pressure, one and two EPP replicas (~25 min),
+# and the per-request cost of the precise index (~1 min).
+bench-kvcache: install
+	$(BIN)/epp-bench kvcache
+	$(BIN)/epp-bench tokenize
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -170,3 +170,15 @@ def test_certificate_errors_say_what_is_wrong_with_which_file(tmp_path):
         assert_one_line_error(r, 2, f"--cert-path {d}: {d}/{message}")
     r = run_epp("--static-endpoints", "127.0.0.1:1", "--cert-path", str(tmp_path / "none"), *FREE)
     assert_one_line_error(r, 2, "missing")
+
+
+def test_ha_mode_flag():
+    from epp.cli import parse_options
+
+    assert parse_options(["--static-endpoints", "h:1", "--ha-mode", "active-active"])[0].ha_mode == "active-active"
+    assert parse_options(["--static-endpoints", "h:1"])[0].ha_mode == "single"
+    opts = parse_options(["--pool-name", "p", "--ha-mode", "leader-election"])[0]
+    assert opts.ha_enable_leader_election and opts.ha_mode == "leader-election"
+    r = subprocess.run([sys.executable, "-m", "epp.cli", "--pool-name", "p", "--ha-mode", "active-active",
+                        "--ha-enable-leader-election"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "drop --ha-enable-leader-election" in r.stderr
