@@ -304,11 +304,8 @@ class Exchange:
         if not may_hold:
             self.token_ids = []  # a caller that cannot wait is scheduled on the approximate index
             return True
-        self.tokenizing = asyncio.ensure_future(tp.tokenize(prompt, self._candidates_for_tokens()))
+        self.tokenizing = asyncio.ensure_future(tp.tokenize(prompt, list(self.d.datastore.endpoints())))
         return False
-
-    def _candidates_for_tokens(self) -> list[Endpoint]:
-        return list(self.d.datastore.endpoints())
 
     def _prepare(self, req: IncomingRequest, parsed: ParsedRequest | None = None) -> None:
         """Parse the body (unless a worker did) and settle the names and priority: once per

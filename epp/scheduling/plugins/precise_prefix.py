@@ -27,7 +27,9 @@ from epp.datalayer.kvevents.index import KVBlockIndex
 from epp.datalayer.kvevents.ingester import IngestConfig, KVEventIngester
 from epp.datalayer.kvevents.keys import request_keys
 from epp.scheduling.plugin import DataProducer, Params, Plugin, PreRequest, ResponseComplete, register
+from epp.scheduling.plugins.prefix_index import block_hashes
 from epp.scheduling.plugins.prefix import (
+    CHARS_PER_TOKEN,
     PREFIX_MATCH_KEY,
     ApproxPrefixCacheProducer,
     PrefixMatchInfo,
@@ -280,11 +282,21 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
 
     # hot path
     def produce(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> None:
-        approx_cycle = CycleState()
-        self.approx.produce(approx_cycle, req, endpoints)
-        approx: PrefixMatchInfo = approx_cycle[PREFIX_MATCH_KEY]
-        cycle[_APPROX_KEY] = approx
         tokens = req.token_ids
+        publishing = self.ingester.publishing
+        approx_cycle = CycleState()
+        if tokens and all(publishing(e.name) for e in endpoints):
+            # Nothing falls back: the approximate index would be neither read nor needed later
+            # (an endpoint that published once is matched precisely until it is removed); only
+            # the first block's hash is kept, as the key of the prefix's popularity.
+            bs_approx = self.approx._block_size(endpoints)
+            first = block_hashes(req.target_model, req.cache_salt, req.prefix_input, bs_approx * CHARS_PER_TOKEN, 1)
+            req.prefix_key = first[0] if first else 0
+            approx = PrefixMatchInfo([], {}, bs_approx, self.approx.popularity.share(req.prefix_key, len(endpoints)))
+        else:
+            self.approx.produce(approx_cycle, req, endpoints)
+            approx = approx_cycle[PREFIX_MATCH_KEY]
+        cycle[_APPROX_KEY] = approx
         if not tokens:
             cycle[PREFIX_MATCH_KEY] = approx
             return
@@ -292,7 +304,6 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
         keys = request_keys(req.target_model, tokens, bs, req.cache_salt, self.index.hash_seed,
                             self.params.max_prefix_blocks_to_match)
         precise = self.index.match(keys) if keys else {}
-        publishing = self.ingester.publishing
         matches: dict[str, float] = {}
         abs_ = approx.block_size_tokens
         # The approximate blocks hash characters (CHARS_PER_TOKEN per token); in tokens each is

@@ -153,3 +153,32 @@ def test_two_endpoints_share_blocks_and_drop_out_where_they_diverge():
     ix.apply("b", [stored([1, 2, 9], None, other)])
     assert ix.match(request_keys(MODEL, PROMPT, BS)) == {"a": 3.0, "b": 2.0}
     assert ix.match(request_keys(MODEL, other, BS)) == {"a": 2.0, "b": 3.0}
+
+
+def test_producer_skips_the_approximate_index_when_every_endpoint_publishes():
+    from epp.datalayer.endpoint import Endpoint
+    from epp.scheduling.plugin import build_plugin
+    from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
+    from epp.scheduling.plugins.prefix_index import block_hashes
+    from epp.scheduling.types import CycleState, ProfileResult, SchedulingRequest, SchedulingResult
+
+    p = build_plugin("precise-prefix-cache-producer", "p", {"tokenProcessorConfig": {"blockSizeTokens": BS}})
+    eps = [Endpoint(name=n, address="127.0.0.1", port=i + 1) for i, n in enumerate("ab")]
+    for e in eps:
+        p.index.add_endpoint(e.name, MODEL)
+    p.index.apply("a", [stored([1, 2, 3], None, PROMPT[:12])])
+    text = b"x" * 500
+    req = SchedulingRequest("r", MODEL, prefix_input=text, token_ids=PROMPT)
+    p.ingester._publishing.update({"a", "b"})  # both have published events
+    cycle = CycleState()
+    p.produce(cycle, req, eps)
+    assert cycle[PREFIX_MATCH_KEY].matches == {"a": 3.0}
+    assert req.prefix_key == block_hashes(MODEL, "", text, 64, 256)[0]  # the same popularity key
+    p.pre_request(cycle, req, SchedulingResult({"default": ProfileResult([eps[0]])}, "default"))
+    assert p.approx.popularity.inflight == {req.prefix_key: 1} and len(p.approx.index) == 0
+    # one endpoint without events: the approximate index is used, and fed, again
+    p.ingester._publishing.discard("b")
+    cycle = CycleState()
+    p.produce(cycle, req, eps)
+    p.pre_request(cycle, req, SchedulingResult({"default": ProfileResult([eps[1]])}, "default"))
+    assert len(p.approx.index) > 0
