@@ -26,9 +26,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import zmq
+if TYPE_CHECKING:
+    import zmq
 
 from epp.datalayer.kvevents.decode import DecodeError, decode_batch
 from epp.datalayer.kvevents.index import KVBlockIndex
@@ -129,6 +130,8 @@ class KVEventIngester:
         return len(self._subs)
 
     def start(self) -> None:
+        import zmq  # loaded only when KV events are configured: the default EPP never loads libzmq
+
         if self._thread is None:
             self._ctx = zmq.Context()
             self._thread = threading.Thread(target=self._run, name="kv-events", daemon=True)
@@ -149,6 +152,8 @@ class KVEventIngester:
     # ---- the ingester thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        import zmq
+
         poller = zmq.Poller()
         while not self._stop.is_set():
             self._commands(poller)
@@ -172,6 +177,8 @@ class KVEventIngester:
                         log.exception("kv events from %s: unexpected error", sub.name)
 
     def _commands(self, poller: zmq.Poller) -> None:
+        import zmq
+
         while True:
             try:
                 op, name, address, port = self._cmds.get_nowait()
@@ -252,6 +259,8 @@ class KVEventIngester:
 
     def _replay(self, sub: _Sub, start: int, upto: int) -> bool:
         """Fetch and apply batches [start, upto) from the endpoint's replay socket."""
+        import zmq
+
         if sub.replay is None or start >= upto:
             return False
         now = time.monotonic()
