@@ -2,7 +2,8 @@
 
     epp-bench run [--workloads ...] [--routers ...]   live: routers + Envoy + epp-sim fleet
     epp-bench des [--workloads ...] [--routers ...]   virtual time: engines + the EPP scheduler in-process
-    epp-bench report [--render-only]                  the committed suite (live + des), then report.md + plots
+    epp-bench ladder [--full] [--shapes ...]          the canonical warm ladder vs the peers, floor excess
+    epp-bench report [--render-only]                  the round-1 suite (live + des), then report.md + plots
     epp-bench inference-perf                          cross-check with kubernetes-sigs/inference-perf
     epp-bench overhead                                Envoy alone vs Envoy+EPP (requests and token streams)
     epp-bench reliability [--quick] [--only ...]      issue 13's fuzz, faults, soak, 1,000 endpoints
@@ -83,6 +84,47 @@ def cmd_run(args: argparse.Namespace, out: Path) -> dict:
     return rf.meta
 
 
+def cmd_ladder(args: argparse.Namespace) -> None:
+    from epp.bench import ladder, ladderreport
+    from epp.bench.peers import PACKAGES, peer_version
+    from epp.bench.results import ResultFile, load as load_results
+    from epp.bench.routers import parse_router
+
+    if args.render is not None:
+        files = args.render or [args.out]
+        print(f"wrote {ladderreport.render([load_results(f) for f in files], files[0].parent)}")
+        return
+    shapes = _names(args.shapes) if args.shapes else list(ladder.SHAPES if args.full else ladder.CANONICAL_SHAPES)
+    names = _names(args.routers) if args.routers else list(ladder.FULL_ROUTERS if args.full
+                                                           else ladder.CANONICAL_ROUTERS)
+    loads = _floats(args.loads) if args.loads else list(ladder.FULL_LOADS if args.full else ladder.DEFAULT_LOADS)
+    opts = ladder.LadderOptions(shapes=shapes, loads=loads,
+                                seeds=[int(x) for x in args.seeds.split(",")], stage_requests=args.stage_requests,
+                                warmup_requests=args.warmup_requests, max_wall_rps=args.max_wall_rps)
+    specs = [parse_router(n) for n in names]
+    est = ladder.wall_estimate(opts, len(specs))
+    print(f"ladder: {len(shapes)} shapes x {len(specs)} routers x {len(opts.seeds)} seeds, about {est / 60:.0f} min",
+          flush=True)
+    if args.plan_only:
+        for shape in shapes:
+            for seed in opts.seeds:
+                pl = ladder.plan(shape, seed, opts)
+                print(f"  {shape} seed {seed}: capacity {pl.capacity:.2f} req/s, time scale {pl.time_scale}, "
+                      "floor p90 per stage " + ", ".join(f"{ladder.percentile(f, 90):.3f}" for f in pl.floors))
+        return
+    peers = {s.kind for s in specs if s.kind in PACKAGES}
+    rf = ResultFile(args.out, _meta({"mode": "ladder", "shapes": shapes, "routers": names, "seeds": opts.seeds,
+                                     "loads": opts.loads, "stage_requests": opts.stage_requests,
+                                     "epp_configs": _epp_configs(specs), "peer_versions": {}}))
+    t0 = time.monotonic()
+    rf.meta["skipped"] = ladder.run_ladder(specs, opts, rf.add, log=lambda s: print(s, flush=True))
+    rf.meta["peer_versions"] = {k: peer_version(k) for k in sorted(peers)}
+    rf.meta["wall_s"] = round(time.monotonic() - t0)
+    rf.save()
+    print(f"wrote {args.out} ({len(rf.rows)} stages, {rf.meta['wall_s']} s)")
+    print(f"wrote {ladderreport.render([load_results(args.out)], args.out.parent)}")
+
+
 def cmd_des(args: argparse.Namespace, out: Path) -> None:
     from epp.bench.capacity import fleet_capacity
     from epp.bench.des import des_router, run_ladder
@@ -132,6 +174,23 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--results", type=Path, default=RESULTS)
     rep.add_argument("--routers", default=",".join(DEFAULT_ROUTERS))
     rep.add_argument("--repeat", action="store_true", help="also repeat the shared-prefix ladder (spread)")
+
+    lad = sub.add_parser("ladder", help="the canonical warm ladder: routers vs the floor, vs each other "
+                                        "-> bench/results/ladder.{json,md} + ladder-<shape>.png")
+    lad.add_argument("--full", action="store_true", help="all shapes and routers (~2.3 min per router, shape and "
+                                                         "seed) instead of the canonical set")
+    lad.add_argument("--shapes", default=None, help="comma-separated: shared-prefix, cache-pressure, hot-prefix, "
+                                                    "sharegpt-like")
+    lad.add_argument("--routers", default=None, help="as for `run` (also sglang-router-<policy>)")
+    lad.add_argument("--loads", default=None, help="stages as fractions of fleet capacity (default 0.5,0.8,1.1; --full 0.3,0.5,0.8,1.1)")
+    lad.add_argument("--seeds", default="1,2")
+    lad.add_argument("--stage-requests", type=int, default=300)
+    lad.add_argument("--warmup-requests", type=int, default=200)
+    lad.add_argument("--max-wall-rps", type=float, default=30.0)
+    lad.add_argument("--out", type=Path, default=RESULTS / "ladder.json")
+    lad.add_argument("--render", type=Path, nargs="*", default=None,
+                     help="only render: merge these result files (default: the --out file) into ladder.md")
+    lad.add_argument("--plan-only", action="store_true", help="print capacities, time scales and wall estimate")
 
     ip = sub.add_parser("inference-perf", help="the same fleet driven by kubernetes-sigs/inference-perf")
     ip.add_argument("--router", default="epp")
@@ -231,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
                 cmd_run(p.parse_args(["run", "--workloads", "shared-prefix", "--routers", "epp,envoy-rr",
                                       "--seed", "1"]), args.results / "live-repeat.json")
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "ladder":
+        cmd_ladder(args)
     elif args.cmd == "kvcache":
         from epp.bench import kvreport
         from epp.bench.kvbench import KvOptions, routers as kv_routers, run_kvcache

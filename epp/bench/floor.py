@@ -3,8 +3,8 @@
 A request's first token needs at least its frontend latency, one engine step's overhead and the
 prefill of every prompt token that no earlier request could have left in a cache: a server can
 only hold what some request sent before this one computed (epp-bench sends requests in list
-order, live and in virtual time, and every load point has fresh prompts, so nothing from an
-earlier point helps), and a prompt always recomputes its last token. On an idle
+order, live and in virtual time; on a warm ladder `FloorState` carries every prefix earlier stages
+sent, so a warmed system prompt costs only its question), and a prompt always recomputes its last token. On an idle
 server that is exactly its TTFT; queueing, batching with other work and chunking only add to it.
 The p90 of these per-request floors (same percentile as the results) bounds every router's TTFT
 p90 from below, at any load. On shared-prefix one request in five starts a prompt group nobody
@@ -18,28 +18,41 @@ from epp.bench.workloads import MODEL, Workload
 from epp.sim.costmodel import CostModel
 
 
+class FloorState:
+    """The prefixes some earlier request has sent, carried across the stages of a warm ladder: a
+    server may still hold any of them (infinite cache, the floor's best case)."""
+
+    def __init__(self, cost: CostModel | None = None, block_size: int = 16) -> None:
+        self.cost = cost or CostModel()
+        self.block_size = block_size
+        self.seen: set[int] = set()
+
+    def advance(self, requests: list, token_ids: list[list[int]]) -> list[float]:
+        """Per request in arrival order, the lowest TTFT any router and server could give it (seconds)."""
+        bs = self.block_size
+        floors = []
+        for req, ids in zip(requests, token_ids):
+            # Prefix-cache keys chain every full block to the blocks before it, per model/adapter.
+            chain, keys = hash(req.model), []
+            for start in range(0, len(ids) - len(ids) % bs, bs):
+                chain = hash((chain, tuple(ids[start:start + bs])))
+                keys.append(chain)
+            reusable = 0
+            limit = (len(ids) - 1) // bs  # the last prompt token is always computed
+            while reusable < limit and keys[reusable] in self.seen:
+                reusable += 1
+            self.seen.update(keys)
+            cached = reusable * bs
+            new = len(ids) - cached
+            floors.append(self.cost.frontend_latency + self.cost.step_seconds(
+                new, new * (cached + new / 2), 0, 0, req.model != MODEL, 0))
+        return floors
+
+
 def request_floors(workload: Workload, token_ids: list[list[int]], cost: CostModel | None = None,
                    block_size: int = 16) -> list[float]:
-    """Per request, the lowest TTFT any router and server could give it (seconds)."""
-    cost = cost or CostModel()
-    seen: set[int] = set()
-    floors = []
-    for req, ids in zip(workload.requests, token_ids):
-        # Prefix-cache keys chain every full block to the blocks before it, per model/adapter.
-        chain, keys = hash(req.model), []
-        for start in range(0, len(ids) - len(ids) % block_size, block_size):
-            chain = hash((chain, tuple(ids[start:start + block_size])))
-            keys.append(chain)
-        reusable = 0
-        limit = (len(ids) - 1) // block_size  # the last prompt token is always computed
-        while reusable < limit and keys[reusable] in seen:
-            reusable += 1
-        seen.update(keys)
-        cached = reusable * block_size
-        new = len(ids) - cached
-        floors.append(cost.frontend_latency + cost.step_seconds(
-            new, new * (cached + new / 2), 0, 0, req.model != MODEL, 0))
-    return floors
+    """Per request, the lowest TTFT any router and server could give it (seconds), from a cold start."""
+    return FloorState(cost, block_size).advance(workload.requests, token_ids)
 
 
 def ttft_p90_floor(workload: Workload, token_ids: list[list[int]], cost: CostModel | None = None) -> float:

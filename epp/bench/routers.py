@@ -3,7 +3,8 @@
 * `epp` — this project's EPP behind real Envoy (deploy/envoy/original-dst.yaml, FULL_DUPLEX_STREAMED),
   with any EndpointPickerConfig file (`epp` alone = the EPP's built-in default).
 * `envoy-rr`, `envoy-lr` — Envoy's own round-robin / least-request (the Kubernetes Service baselines).
-* `smg-<policy>`, `vllm-router-<policy>` — the peer routers, installed into their own venvs.
+* `smg-<policy>` (SGLang Model Gateway, `smg` package), `sglang-router-<policy>` (its 0.3.2
+  predecessor), `vllm-router-<policy>` — the peer routers, installed into their own venvs.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from epp.bench.workloads import MODEL
 from epp.stack import envoyconf
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
 
-DEFAULT_ROUTERS = ("epp", "envoy-rr", "envoy-lr", "smg-cache_aware", "smg-round_robin",
+DEFAULT_ROUTERS = ("epp", "envoy-rr", "envoy-lr", "smg-cache_aware", "smg-power_of_two",
                    "vllm-router-cache_aware", "vllm-router-power_of_two")
 
 
 @dataclass(frozen=True)
 class RouterSpec:
     name: str  # label in results
-    kind: str  # epp | envoy | smg | vllm-router
+    kind: str  # epp | envoy | smg | sglang-router | vllm-router
     policy: str = ""  # envoy lb / peer policy
     config: Path | None = None  # EndpointPickerConfig for kind == "epp"
     # vllm-router's cache_aware hashes token ids and cannot tokenize text without a HF tokenizer
@@ -62,6 +63,8 @@ def parse_router(text: str) -> RouterSpec:
         return RouterSpec(text, "envoy", "round_robin" if text == "envoy-rr" else "least_request")
     if text.startswith("smg-"):
         return RouterSpec(text, "smg", text[4:])
+    if text.startswith("sglang-router-"):
+        return RouterSpec(text, "sglang-router", text[len("sglang-router-"):])
     if text.startswith("vllm-router-"):
         return RouterSpec(text, "vllm-router", text[len("vllm-router-"):], token_ids=True)
     raise ValueError(f"unknown router {text!r}")
@@ -109,9 +112,9 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
             conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=grpc_ports[0],
                                     more_epp_ports=tuple(grpc_ports[1:]))
             _envoy(conf, workdir, f"envoy-{port}", procs)
-        elif spec.kind in ("smg", "vllm-router"):
+        elif spec.kind in ("smg", "sglang-router", "vllm-router"):
             exe = peer_binary(spec.kind)
-            head = [exe, "launch"] if spec.kind == "smg" else [exe]
+            head = [exe] if spec.kind == "vllm-router" else [exe, "launch"]
             args = [*head, "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
                     "--prometheus-port", str(free_port()), "--policy", spec.policy,
                     "--worker-startup-check-interval", "1", "--log-level", "error", "--worker-urls", *fleet.urls]
