@@ -19,10 +19,19 @@ _BOOL_FALSE = {"0", "f", "false", "no", "n", "off"}
 
 # Reference flags we accept for compatibility but that have no effect here (say so at start-up).
 IGNORED_FLAGS = (
-    "model-server-metrics-port", "model-server-metrics-path", "total-queued-requests-metric",
-    "total-running-requests-metric", "kv-cache-usage-percentage-metric", "lora-info-metric",
-    "cache-info-metric", "enable-pprof", "tracing",
-    "zap-devel", "zap-log-level", "zap-stacktrace-level", "zap-time-encoding",
+    "model-server-metrics-port",
+    "model-server-metrics-path",
+    "total-queued-requests-metric",
+    "total-running-requests-metric",
+    "kv-cache-usage-percentage-metric",
+    "lora-info-metric",
+    "cache-info-metric",
+    "enable-pprof",
+    "tracing",
+    "zap-devel",
+    "zap-log-level",
+    "zap-stacktrace-level",
+    "zap-time-encoding",
 )
 
 
@@ -79,7 +88,8 @@ def bind_address(text: str) -> str:
         return str(ipaddress.ip_address(text.strip().strip("[]")))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid address {text!r} (give an IPv4 or IPv6 address: 127.0.0.1, 0.0.0.0, ::)") from None
+            f"invalid address {text!r} (give an IPv4 or IPv6 address: 127.0.0.1, 0.0.0.0, ::)"
+        ) from None
 
 
 def target_ports(text: str) -> list[int]:
@@ -117,8 +127,9 @@ def static_objectives(text: str) -> tuple[tuple[str, int], ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _ErrorParser(prog="epp", description="Endpoint Picker for LLM inference gateways (Envoy ext_proc).",
-                     allow_abbrev=False)
+    p = _ErrorParser(
+        prog="epp", description="Endpoint Picker for LLM inference gateways (Envoy ext_proc).", allow_abbrev=False
+    )
     a = p.add_argument
 
     def flag(name: str, default: bool, help: str) -> None:
@@ -127,65 +138,120 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grpc-port", type=port, default=9002, help="ext_proc gRPC port (default 9002)")
     a("--grpc-health-port", type=port, default=9003, help="gRPC health port (default 9003)")
     a("--metrics-port", type=port, default=9090, help="Prometheus metrics port (default 9090)")
-    a("--bind-address", type=bind_address, default=None,
-      help="address every server binds (default 127.0.0.1; 0.0.0.0 when running in a Kubernetes pod)")
+    a(
+        "--bind-address",
+        type=bind_address,
+        default=None,
+        help="address every server binds (default 127.0.0.1; 0.0.0.0 when running in a Kubernetes pod)",
+    )
     a("--pool-name", default="", help="InferencePool to serve (Kubernetes mode)")
     a("--pool-namespace", default="", help="namespace of the pool (default $NAMESPACE or 'default')")
     a("--pool-group", default="inference.networking.k8s.io", help="API group of the pool")
     a("--endpoint-selector", default="", help="standalone mode: pod label selector k=v[,k=v]")
     a("--endpoint-target-ports", type=target_ports, default=[], help="standalone mode: ports, comma-separated (1-8)")
-    a("--static-endpoints", default="",
-      help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics")
-    a("--static-objectives", type=static_objectives, default=(),
-      help="no-cluster mode: InferenceObjectives as name=priority[,name=priority...] "
-           "(what x-gateway-inference-objective names; Kubernetes mode reads the CRDs)")
+    a(
+        "--static-endpoints",
+        default="",
+        help="no-cluster mode: host:port[@engine][,host:port[@engine]...] scraped at http://host:port/metrics",
+    )
+    a(
+        "--static-objectives",
+        type=static_objectives,
+        default=(),
+        help="no-cluster mode: InferenceObjectives as name=priority[,name=priority...] "
+        "(what x-gateway-inference-objective names; Kubernetes mode reads the CRDs)",
+    )
     flag("disable-endpoint-subset-filter", False, "ignore the data plane's subset hint")
-    a("--refresh-metrics-interval", type=positive_duration, default=0.05,
-      help="per-endpoint scrape period (default 50ms; stretched for pools over 16 endpoints, see docs/datalayer.md)")
-    a("--model-server-metrics-scheme", choices=("http", "https"), default="http",
-      help="scheme of model-server /metrics scrapes (default http)")
-    flag("model-server-metrics-https-insecure-skip-verify", True,
-         "with https scraping, do not verify model-server certificates (default true, as the reference)")
+    a(
+        "--refresh-metrics-interval",
+        type=positive_duration,
+        default=0.05,
+        help="per-endpoint scrape period (default 50ms; stretched for pools over 16 endpoints, see docs/datalayer.md)",
+    )
+    a(
+        "--model-server-metrics-scheme",
+        choices=("http", "https"),
+        default="http",
+        help="scheme of model-server /metrics scrapes (default http)",
+    )
+    flag(
+        "model-server-metrics-https-insecure-skip-verify",
+        True,
+        "with https scraping, do not verify model-server certificates (default true, as the reference)",
+    )
     a("--refresh-prometheus-metrics-interval", type=duration, default=5.0, help="pool gauges period (default 5s)")
     a("--metrics-staleness-threshold", type=duration, default=2.0, help="metrics older than this are stale (2s)")
     a("--config-file", default="", help="EndpointPickerConfig YAML file")
     a("--config-text", default=None, help="EndpointPickerConfig YAML text")
-    a("--config-name", default="",
-      help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity")
+    a(
+        "--config-name",
+        default="",
+        help="built-in config: epp-default (the default), reference-default (queue 2, kv 2, prefix 3), llm-d-affinity",
+    )
     flag("secure-serving", True, "serve ext_proc over TLS (self-signed unless --cert-path)")
     a("--cert-path", default="", help="directory holding tls.crt and tls.key")
-    flag("enable-cert-reload", False, "new connections use tls.crt/tls.key as they are now (rotation without "
-         "a restart; open streams keep theirs)")
-    a("--metrics-endpoint-auth", type=go_bool, nargs="?", const=True, default=None, metavar="BOOL",
-      help="/metrics needs a bearer token allowed to GET /metrics (TokenReview + SubjectAccessReview); "
-           "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode")
+    flag(
+        "enable-cert-reload",
+        False,
+        "new connections use tls.crt/tls.key as they are now (rotation without a restart; open streams keep theirs)",
+    )
+    a(
+        "--metrics-endpoint-auth",
+        type=go_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="/metrics needs a bearer token allowed to GET /metrics (TokenReview + SubjectAccessReview); "
+        "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode",
+    )
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
     flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
-    a("--ha-mode", choices=("single", "leader-election", "active-active"), default=None,
-      help="replicas of one pool: leader-election (= --ha-enable-leader-election: one ready leader, warm "
-           "standbys) or active-active (every replica ready and serving, no Lease; in-flight counts and "
-           "queues are per replica, prefix state shared through KV events with epp-precise; docs/ha.md). "
-           "Default: leader-election with --ha-enable-leader-election, else single")
+    a(
+        "--ha-mode",
+        choices=("single", "leader-election", "active-active"),
+        default=None,
+        help="replicas of one pool: leader-election (= --ha-enable-leader-election: one ready leader, warm "
+        "standbys) or active-active (every replica ready and serving, no Lease; in-flight counts and "
+        "queues are per replica, prefix state shared through KV events with epp-precise; docs/ha.md). "
+        "Default: leader-election with --ha-enable-leader-election, else single",
+    )
     a("--max-request-body-bytes", type=positive_int, default=64 * 1024 * 1024, help="largest request body accepted")
     a("--kube-api-server", default="", help="Kubernetes API server URL (overrides kubeconfig/in-cluster)")
     a("--kubeconfig", default="", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
-    a("--graceful-shutdown-timeout", type=duration, default=60.0,
-      help="on SIGTERM: report not ready, keep serving until no stream has been open for 2s, at most this long "
-           "(default 60s; streams still open then are cut)")
-    a("--workers", default="auto",
-      help="ext_proc worker processes sharing the port, decisions made in one process (docs/workers.md); "
-           "auto (default) = one per CPU this process may use beyond the first, at most 8 (1 on 2 CPUs); "
-           "1 = everything in one process")
-    a("--extproc-transport", default="h2corn", choices=("h2corn", "grpcio"),
-      help="the ext_proc gRPC server: h2corn (default; a Rust HTTP/2 server, about a quarter of grpcio's CPU "
-           "per message, needs Envoy's ext_proc_graceful_grpc_close, see docs/transport.md) or grpcio")
-    a("--http-picker-port", type=port, default=0,
-      help="serve the NGINX bridge HTTP contract on this port (0 = off)")
+    a(
+        "--graceful-shutdown-timeout",
+        type=duration,
+        default=60.0,
+        help="on SIGTERM: report not ready, keep serving until no stream has been open for 2s, at most this long "
+        "(default 60s; streams still open then are cut)",
+    )
+    a(
+        "--workers",
+        default="auto",
+        help="ext_proc worker processes sharing the port, decisions made in one process (docs/workers.md); "
+        "auto (default) = one per CPU this process may use beyond the first, at most 8 (1 on 2 CPUs); "
+        "1 = everything in one process",
+    )
+    a(
+        "--extproc-transport",
+        default="h2corn",
+        choices=("h2corn", "grpcio"),
+        help="the ext_proc gRPC server: h2corn (default; a Rust HTTP/2 server, about a quarter of grpcio's CPU "
+        "per message, needs Envoy's ext_proc_graceful_grpc_close, see docs/transport.md) or grpcio",
+    )
+    a("--http-picker-port", type=port, default=0, help="serve the NGINX bridge HTTP contract on this port (0 = off)")
     a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
     a("--zap-encoder", default="console", choices=("console", "json"), help="log encoding")
     for name in IGNORED_FLAGS:
-        a(f"--{name}", dest=f"ignored_{name.replace('-', '_')}", nargs="?", const="true", default=None,
-          help=argparse.SUPPRESS)
+        a(
+            f"--{name}",
+            dest=f"ignored_{name.replace('-', '_')}",
+            nargs="?",
+            const="true",
+            default=None,
+            help=argparse.SUPPRESS,
+        )
     return p
 
 
@@ -211,8 +277,12 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     if ns.config_text is not None and not ns.config_text.strip():
         parser.error("--config-text is empty; leave it out to run the built-in default config")
     owner: dict[int, str] = {}
-    for flag_name, number in (("--grpc-port", ns.grpc_port), ("--grpc-health-port", ns.grpc_health_port),
-                              ("--metrics-port", ns.metrics_port), ("--http-picker-port", ns.http_picker_port)):
+    for flag_name, number in (
+        ("--grpc-port", ns.grpc_port),
+        ("--grpc-health-port", ns.grpc_health_port),
+        ("--metrics-port", ns.metrics_port),
+        ("--http-picker-port", ns.http_picker_port),
+    ):
         if number == 0:  # 0: any free port (or, for --http-picker-port, off)
             continue
         if number in owner:
@@ -232,11 +302,16 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         parser.error("--ha-enable-leader-election needs Kubernetes mode (--pool-name or --endpoint-selector)")
     if ns.endpoint_selector and not ns.endpoint_target_ports:
         parser.error("--endpoint-selector needs --endpoint-target-ports")
-    warnings = [f"flag --{n} is accepted for compatibility and has no effect"
-                for n in IGNORED_FLAGS if getattr(ns, f"ignored_{n.replace('-', '_')}") is not None]
+    warnings = [
+        f"flag --{n} is accepted for compatibility and has no effect"
+        for n in IGNORED_FLAGS
+        if getattr(ns, f"ignored_{n.replace('-', '_')}") is not None
+    ]
     if ns.enable_cert_reload and not (ns.secure_serving and ns.cert_path):
-        warnings.append("--enable-cert-reload has no effect without --cert-path and --secure-serving "
-                        "(a self-signed certificate never changes)")
+        warnings.append(
+            "--enable-cert-reload has no effect without --cert-path and --secure-serving "
+            "(a self-signed certificate never changes)"
+        )
     if ns.workers == "auto":
         from epp.workers.count import default_workers
 
@@ -252,26 +327,42 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         parser.error("--workers above 1 needs --extproc-transport h2corn")
     bind = ns.bind_address or ("0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1")
     opts = Options(
-        grpc_port=ns.grpc_port, grpc_health_port=ns.grpc_health_port, metrics_port=ns.metrics_port,
-        bind_address=bind, pool_name=ns.pool_name,
+        grpc_port=ns.grpc_port,
+        grpc_health_port=ns.grpc_health_port,
+        metrics_port=ns.metrics_port,
+        bind_address=bind,
+        pool_name=ns.pool_name,
         pool_namespace=ns.pool_namespace or os.environ.get("NAMESPACE") or "default",
-        pool_group=ns.pool_group, endpoint_selector=ns.endpoint_selector,
-        endpoint_target_ports=ns.endpoint_target_ports, static_endpoints=ns.static_endpoints,
+        pool_group=ns.pool_group,
+        endpoint_selector=ns.endpoint_selector,
+        endpoint_target_ports=ns.endpoint_target_ports,
+        static_endpoints=ns.static_endpoints,
         static_objectives=ns.static_objectives,
         disable_endpoint_subset_filter=ns.disable_endpoint_subset_filter,
         refresh_metrics_interval=ns.refresh_metrics_interval,
         model_server_metrics_scheme=ns.model_server_metrics_scheme,
         model_server_metrics_https_insecure_skip_verify=ns.model_server_metrics_https_insecure_skip_verify,
         refresh_prometheus_metrics_interval=ns.refresh_prometheus_metrics_interval,
-        metrics_staleness_threshold=ns.metrics_staleness_threshold, config_file=ns.config_file,
-        config_text=ns.config_text or "", config_name=ns.config_name, secure_serving=ns.secure_serving, cert_path=ns.cert_path,
-        health_checking=ns.health_checking, ha_enable_leader_election=ns.ha_enable_leader_election,
+        metrics_staleness_threshold=ns.metrics_staleness_threshold,
+        config_file=ns.config_file,
+        config_text=ns.config_text or "",
+        config_name=ns.config_name,
+        secure_serving=ns.secure_serving,
+        cert_path=ns.cert_path,
+        health_checking=ns.health_checking,
+        ha_enable_leader_election=ns.ha_enable_leader_election,
         ha_mode=ns.ha_mode,
-        verbosity=ns.v, log_encoder=ns.zap_encoder, max_request_body_bytes=ns.max_request_body_bytes,
-        kube_api_server=ns.kube_api_server, kubeconfig=ns.kubeconfig,
-        http_picker_port=ns.http_picker_port, graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
-        metrics_endpoint_auth=ns.metrics_endpoint_auth, enable_cert_reload=ns.enable_cert_reload,
-        extproc_transport=ns.extproc_transport, workers=workers,
+        verbosity=ns.v,
+        log_encoder=ns.zap_encoder,
+        max_request_body_bytes=ns.max_request_body_bytes,
+        kube_api_server=ns.kube_api_server,
+        kubeconfig=ns.kubeconfig,
+        http_picker_port=ns.http_picker_port,
+        graceful_shutdown_timeout=ns.graceful_shutdown_timeout,
+        metrics_endpoint_auth=ns.metrics_endpoint_auth,
+        enable_cert_reload=ns.enable_cert_reload,
+        extproc_transport=ns.extproc_transport,
+        workers=workers,
     )
     return opts, warnings
 

@@ -14,9 +14,11 @@ a minute, and cutting it fails the client's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger("epp")
 
@@ -34,27 +36,39 @@ class Drainable(Protocol):
     draining: bool
 
 
-async def drain(health: Drainable, streams: StreamCounter, timeout: float, hurry: asyncio.Event,
-                quiet: float = QUIET_SECONDS, clock: Callable[[], float] = time.monotonic) -> float:
+async def drain(
+    health: Drainable,
+    streams: StreamCounter,
+    timeout: float,
+    hurry: asyncio.Event,
+    quiet: float = QUIET_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> float:
     """Serve while draining; returns the grace left for the servers' final stop (0 when cut short)."""
     health.draining = True
     start = clock()
     deadline = start + timeout
-    log.info("draining: reporting not ready, still serving; stopping once no ext_proc stream has been open for "
-             "%gs (at most %gs); %d streams in flight", quiet, timeout, streams.active_streams)
+    log.info(
+        "draining: reporting not ready, still serving; stopping once no ext_proc stream has been open for "
+        "%gs (at most %gs); %d streams in flight",
+        quiet,
+        timeout,
+        streams.active_streams,
+    )
     while True:
         now = clock()
         if hurry.is_set():
             log.info("second stop signal: stopping now, %d streams in flight are cut", streams.active_streams)
             return 0.0
         if now >= deadline:
-            log.warning("drain deadline (--graceful-shutdown-timeout %gs) reached: %d streams in flight are cut",
-                        timeout, streams.active_streams)
+            log.warning(
+                "drain deadline (--graceful-shutdown-timeout %gs) reached: %d streams in flight are cut",
+                timeout,
+                streams.active_streams,
+            )
             return 0.0
         if streams.active_streams == 0 and now - streams.last_activity >= quiet:
             log.info("drained after %.1fs: no ext_proc stream for %gs", now - start, quiet)
             return max(0.0, deadline - now)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hurry.wait(), POLL_SECONDS)
-        except TimeoutError:
-            pass

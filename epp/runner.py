@@ -18,31 +18,31 @@ from grpc_health.v1 import health_pb2_grpc
 
 from epp import __version__, signals
 from epp.datalayer.datastore import Datastore
-from epp.drain import drain
 from epp.datalayer.reachability import ReachabilityPolicy
 from epp.datalayer.scraper import MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
+from epp.drain import drain
 from epp.extproc import tls
-from epp.extproc.tls import CertificateError
-from epp.listen import bind_failure, host_port, why_unbindable
 from epp.extproc.servicer import ExternalProcessor
+from epp.extproc.tls import CertificateError
 from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.controller import FlowController
+from epp.listen import bind_failure, host_port, why_unbindable
 from epp.observability import logs
+from epp.observability.flowmetrics import FlowMetrics
 from epp.observability.health import HealthServicer, HealthState
 from epp.observability.http import ObservabilityServer
-from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metrics_auth_decision
-from epp.observability.flowmetrics import FlowMetrics
 from epp.observability.metrics import EppMetrics
+from epp.observability.metricsauth import MetricsAuth, build_metrics_auth, metrics_auth_decision
 from epp.observability.pool import PoolGaugeRefresher
 from epp.options import Options
+from epp.requestcontrol.director import Director
 from epp.routing.objectives import Objective, ObjectiveStore
 from epp.routing.rewrites import RewriteStore
-from epp.sources import SourceError, SourceTargets, build_sources
-from epp.requestcontrol.director import Director
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
 from epp.scheduling.scheduler import Scheduler
+from epp.sources import SourceError, SourceTargets, build_sources
 
 log = logging.getLogger("epp")
 
@@ -65,11 +65,14 @@ def read_config_file(path: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(f"--config-file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
-                          f"column {column})") from None
+        raise ConfigError(
+            f"--config-file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column})"
+        ) from None
     if _holds_nothing(text):
-        raise ConfigError(f"--config-file {path}: the file holds no configuration (it is empty or only comments); "
-                          "leave out --config-file to run the built-in default config")
+        raise ConfigError(
+            f"--config-file {path}: the file holds no configuration (it is empty or only comments); "
+            "leave out --config-file to run the built-in default config"
+        )
     return text
 
 
@@ -143,31 +146,48 @@ class Epp:
             self.datastore.replace_all(endpoints)
             self.datastore.mark_synced()
         self.collector = MetricsCollector(
-            self.datastore, interval=opts.refresh_metrics_interval, scheme=opts.model_server_metrics_scheme,
+            self.datastore,
+            interval=opts.refresh_metrics_interval,
+            scheme=opts.model_server_metrics_scheme,
             insecure_skip_verify=opts.model_server_metrics_https_insecure_skip_verify,
-            interval_gauge=self.metrics.scrape_interval)
+            interval_gauge=self.metrics.scrape_interval,
+        )
         self.health = HealthState(lambda: self.datastore.synced, opts.ha_enable_leader_election)
         # -- sources (cold path: Kubernetes watches, leader election; static mode has none) --
         objectives, rewrites = ObjectiveStore(), RewriteStore()
         for name, priority in opts.static_objectives:
             objectives.set(Objective(name, priority))
-        self.sources = build_sources(opts, SourceTargets(config, self.datastore, objectives, rewrites, self.metrics,
-                                                         self.health))
+        self.sources = build_sources(
+            opts, SourceTargets(config, self.datastore, objectives, rewrites, self.metrics, self.health)
+        )
         # -- decision core (hot path: one pick per request) --
         self.scheduler = Scheduler(config)
         for warning in config.flow.warnings:
             log.warning("%s", warning)
-        self.flow = FlowController(config.flow, self.datastore.endpoints,
-                                   FlowMetrics(self.metrics.registry, opts.pool_name or "static"))
-        self.director = Director(self.datastore, self.scheduler, self.metrics,
-                                 LegacyAdmission(self.flow.detector), self.flow, objectives, rewrites,
-                                 parser=config.parser, use_subset_hint=not opts.disable_endpoint_subset_filter,
-                                 reachability=ReachabilityPolicy(
-                                     scrape_interval=lambda: self.collector.effective_interval))
-        self.pool_gauges = PoolGaugeRefresher(self.datastore, self.metrics, opts.pool_name or "static",
-                                              opts.refresh_prometheus_metrics_interval,
-                                              opts.metrics_staleness_threshold, config,
-                                              reachability=self.director.reachability)
+        self.flow = FlowController(
+            config.flow, self.datastore.endpoints, FlowMetrics(self.metrics.registry, opts.pool_name or "static")
+        )
+        self.director = Director(
+            self.datastore,
+            self.scheduler,
+            self.metrics,
+            LegacyAdmission(self.flow.detector),
+            self.flow,
+            objectives,
+            rewrites,
+            parser=config.parser,
+            use_subset_hint=not opts.disable_endpoint_subset_filter,
+            reachability=ReachabilityPolicy(scrape_interval=lambda: self.collector.effective_interval),
+        )
+        self.pool_gauges = PoolGaugeRefresher(
+            self.datastore,
+            self.metrics,
+            opts.pool_name or "static",
+            opts.refresh_prometheus_metrics_interval,
+            opts.metrics_staleness_threshold,
+            config,
+            reachability=self.director.reachability,
+        )
         # -- transport (set up in start(): grpcio servicer, h2corn app in process, or workers) --
         self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
@@ -187,7 +207,9 @@ class Epp:
             try:
                 self.metrics_auth = build_metrics_auth(opts)
             except KubeConfigError as exc:
-                raise SourceError(f"--metrics-endpoint-auth needs a Kubernetes API to check tokens with: {exc}") from None
+                raise SourceError(
+                    f"--metrics-endpoint-auth needs a Kubernetes API to check tokens with: {exc}"
+                ) from None
 
     async def start(self) -> None:
         o = self.opts
@@ -195,8 +217,9 @@ class Epp:
             addr = await self._start_grpcio()
         else:
             addr = await self._start_h2corn()
-        self._http = ObservabilityServer(self.metrics.registry, self.health, self.readiness_detail,
-                                         authorize=self.metrics_auth)
+        self._http = ObservabilityServer(
+            self.metrics.registry, self.health, self.readiness_detail, authorize=self.metrics_auth
+        )
         await self._http.start(o.bind_address, o.metrics_port)
         for server in self._servers:
             await server.start()
@@ -206,7 +229,7 @@ class Epp:
         # (datastore callbacks may come from a watch thread).
         loop = asyncio.get_running_loop()
         self.collector.on_update.append(self.flow.kick)
-        kick = lambda _ep: loop.call_soon_threadsafe(self.flow.kick)  # noqa: E731
+        kick = lambda _ep: loop.call_soon_threadsafe(self.flow.kick)
         self._unkick = self.datastore.subscribe(on_add=kick, on_remove=kick)
         # Plugins with a cold path of their own (the KV-event ingester) follow the datastore.
         for plugin in self.config.plugins.values():
@@ -221,15 +244,27 @@ class Epp:
             from epp.bridge.inproc import start_http_picker
 
             try:
-                self.http_picker = await start_http_picker(self.director.exchange, self.metrics.registry,
-                                                           o.max_request_body_bytes, o.bind_address,
-                                                           o.http_picker_port)
+                self.http_picker = await start_http_picker(
+                    self.director.exchange,
+                    self.metrics.registry,
+                    o.max_request_body_bytes,
+                    o.bind_address,
+                    o.http_picker_port,
+                )
             except OSError:
                 raise bind_failure(o.bind_address, o.http_picker_port, "--http-picker-port") from None
-        log.info("epp %s serving ext_proc on %s (%s, %s), health on %s:%d, metrics on %s:%d, %d endpoints",
-                 __version__, addr, "tls" if o.secure_serving else "plaintext",
-                 f"{o.workers} worker processes" if self.workers is not None else o.extproc_transport,
-                 o.bind_address, o.grpc_health_port, o.bind_address, o.metrics_port, len(self.datastore))
+        log.info(
+            "epp %s serving ext_proc on %s (%s, %s), health on %s:%d, metrics on %s:%d, %d endpoints",
+            __version__,
+            addr,
+            "tls" if o.secure_serving else "plaintext",
+            f"{o.workers} worker processes" if self.workers is not None else o.extproc_transport,
+            o.bind_address,
+            o.grpc_health_port,
+            o.bind_address,
+            o.metrics_port,
+            len(self.datastore),
+        )
 
     async def _start_grpcio(self) -> str:
         o = self.opts
@@ -247,8 +282,9 @@ class Epp:
             health_pb2_grpc.add_HealthServicer_to_server(health, server)
         if o.secure_serving:
             creds, _pair, self.cert_reloader = tls.server_credentials(o.cert_path, o.enable_cert_reload)
-            grpc_port = _bind_grpc(lambda a: server.add_secure_port(a, creds), o.bind_address, o.grpc_port,
-                                   "--grpc-port")
+            grpc_port = _bind_grpc(
+                lambda a: server.add_secure_port(a, creds), o.bind_address, o.grpc_port, "--grpc-port"
+            )
         else:
             grpc_port = _bind_grpc(server.add_insecure_port, o.bind_address, o.grpc_port, "--grpc-port")
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -282,10 +318,12 @@ class Epp:
         if o.workers > 1:
             await self._start_workers(ext_sock, tls_files)
         else:
-            self.processor = GrpcApp(self.director.exchange, o.max_request_body_bytes,
-                                     self.health if o.health_checking else None)
-            self._h2servers.append(H2Server(self.processor, ext_sock, tls_files, watch,
-                                            drain_budget=o.graceful_shutdown_timeout))
+            self.processor = GrpcApp(
+                self.director.exchange, o.max_request_body_bytes, self.health if o.health_checking else None
+            )
+            self._h2servers.append(
+                H2Server(self.processor, ext_sock, tls_files, watch, drain_budget=o.graceful_shutdown_timeout)
+            )
         return host_port(o.bind_address, ext_sock.getsockname()[1])
 
     async def _start_workers(self, ext_sock, tls_files) -> None:
@@ -310,13 +348,21 @@ class Epp:
         await self.decisions.start(str(self._workdir / "decisions.sock"))
         self.processor = self.decisions
         self._ext_sock = ext_sock
-        spec = WorkerSpec(index=0, host=o.bind_address, port=ext_sock.getsockname()[1], decisions=str(self._workdir / "decisions.sock"),
-                          max_body=o.max_request_body_bytes, health_checking=o.health_checking,
-                          certfile=str(tls_files.certfile) if tls_files else "",
-                          keyfile=str(tls_files.keyfile) if tls_files else "",
-                          cert_path=o.cert_path, cert_reload=o.enable_cert_reload,
-                          drain_budget=o.graceful_shutdown_timeout, verbosity=o.verbosity,
-                          log_encoder=o.log_encoder)
+        spec = WorkerSpec(
+            index=0,
+            host=o.bind_address,
+            port=ext_sock.getsockname()[1],
+            decisions=str(self._workdir / "decisions.sock"),
+            max_body=o.max_request_body_bytes,
+            health_checking=o.health_checking,
+            certfile=str(tls_files.certfile) if tls_files else "",
+            keyfile=str(tls_files.keyfile) if tls_files else "",
+            cert_path=o.cert_path,
+            cert_reload=o.enable_cert_reload,
+            drain_budget=o.graceful_shutdown_timeout,
+            verbosity=o.verbosity,
+            log_encoder=o.log_encoder,
+        )
         self.workers = WorkerPool(o.workers, spec, self.decisions, on_restart=self.metrics.worker_restarts.inc)
         await self.workers.start()
 

@@ -43,8 +43,8 @@ class SourceTargets:
 
 def _extractor_engine_settings(config: LoadedConfig | None) -> tuple[str, str]:
     """engineLabelKey/defaultEngine of the configured core-metrics-extractor (reference defaults otherwise)."""
-    from epp.datalayer.kube.pods import ENGINE_LABEL
     from epp.datalayer.engines import DEFAULT_ENGINE
+    from epp.datalayer.kube.pods import ENGINE_LABEL
     from epp.scheduling.plugins.passive import CoreMetricsExtractor
 
     plugins = config.plugins_of(CoreMetricsExtractor) if config is not None else []
@@ -80,6 +80,7 @@ def build_sources(opts: Options, t: SourceTargets) -> list[Source]:
         source = KubeSource(api, targets, opts.pool_namespace, standalone_pool=pool)
     sources: list[Source] = [source]
     if opts.ha_enable_leader_election:
-        sources.append(LeaderElection(api, opts.pool_namespace, lease_name(opts.pool_namespace, name), t.health,
-                                      t.metrics))
+        sources.append(
+            LeaderElection(api, opts.pool_namespace, lease_name(opts.pool_namespace, name), t.health, t.metrics)
+        )
     return sources

@@ -13,8 +13,7 @@ from epp.bench.workloads import MODEL, Workload
 from epp.sim.costmodel import CostModel
 
 
-def engine_seconds_per_request(w: Workload, cost: CostModel | None = None, batch: int = 16,
-                               block: int = 16) -> float:
+def engine_seconds_per_request(w: Workload, cost: CostModel | None = None, batch: int = 16, block: int = 16) -> float:
     cost = cost or CostModel()
     seen: set[int] = set()
     total = 0.0
@@ -22,15 +21,18 @@ def engine_seconds_per_request(w: Workload, cost: CostModel | None = None, batch
         ids = token_ids(r)
         h, cached = hash(r.model), 0
         for start in range(0, len(ids) - len(ids) % block, block):
-            h = hash((h, tuple(ids[start:start + block])))
+            h = hash((h, tuple(ids[start : start + block])))
             if h in seen:
                 cached = start + block
             else:
                 seen.add(h)
         cached = min(cached, len(ids) - 1)  # the last prompt token is always recomputed
         new = len(ids) - cached
-        ms = (cost.prefill_ms_per_token * new + cost.prefill_attn_ms_per_pair * new * (cached + new / 2)
-              + (cost.lora_overhead_ms if r.model != MODEL else 0.0))
+        ms = (
+            cost.prefill_ms_per_token * new
+            + cost.prefill_attn_ms_per_pair * new * (cached + new / 2)
+            + (cost.lora_overhead_ms if r.model != MODEL else 0.0)
+        )
         ctx = len(ids) + r.max_tokens / 2
         ms += r.max_tokens * (cost.step_overhead_ms / batch + cost.decode_ms_per_seq + cost.kv_read_ms_per_token * ctx)
         total += ms / 1000.0

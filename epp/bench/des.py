@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable
 
 import orjson
 
@@ -100,21 +101,33 @@ class _LeastRequest(_Policy):
 
 
 class _Epp(_Policy):
-    def __init__(self, config_text: str | None, engines: list[Engine], requests: list[BenchRequest],
-                 block_size: int, num_blocks: int, max_loras: int, seed: int) -> None:
+    def __init__(
+        self,
+        config_text: str | None,
+        engines: list[Engine],
+        requests: list[BenchRequest],
+        block_size: int,
+        num_blocks: int,
+        max_loras: int,
+        seed: int,
+    ) -> None:
         self.sched = Scheduler(load_config(config_text, "bench config"))
         config = self.sched.config
         # Profiles without a picker get an implicit max-score-picker that is not in `plugins`.
         named = [id(p) for p in config.plugins.values()]
-        implicit = {f"{prof}/picker": p.picker for prof, p in config.profiles.items()
-                    if p.picker is not None and id(p.picker) not in named}
+        implicit = {
+            f"{prof}/picker": p.picker
+            for prof, p in config.profiles.items()
+            if p.picker is not None and id(p.picker) not in named
+        }
         for name, plugin in {**config.plugins, **implicit}.items():
             if isinstance(getattr(plugin, "rng", None), random.Random):
                 plugin.rng.seed(f"{seed}/{name}")
         self.engines = engines
         self.requests = requests
-        self.endpoints = [Endpoint(f"127.0.0.1:{8000 + k}", "127.0.0.1", 8000 + k, pod_name=f"sim-{k}")
-                          for k in range(len(engines))]
+        self.endpoints = [
+            Endpoint(f"127.0.0.1:{8000 + k}", "127.0.0.1", 8000 + k, pod_name=f"sim-{k}") for k in range(len(engines))
+        ]
         self.block_size, self.num_blocks, self.max_loras = block_size, num_blocks, max_loras
         self.open: dict[int, tuple[Endpoint, int, SchedulingRequest, object]] = {}
         self.prefill_pending: set[int] = set()
@@ -128,14 +141,20 @@ class _Epp(_Policy):
 
     def scrape(self) -> None:
         now = time.monotonic()  # plugins compare update_time with the real clock (staleness)
-        for ep, eng in zip(self.endpoints, self.engines):
+        for ep, eng in zip(self.endpoints, self.engines, strict=True):
             ep.metrics = EndpointMetrics(
-                waiting_queue_size=eng.num_waiting, running_requests_size=eng.num_running,
-                kv_cache_usage_percent=eng.kv_usage, active_models=frozenset(eng.running_loras()),
-                waiting_models=frozenset(eng.waiting_loras()), max_active_models=self.max_loras,
-                cache_block_size=self.block_size, cache_num_blocks=self.num_blocks,
+                waiting_queue_size=eng.num_waiting,
+                running_requests_size=eng.num_running,
+                kv_cache_usage_percent=eng.kv_usage,
+                active_models=frozenset(eng.running_loras()),
+                waiting_models=frozenset(eng.waiting_loras()),
+                max_active_models=self.max_loras,
+                cache_block_size=self.block_size,
+                cache_num_blocks=self.num_blocks,
                 prefix_cache_queries=float(eng.stats.prefix_cache_queries),
-                prefix_cache_hits=float(eng.stats.prefix_cache_hits), update_time=now)
+                prefix_cache_hits=float(eng.stats.prefix_cache_hits),
+                update_time=now,
+            )
 
     def route(self, i: int, fleet: VirtualFleet) -> int | None:
         if i in self.held_at:
@@ -144,9 +163,15 @@ class _Epp(_Policy):
         req = self.requests[i]
         pin = prefix_input(req)
         tokens = len(pin) // CHARS_PER_TOKEN
-        sreq = SchedulingRequest(f"r{i}", req.model, incoming_model=req.model,
-                                 api="chat-completions" if req.api == "chat" else "completions",
-                                 prefix_input=pin, prompt_tokens=tokens, stream=True)
+        sreq = SchedulingRequest(
+            f"r{i}",
+            req.model,
+            incoming_model=req.model,
+            api="chat-completions" if req.api == "chat" else "completions",
+            prefix_input=pin,
+            prompt_tokens=tokens,
+            stream=True,
+        )
         result, cycle = self.sched.schedule(sreq, list(self.endpoints))
         ep = result.targets[0]
         uncached = uncached_tokens(cycle, ep, tokens)
@@ -210,19 +235,33 @@ class _Epp(_Policy):
             plugin.response_complete(sreq, result, usage)
 
 
-def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load: float | None = None,
-              scrape_interval: float = 0.05) -> dict:
+def run_point(
+    workload: Workload,
+    router: DesRouter,
+    qps: float,
+    seed: int,
+    load: float | None = None,
+    scrape_interval: float = 0.05,
+) -> dict:
     """One load point: a fresh virtual fleet, Poisson arrivals at `qps`, every request to completion."""
     spec = workload.fleet
     reqs = workload.requests
-    cfg = EngineConfig(num_gpu_blocks=spec.num_gpu_blocks, max_model_len=min(131_072, spec.num_gpu_blocks * 16),
-                       max_loras=spec.max_loras, hash_seed=0)
+    cfg = EngineConfig(
+        num_gpu_blocks=spec.num_gpu_blocks,
+        max_model_len=min(131_072, spec.num_gpu_blocks * 16),
+        max_loras=spec.max_loras,
+        hash_seed=0,
+    )
     lora_ids = {a: k + 1 for k, a in enumerate(spec.lora_modules)}
     engines = [Engine(cfg, CostModel(), lora_ids=lora_ids) for _ in range(spec.replicas)]
     fleet = VirtualFleet(engines, keep_token_times=True)
     arrivals = poisson_arrivals(len(reqs), qps, seed)
-    trace = [TraceItem(arrivals[i], token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model,
-                       request_id=str(i)) for i, r in enumerate(reqs)]
+    trace = [
+        TraceItem(
+            arrivals[i], token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model, request_id=str(i)
+        )
+        for i, r in enumerate(reqs)
+    ]
     policy: _Policy
     if router.name == "envoy-rr":
         policy = _RoundRobin(len(engines))
@@ -246,23 +285,49 @@ def run_point(workload: Workload, router: DesRouter, qps: float, seed: int, load
             if ev.finished and ev.request.request_id not in done:
                 r = ev.request
                 done.add(r.request_id)
-                policy.finished(int(r.request_id), idx, Usage(r.num_prompt_tokens, r.num_output_tokens,
-                                                               r.num_prompt_tokens + r.num_output_tokens,
-                                                               max(0, r.num_cached_tokens)))
+                policy.finished(
+                    int(r.request_id),
+                    idx,
+                    Usage(
+                        r.num_prompt_tokens,
+                        r.num_output_tokens,
+                        r.num_prompt_tokens + r.num_output_tokens,
+                        max(0, r.num_cached_tokens),
+                    ),
+                )
 
     fleet.on_step = on_step
     records = fleet.run_trace(trace, route=lambda item, f: policy.route(int(item.request_id), f))
-    outs = [Outcome(True, rec.arrival, rec.ttft, rec.e2e,
-                    [b - a for a, b in zip(rec.token_times, rec.token_times[1:])], rec.completion_tokens,
-                    f"sim-{rec.replica}") for rec in records]
+    outs = [
+        Outcome(
+            True,
+            rec.arrival,
+            rec.ttft,
+            rec.e2e,
+            [b - a for a, b in pairwise(rec.token_times)],
+            rec.completion_tokens,
+            f"sim-{rec.replica}",
+        )
+        for rec in records
+    ]
     hits = sum(e.stats.prefix_cache_hits for e in engines)
     queries = sum(e.stats.prefix_cache_queries for e in engines)
-    return summarize(outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
-                     router=router.name, workload=workload.name, qps=qps, load=load,
-                     servers=[f"sim-{k}" for k in range(len(engines))], prefix_hits=hits, prefix_queries=queries,
-                     extra={"mode": "des", "seed": seed,
-                            "preemptions": sum(e.stats.preemptions for e in engines),
-                            "lora_loads": sum(e.stats.lora_loads for e in engines)})
+    return summarize(
+        outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
+        router=router.name,
+        workload=workload.name,
+        qps=qps,
+        load=load,
+        servers=[f"sim-{k}" for k in range(len(engines))],
+        prefix_hits=hits,
+        prefix_queries=queries,
+        extra={
+            "mode": "des",
+            "seed": seed,
+            "preemptions": sum(e.stats.preemptions for e in engines),
+            "lora_loads": sum(e.stats.lora_loads for e in engines),
+        },
+    )
 
 
 def des_router(spec: str) -> DesRouter:
@@ -275,8 +340,15 @@ def des_router(spec: str) -> DesRouter:
     raise ValueError(f"virtual-time mode has no model of router {spec!r} (use epp, epp:<config>, envoy-rr, envoy-lr)")
 
 
-def run_ladder(make: Callable[[int], Workload], routers: list[DesRouter], loads: list[float], capacity: float,
-               seed: int, progress: Callable[[str], None] = print, scrape_interval: float = 0.05) -> list[dict]:
+def run_ladder(
+    make: Callable[[int], Workload],
+    routers: list[DesRouter],
+    loads: list[float],
+    capacity: float,
+    seed: int,
+    progress: Callable[[str], None] = print,
+    scrape_interval: float = 0.05,
+) -> list[dict]:
     rows = []
     for k, frac in enumerate(loads):
         w = make(seed * 1000 + k)
@@ -284,7 +356,9 @@ def run_ladder(make: Callable[[int], Workload], routers: list[DesRouter], loads:
             t0 = time.perf_counter()
             row = run_point(w, r, frac * capacity, seed * 1000 + k, load=frac, scrape_interval=scrape_interval)
             rows.append(row)
-            progress(f"  des {w.name:14s} {r.name:22s} load {frac:4.2f} qps {row['qps']:7.2f}  "
-                     f"ttft p90 {row['ttft_p90']:.3f}s  tok/s {row['output_tokens_per_s']:8.1f}  "
-                     f"hit {row['prefix_cache_hit_rate']}  ({time.perf_counter() - t0:.1f}s)")
+            progress(
+                f"  des {w.name:14s} {r.name:22s} load {frac:4.2f} qps {row['qps']:7.2f}  "
+                f"ttft p90 {row['ttft_p90']:.3f}s  tok/s {row['output_tokens_per_s']:8.1f}  "
+                f"hit {row['prefix_cache_hit_rate']}  ({time.perf_counter() - t0:.1f}s)"
+            )
     return rows

@@ -44,8 +44,8 @@ flowControl:
 """
 SCHEDULING = {
     "epp-default": "- type: approx-prefix-cache-producer\n- type: estimated-ttft-scorer\n- type: max-score-picker\n"
-                   "schedulingProfiles:\n- name: default\n  plugins: [{pluginRef: estimated-ttft-scorer},"
-                   " {pluginRef: max-score-picker}]",
+    "schedulingProfiles:\n- name: default\n  plugins: [{pluginRef: estimated-ttft-scorer},"
+    " {pluginRef: max-score-picker}]",
     "queue": "- type: queue-scorer\n- type: max-score-picker",
 }
 
@@ -117,11 +117,13 @@ async def director_drain(n: int, endpoints: int, scheduling: str) -> DrainResult
     director = Director(ds, Scheduler(cfg), metrics, LegacyAdmission(fc.detector), fc)
     held = []
     for i in range(n):
-        body = orjson.dumps({"model": "m", "prompt": f"system prompt {i % 50} " * 20 + f"question {i}",
-                             "max_tokens": 16})
+        body = orjson.dumps(
+            {"model": "m", "prompt": f"system prompt {i % 50} " * 20 + f"question {i}", "max_tokens": 16}
+        )
         ex = director.exchange()
-        req = IncomingRequest({":path": "/v1/completions", ":method": "POST",
-                               "x-gateway-inference-fairness-id": f"tenant-{i % 4}"}, body)
+        req = IncomingRequest(
+            {":path": "/v1/completions", ":method": "POST", "x-gateway-inference-fairness-id": f"tenant-{i % 4}"}, body
+        )
         assert ex.route(req) is None  # queued: the pool is empty
         held.append(ex)
     eps = _endpoints(endpoints)
@@ -132,22 +134,28 @@ async def director_drain(n: int, endpoints: int, scheduling: str) -> DrainResult
 
 async def run(n: int = 10_000, endpoints: int = 10, repeats: int = 3) -> list[tuple[str, list[DrainResult]]]:
     out: list[tuple[str, list[DrainResult]]] = []
-    for name, make in (("controller", lambda: controller_drain(n, endpoints)),
-                       ("director (queue-scorer)", lambda: director_drain(n, endpoints, "queue")),
-                       ("director (epp-default)", lambda: director_drain(n, endpoints, "epp-default"))):
+    for name, make in (
+        ("controller", lambda: controller_drain(n, endpoints)),
+        ("director (queue-scorer)", lambda: director_drain(n, endpoints, "queue")),
+        ("director (epp-default)", lambda: director_drain(n, endpoints, "epp-default")),
+    ):
         results = [await make() for _ in range(repeats)]
         out.append((name, results))
     return out
 
 
 def report(rows: list[tuple[str, list[DrainResult]]]) -> str:
-    lines = ["| level | requests | endpoints | dispatches/s (median) | range | all dispatched |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| level | requests | endpoints | dispatches/s (median) | range | all dispatched |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, results in rows:
         rates = [r.rate for r in results]
         ok = all(r.dispatched == r.requests for r in results)
-        lines.append(f"| {name} | {results[0].requests:,} | {results[0].endpoints} | "
-                     f"{statistics.median(rates):,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {ok} |")
+        lines.append(
+            f"| {name} | {results[0].requests:,} | {results[0].endpoints} | "
+            f"{statistics.median(rates):,.0f} | {min(rates):,.0f}–{max(rates):,.0f} | {ok} |"
+        )
     return "\n".join(lines)
 
 

@@ -39,19 +39,37 @@ def _headers(pairs: list[tuple[str, str]]) -> base_pb2.HeaderMap:
 
 def exchange_bytes(chunks: int) -> bytes:
     """One exchange's ProcessingRequests, gRPC-framed, as Envoy sends them."""
-    body = json.dumps({"model": "m", "prompt": "Say something long about routing.", "max_tokens": chunks,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {"model": "m", "prompt": "Say something long about routing.", "max_tokens": chunks, "stream": True}
+    ).encode()
     msgs = [
-        pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=_headers(
-            [(":method", "POST"), (":path", "/v1/completions"), (":authority", "gw"), (":scheme", "http"),
-             ("content-type", "application/json"), ("content-length", str(len(body)))]))),
+        pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(
+                headers=_headers(
+                    [
+                        (":method", "POST"),
+                        (":path", "/v1/completions"),
+                        (":authority", "gw"),
+                        (":scheme", "http"),
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(body))),
+                    ]
+                )
+            )
+        ),
         pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
-        pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers(
-            [(":status", "200"), ("content-type", "text/event-stream")]))),
+        pb.ProcessingRequest(
+            response_headers=pb.HttpHeaders(
+                headers=_headers([(":status", "200"), ("content-type", "text/event-stream")])
+            )
+        ),
     ]
     msgs += [pb.ProcessingRequest(response_body=pb.HttpBody(body=token_event(i))) for i in range(chunks)]
-    msgs.append(pb.ProcessingRequest(response_body=pb.HttpBody(body=usage_event(chunks) + b"data: [DONE]\n\n",
-                                                               end_of_stream=True)))
+    msgs.append(
+        pb.ProcessingRequest(
+            response_body=pb.HttpBody(body=usage_event(chunks) + b"data: [DONE]\n\n", end_of_stream=True)
+        )
+    )
     return b"".join(frame(m.SerializeToString()) for m in msgs)
 
 
@@ -69,17 +87,39 @@ class CapacityPoint:
 
 
 def _h2load(url: str, data: Path, connections: int, streams: int, seconds: float, cpus: str | None) -> str:
-    args = ["h2load", "-c", str(connections), "-m", str(max(1, streams // connections)), "-D", str(int(seconds)),
-            "--warm-up-time", "2", "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
-            url]
+    args = [
+        "h2load",
+        "-c",
+        str(connections),
+        "-m",
+        str(max(1, streams // connections)),
+        "-D",
+        str(int(seconds)),
+        "--warm-up-time",
+        "2",
+        "-d",
+        str(data),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        url,
+    ]
     if cpus:
         args = ["taskset", "-c", cpus, *args]
     return subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
-def run_capacity(setups=("grpcio", "h2corn"), streams: int = 64, connections: int = 8, chunks: int = 64,
-                 seconds: float = 10.0, epp_cpus: str | None = "0", other_cpus: str | None = "1",
-                 out_dir: Path | None = None) -> list[CapacityPoint]:
+def run_capacity(
+    setups=("grpcio", "h2corn"),
+    streams: int = 64,
+    connections: int = 8,
+    chunks: int = 64,
+    seconds: float = 10.0,
+    epp_cpus: str | None = "0",
+    other_cpus: str | None = "1",
+    out_dir: Path | None = None,
+) -> list[CapacityPoint]:
     if shutil.which("h2load") is None:
         raise RuntimeError("h2load not found: run `make install` (Debian package nghttp2-client)")
     from epp.bench.streaming import parse_setup
@@ -92,11 +132,28 @@ def run_capacity(setups=("grpcio", "h2corn"), streams: int = 64, connections: in
     for setup in setups:
         transport, workers = parse_setup(setup)
         g, h, m = free_port(), free_port(), free_port()
-        args = [bin_path("epp"), "--static-endpoints", "127.0.0.1:9", "--grpc-port", str(g), "--grpc-health-port",
-                str(h), "--metrics-port", str(m), "--secure-serving=false", "-v=1", "--extproc-transport",
-                transport, "--workers", str(workers), "--refresh-metrics-interval", "1h"]
-        epp = Proc(f"epp-{setup}", ["taskset", "-c", epp_cpus, *args] if epp_cpus else args,
-                   workdir / f"epp-{setup}.log").start()
+        args = [
+            bin_path("epp"),
+            "--static-endpoints",
+            "127.0.0.1:9",
+            "--grpc-port",
+            str(g),
+            "--grpc-health-port",
+            str(h),
+            "--metrics-port",
+            str(m),
+            "--secure-serving=false",
+            "-v=1",
+            "--extproc-transport",
+            transport,
+            "--workers",
+            str(workers),
+            "--refresh-metrics-interval",
+            "1h",
+        ]
+        epp = Proc(
+            f"epp-{setup}", ["taskset", "-c", epp_cpus, *args] if epp_cpus else args, workdir / f"epp-{setup}.log"
+        ).start()
         try:
             wait_port(g, proc=epp.popen)
             time.sleep(1.0)
@@ -115,21 +172,38 @@ def run_capacity(setups=("grpcio", "h2corn"), streams: int = 64, connections: in
         # h2load measures `seconds` after its warm-up; the EPP's CPU covers the warm-up too.
         measured = float(seconds)
         busy = c1 - c0
-        pt = CapacityPoint(setup, streams, chunks, measured, exchanges, failed, round(msgs / measured, 0),
-                           round(busy / max(1, msgs * (wall / measured)) * 1e6, 1), round(busy / wall, 2))
+        pt = CapacityPoint(
+            setup,
+            streams,
+            chunks,
+            measured,
+            exchanges,
+            failed,
+            round(msgs / measured, 0),
+            round(busy / max(1, msgs * (wall / measured)) * 1e6, 1),
+            round(busy / wall, 2),
+        )
         points.append(pt)
-        print(f"  {setup:10s} S={streams} {pt.msgs_per_s:>9,.0f} msg/s  {pt.epp_cpu_us_per_msg} µs CPU/msg  "
-              f"{pt.epp_cores} cores  {exchanges} exchanges, {failed} failed", flush=True)
+        print(
+            f"  {setup:10s} S={streams} {pt.msgs_per_s:>9,.0f} msg/s  {pt.epp_cpu_us_per_msg} µs CPU/msg  "
+            f"{pt.epp_cores} cores  {exchanges} exchanges, {failed} failed",
+            flush=True,
+        )
     write_points(out_dir, "capacity", points, capacity_table(points, epp_cpus, other_cpus))
     return points
 
 
 def capacity_table(points: list[CapacityPoint], epp_cpus: str | None, other_cpus: str | None) -> str:
-    rows = [f"EPP on CPU {epp_cpus or 'any'}, h2load on CPU {other_cpus or 'any'}; ext_proc straight to the EPP "
-            "(no Envoy), each exchange = request headers + body + response headers + token chunks.", "",
-            "| setup | concurrent streams | tokens per exchange | messages/s | EPP µs CPU/message | EPP cores | "
-            "failed |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        f"EPP on CPU {epp_cpus or 'any'}, h2load on CPU {other_cpus or 'any'}; ext_proc straight to the EPP "
+        "(no Envoy), each exchange = request headers + body + response headers + token chunks.",
+        "",
+        "| setup | concurrent streams | tokens per exchange | messages/s | EPP µs CPU/message | EPP cores | failed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for p in points:
-        rows.append(f"| {p.setup} | {p.streams} | {p.chunks} | {p.msgs_per_s:,.0f} | {p.epp_cpu_us_per_msg} | "
-                    f"{p.epp_cores} | {p.failed} |")
+        rows.append(
+            f"| {p.setup} | {p.streams} | {p.chunks} | {p.msgs_per_s:,.0f} | {p.epp_cpu_us_per_msg} | "
+            f"{p.epp_cores} | {p.failed} |"
+        )
     return "\n".join(rows) + "\n"

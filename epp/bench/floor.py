@@ -31,11 +31,11 @@ class FloorState:
         """Per request in arrival order, the lowest TTFT any router and server could give it (seconds)."""
         bs = self.block_size
         floors = []
-        for req, ids in zip(requests, token_ids):
+        for req, ids in zip(requests, token_ids, strict=True):
             # Prefix-cache keys chain every full block to the blocks before it, per model/adapter.
             chain, keys = hash(req.model), []
             for start in range(0, len(ids) - len(ids) % bs, bs):
-                chain = hash((chain, tuple(ids[start:start + bs])))
+                chain = hash((chain, tuple(ids[start : start + bs])))
                 keys.append(chain)
             reusable = 0
             limit = (len(ids) - 1) // bs  # the last prompt token is always computed
@@ -44,13 +44,16 @@ class FloorState:
             self.seen.update(keys)
             cached = reusable * bs
             new = len(ids) - cached
-            floors.append(self.cost.frontend_latency + self.cost.step_seconds(
-                new, new * (cached + new / 2), 0, 0, req.model != MODEL, 0))
+            floors.append(
+                self.cost.frontend_latency
+                + self.cost.step_seconds(new, new * (cached + new / 2), 0, 0, req.model != MODEL, 0)
+            )
         return floors
 
 
-def request_floors(workload: Workload, token_ids: list[list[int]], cost: CostModel | None = None,
-                   block_size: int = 16) -> list[float]:
+def request_floors(
+    workload: Workload, token_ids: list[list[int]], cost: CostModel | None = None, block_size: int = 16
+) -> list[float]:
     """Per request, the lowest TTFT any router and server could give it (seconds), from a cold start."""
     return FloorState(cost, block_size).advance(workload.requests, token_ids)
 

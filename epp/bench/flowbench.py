@@ -29,13 +29,15 @@ Note: flow control's `defaultRequestTTL` and the EPP's scrape interval are wall 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import yaml
@@ -57,15 +59,28 @@ GEN_TOKENS = "vllm:generation_tokens_total"
 # Config variants: every EPP config the benchmark runs, by name.
 
 # epp-default's plugins and profile (epp/scheduling/configs/epp-default.yaml), shared by every variant.
-_BASE_PLUGINS = [{"type": "approx-prefix-cache-producer"}, {"type": "estimated-ttft-scorer"},
-                 {"type": "max-score-picker"}, {"type": "prefill-gate"}]
+_BASE_PLUGINS = [
+    {"type": "approx-prefix-cache-producer"},
+    {"type": "estimated-ttft-scorer"},
+    {"type": "max-score-picker"},
+    {"type": "prefill-gate"},
+]
 _PROFILE = [{"name": "default", "plugins": [{"pluginRef": "estimated-ttft-scorer"}, {"pluginRef": "max-score-picker"}]}]
 
 
-def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_threshold: int = 1,
-               kv_cache_util_threshold: float | None = None, ttl: str = "60s", detector: str = "utilization-detector",
-               detector_parameters: dict | None = None, fairness_parameters: dict | None = None,
-               flow_control_extra: dict | None = None, extra_plugins: list[dict] | None = None) -> str:
+def epp_config(
+    *,
+    flow_control: bool,
+    fairness: str | None = None,
+    queue_depth_threshold: int = 1,
+    kv_cache_util_threshold: float | None = None,
+    ttl: str = "60s",
+    detector: str = "utilization-detector",
+    detector_parameters: dict | None = None,
+    fairness_parameters: dict | None = None,
+    flow_control_extra: dict | None = None,
+    extra_plugins: list[dict] | None = None,
+) -> str:
     """epp-default's scheduling plus a saturation detector, with or without flow control.
 
     Without `flow_control` the EPP uses legacy admission: sheddable requests get 429 while the pool is
@@ -100,8 +115,12 @@ def epp_config(*, flow_control: bool, fairness: str | None = None, queue_depth_t
 
 
 # What flow control adds to the project's default config when it is on (epp/scheduling/configs).
-DEFAULT_FLOW_CONTROL: dict[str, Any] = {"defaultRequestTTL": "60s", "maxRequests": 10000, "maxBytes": "1Gi",
-                                        "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"}}
+DEFAULT_FLOW_CONTROL: dict[str, Any] = {
+    "defaultRequestTTL": "60s",
+    "maxRequests": 10000,
+    "maxBytes": "1Gi",
+    "defaultPriorityBand": {"fairnessPolicyRef": "round-robin-fairness-policy"},
+}
 
 
 def with_flow_control(text: str, on: bool) -> str:
@@ -109,7 +128,7 @@ def with_flow_control(text: str, on: bool) -> str:
     doc = yaml.safe_load(text)
     gates = [g for g in doc.get("featureGates", []) if g != "flowControl"]
     if on:
-        doc["featureGates"] = gates + ["flowControl"]
+        doc["featureGates"] = [*gates, "flowControl"]
         doc.setdefault("flowControl", DEFAULT_FLOW_CONTROL)
     else:
         doc.pop("flowControl", None)
@@ -123,7 +142,8 @@ def with_flow_control(text: str, on: bool) -> str:
 def with_holdback(text: str, min_ceiling: float) -> str:
     doc = yaml.safe_load(text)
     doc["plugins"] = [p for p in doc["plugins"] if p["type"] != "priority-holdback-policy"] + [
-        {"type": "priority-holdback-policy", "parameters": {"minCeiling": min_ceiling}}]
+        {"type": "priority-holdback-policy", "parameters": {"minCeiling": min_ceiling}}
+    ]
     doc["flowControl"] = dict(doc["flowControl"], usageLimitPolicyPluginRef="priority-holdback-policy")
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=120)
 
@@ -149,32 +169,57 @@ CONFIGS: dict[str, str] = {
     "fc-program-aware": epp_config(flow_control=True, fairness="program-aware-fairness"),
     # Flow control against the EPP's own in-flight count (no scrape lag; blind to a server's batch): at
     # most 16 requests per endpoint, the rest wait in the EPP where priority and fairness apply.
-    "fc-concurrency": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
-                                 detector="concurrency-detector", detector_parameters={"maxConcurrency": 16}),
+    "fc-concurrency": epp_config(
+        flow_control=True,
+        fairness="round-robin-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 16},
+    ),
     # Tighter per-endpoint concurrency (about the fleet's concurrency at capacity for these requests).
-    "fc-conc8": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
-                           detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
+    "fc-conc8": epp_config(
+        flow_control=True,
+        fairness="round-robin-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+    ),
     # ...and lower bands stop earlier (priority-holdback): headroom only higher priorities may use.
-    "fc-conc8-hb50": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
-                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
-                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
-                                extra_plugins=[{"type": "priority-holdback-policy",
-                                                "parameters": {"minCeiling": 0.5}}]),
-    "fc-conc8-hb75": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
-                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
-                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
-                                extra_plugins=[{"type": "priority-holdback-policy",
-                                                "parameters": {"minCeiling": 0.75}}]),
+    "fc-conc8-hb50": epp_config(
+        flow_control=True,
+        fairness="round-robin-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+        flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+        extra_plugins=[{"type": "priority-holdback-policy", "parameters": {"minCeiling": 0.5}}],
+    ),
+    "fc-conc8-hb75": epp_config(
+        flow_control=True,
+        fairness="round-robin-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+        flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+        extra_plugins=[{"type": "priority-holdback-policy", "parameters": {"minCeiling": 0.75}}],
+    ),
     # Fairness on the same detector: none, round-robin turns, least attained service in tokens.
-    "fc-conc8-strict": epp_config(flow_control=True, fairness="global-strict-fairness-policy",
-                                  detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
-    "fc-conc8-las": epp_config(flow_control=True, fairness="program-aware-fairness",
-                               detector="concurrency-detector", detector_parameters={"maxConcurrency": 8}),
-    "fc-conc8-hb25": epp_config(flow_control=True, fairness="round-robin-fairness-policy",
-                                detector="concurrency-detector", detector_parameters={"maxConcurrency": 8},
-                                flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
-                                extra_plugins=[{"type": "priority-holdback-policy",
-                                                "parameters": {"minCeiling": 0.25}}]),
+    "fc-conc8-strict": epp_config(
+        flow_control=True,
+        fairness="global-strict-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+    ),
+    "fc-conc8-las": epp_config(
+        flow_control=True,
+        fairness="program-aware-fairness",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+    ),
+    "fc-conc8-hb25": epp_config(
+        flow_control=True,
+        fairness="round-robin-fairness-policy",
+        detector="concurrency-detector",
+        detector_parameters={"maxConcurrency": 8},
+        flow_control_extra={"usageLimitPolicyPluginRef": "priority-holdback-policy"},
+        extra_plugins=[{"type": "priority-holdback-policy", "parameters": {"minCeiling": 0.25}}],
+    ),
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,11 +245,18 @@ SHEDDABLE = Flow("sheddable", 1.15, objective="sheddable")
 TENANT_B = Flow("tenant-b", 1.3 / 11, fairness_id="tenant-b")
 TENANT_A = Flow("tenant-a", 1.3 * 10 / 11, fairness_id="tenant-a")
 
-PRIORITY = FlowScenario("priority", ("default-nofc", "default-fc", "fc-concurrency", "fc-conc8", "fc-conc8-hb50",
-                                     "fc-conc8-hb75"),
-                        (Run("alone", (CRITICAL,)), Run("flooded", (CRITICAL, SHEDDABLE))), focus="critical")
-FAIRNESS = FlowScenario("fairness", ("fc-conc8-strict", "fc-conc8", "fc-conc8-las"),
-                        (Run("alone", (TENANT_B,)), Run("mixed", (TENANT_A, TENANT_B))), focus="tenant-b")
+PRIORITY = FlowScenario(
+    "priority",
+    ("default-nofc", "default-fc", "fc-concurrency", "fc-conc8", "fc-conc8-hb50", "fc-conc8-hb75"),
+    (Run("alone", (CRITICAL,)), Run("flooded", (CRITICAL, SHEDDABLE))),
+    focus="critical",
+)
+FAIRNESS = FlowScenario(
+    "fairness",
+    ("fc-conc8-strict", "fc-conc8", "fc-conc8-las"),
+    (Run("alone", (TENANT_B,)), Run("mixed", (TENANT_A, TENANT_B))),
+    focus="tenant-b",
+)
 FAIRNESS_BASELINE = "fc-conc8-strict"  # "no fairness": fleet throughput is compared against it
 
 
@@ -215,8 +267,9 @@ class QueueingScenario:
     workloads: tuple[str, ...] = ("shared-prefix", "sharegpt-like")
     loads: tuple[float, ...] = (0.9, 1.2)
     # More requests than `epp-bench run`'s 120 so 1.2 x capacity is overload for several seconds.
-    workload_params: dict[str, dict] = field(default_factory=lambda: {
-        "shared-prefix": {"prompts_per_group": 15}, "sharegpt-like": {"n": 360}})
+    workload_params: dict[str, dict] = field(
+        default_factory=lambda: {"shared-prefix": {"prompts_per_group": 15}, "sharegpt-like": {"n": 360}}
+    )
 
 
 QUEUEING = QueueingScenario()
@@ -237,10 +290,16 @@ class FlowBenchOptions:
 
 def quick_scenarios() -> dict[str, Any]:
     """The smoke variant: two configs per scenario, one queueing workload and load."""
-    return {"priority": replace(PRIORITY, variants=("default-nofc", "fc-conc8-hb50")),
-            "fairness": replace(FAIRNESS, variants=("fc-conc8-strict", "fc-conc8")),
-            "queueing": QueueingScenario(variants=("default-nofc", "default-fc"), workloads=("sharegpt-like",),
-                                         loads=(1.2,), workload_params={"sharegpt-like": {"n": 120}})}
+    return {
+        "priority": replace(PRIORITY, variants=("default-nofc", "fc-conc8-hb50")),
+        "fairness": replace(FAIRNESS, variants=("fc-conc8-strict", "fc-conc8")),
+        "queueing": QueueingScenario(
+            variants=("default-nofc", "default-fc"),
+            workloads=("sharegpt-like",),
+            loads=(1.2,),
+            workload_params={"sharegpt-like": {"n": 120}},
+        ),
+    }
 
 
 def full_scenarios() -> dict[str, Any]:
@@ -287,11 +346,15 @@ def flow_stats(samples: list[Sample], ts: float, window: float) -> dict[str, Any
         return None if x is None else round(x, nd)
 
     return {
-        "sent": len(samples), "ok": len(ok),
+        "sent": len(samples),
+        "ok": len(ok),
         "http_429": sum(1 for s in samples if s.status == 429 and not s.ok),
         "http_503": sum(1 for s in samples if s.status == 503 and not s.ok),
-        "other_errors": sum(other.values()), "errors": other,
-        "ttft_p50": r(percentile(ttft, 50)), "ttft_p90": r(percentile(ttft, 90)), "ttft_p99": r(percentile(ttft, 99)),
+        "other_errors": sum(other.values()),
+        "errors": other,
+        "ttft_p50": r(percentile(ttft, 50)),
+        "ttft_p90": r(percentile(ttft, 90)),
+        "ttft_p99": r(percentile(ttft, 99)),
         "e2e_p90": r(percentile(e2e, 90)),
         "output_tokens": tokens,
         "output_tokens_per_s": round(tokens / window, 1) if window > 0 else 0.0,
@@ -323,11 +386,9 @@ def _metric_sums(text: str) -> dict[str, float]:
         if prefix is None or name in gauges or name.endswith(("_bucket", "_created")):
             continue
         kept = [f"{k}={v}" for k, v in _LABEL.findall(labels) if k in _FC_LABELS and v]
-        key = name[len(prefix):] + ("{" + ",".join(kept) + "}" if kept else "")
-        try:
+        key = name[len(prefix) :] + ("{" + ",".join(kept) + "}" if kept else "")
+        with contextlib.suppress(ValueError):
             out[key] = out.get(key, 0.0) + float(value)
-        except ValueError:
-            pass
     return out
 
 
@@ -340,8 +401,14 @@ def _epp_metrics(router: RunningRouter) -> dict[str, float]:
         return {}
 
 
-async def _drive(url: str, fm_requests, arrivals_wall: list[float], deadline: float, fleet: SimFleet,
-                 progress: Callable[[int, int], None]) -> tuple[list[Sample], dict[str, float]]:
+async def _drive(
+    url: str,
+    fm_requests,
+    arrivals_wall: list[float],
+    deadline: float,
+    fleet: SimFleet,
+    progress: Callable[[int, int], None],
+) -> tuple[list[Sample], dict[str, float]]:
     """The open-loop run plus the fleet's generated-token counter at the first and last arrival."""
     marks: dict[str, float] = {}
 
@@ -363,8 +430,18 @@ async def _drive(url: str, fm_requests, arrivals_wall: list[float], deadline: fl
     return samples, marks
 
 
-def run_flow_mix(run: Run, scenario: str, variant: str, router: RunningRouter, fleet: SimFleet, cap: float,
-                 ts: float, seed: int, opts: FlowBenchOptions, log: Callable[[str], None]) -> dict[str, Any]:
+def run_flow_mix(
+    run: Run,
+    scenario: str,
+    variant: str,
+    router: RunningRouter,
+    fleet: SimFleet,
+    cap: float,
+    ts: float,
+    seed: int,
+    opts: FlowBenchOptions,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     fm = mix(run.flows, cap, opts.duration, seed, text_seed=f"{scenario}/{run.label}", max_per_flow=opts.max_per_flow)
     if not fm.requests:
         raise ValueError(f"{scenario}/{run.label}: no arrivals in {opts.duration} simulated s (raise --duration)")
@@ -387,13 +464,20 @@ def run_flow_mix(run: Run, scenario: str, variant: str, router: RunningRouter, f
     window = ((max(ends) if ends else arrivals[-1]) - arrivals[0]) / ts
     flows = {}
     for f in run.flows:
-        flows[f.name] = flow_stats([s for s, name in zip(samples, fm.flows) if name == f.name], ts, window)
+        flows[f.name] = flow_stats([s for s, name in zip(samples, fm.flows, strict=True) if name == f.name], ts, window)
     span = (tok.get("last_t", 0.0) - tok.get("first_t", 0.0)) / ts
     fleet_tok_s = round((tok["last_tokens"] - tok["first_tokens"]) / span, 1) if span > 0 else None
     row = {
-        "scenario": scenario, "variant": variant, "run": run.label, "seed": seed, "time_scale": ts,
-        "capacity": round(cap, 2), "offered_load": round(sum(f.load for f in run.flows), 4),
-        "duration": opts.duration, "requests": len(samples), "wall_s": round(wall, 1),
+        "scenario": scenario,
+        "variant": variant,
+        "run": run.label,
+        "seed": seed,
+        "time_scale": ts,
+        "capacity": round(cap, 2),
+        "offered_load": round(sum(f.load for f in run.flows), 4),
+        "duration": opts.duration,
+        "requests": len(samples),
+        "wall_s": round(wall, 1),
         "window_s": round(window, 3),
         # Fleet throughput: output tokens of every successful request over the window (first arrival to
         # last completion), summary.py's definition; when all requests finish, total work / makespan.
@@ -408,10 +492,15 @@ def run_flow_mix(run: Run, scenario: str, variant: str, router: RunningRouter, f
     row["fleet_output_tokens_per_s"] = row["total"]["output_tokens_per_s"]
     parts = []
     for name, st in flows.items():
-        parts.append(f"{name}: ok {st['ok']}/{st['sent']} 429 {st['http_429']} 503 {st['http_503']} "
-                     f"other {st['other_errors']} ttft p50/p90 {st['ttft_p50']}/{st['ttft_p90']}s")
-    log(f"    {scenario} {variant:17s} {run.label:8s} load {row['offered_load']:.2f}  " + "; ".join(parts)
-        + f"  fleet tok/s {row['fleet_output_tokens_per_s']}  ({row['wall_s']}s)")
+        parts.append(
+            f"{name}: ok {st['ok']}/{st['sent']} 429 {st['http_429']} 503 {st['http_503']} "
+            f"other {st['other_errors']} ttft p50/p90 {st['ttft_p50']}/{st['ttft_p90']}s"
+        )
+    log(
+        f"    {scenario} {variant:17s} {run.label:8s} load {row['offered_load']:.2f}  "
+        + "; ".join(parts)
+        + f"  fleet tok/s {row['fleet_output_tokens_per_s']}  ({row['wall_s']}s)"
+    )
     return row
 
 
@@ -436,14 +525,22 @@ def scenario_time_scale(sc: FlowScenario, cap: float, opts: FlowBenchOptions) ->
     return time_scale_for(top, LiveOptions(loads=[1.0], max_wall_rps=opts.max_wall_rps))
 
 
-def run_flow_scenario(sc: FlowScenario, seed: int, opts: FlowBenchOptions, workdir: Path,
-                      on_row: Callable[[dict], None], skipped: dict[str, str],
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_flow_scenario(
+    sc: FlowScenario,
+    seed: int,
+    opts: FlowBenchOptions,
+    workdir: Path,
+    on_row: Callable[[dict], None],
+    skipped: dict[str, str],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     cap = fleet_capacity(reference_workload(seed * 1000, opts.replicas))
     ts = scenario_time_scale(sc, cap, opts)
     variants = opts.variants or sc.variants
-    log(f"  {sc.name} (seed {seed}): capacity {cap:.1f} req/s (cost model), time scale {ts}, "
-        f"{opts.duration:g} simulated s per run, variants {', '.join(variants)}")
+    log(
+        f"  {sc.name} (seed {seed}): capacity {cap:.1f} req/s (cost model), time scale {ts}, "
+        f"{opts.duration:g} simulated s per run, variants {', '.join(variants)}"
+    )
     for variant in variants:
         key = f"{sc.name}/{variant}"
         if variant not in opts.configs:
@@ -468,11 +565,23 @@ def run_flow_scenario(sc: FlowScenario, seed: int, opts: FlowBenchOptions, workd
     return {"capacity": round(cap, 2), "time_scale": ts}
 
 
-def run_queueing(sc: QueueingScenario, seed: int, opts: FlowBenchOptions, workdir: Path,
-                 on_row: Callable[[dict], None], skipped: dict[str, str],
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    lopts = LiveOptions(loads=list(sc.loads), seed=seed, replicas=opts.replicas, max_wall_rps=opts.max_wall_rps,
-                        drain_s=opts.drain_s, workload_params=sc.workload_params)
+def run_queueing(
+    sc: QueueingScenario,
+    seed: int,
+    opts: FlowBenchOptions,
+    workdir: Path,
+    on_row: Callable[[dict], None],
+    skipped: dict[str, str],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    lopts = LiveOptions(
+        loads=list(sc.loads),
+        seed=seed,
+        replicas=opts.replicas,
+        max_wall_rps=opts.max_wall_rps,
+        drain_s=opts.drain_s,
+        workload_params=sc.workload_params,
+    )
     info: dict[str, Any] = {}
     variants = opts.variants or sc.variants
     for wname in sc.workloads:
@@ -480,8 +589,10 @@ def run_queueing(sc: QueueingScenario, seed: int, opts: FlowBenchOptions, workdi
         cap = fleet_capacity(base)
         ts = time_scale_for(max(sc.loads) * cap, lopts)
         info[wname] = {"capacity": round(cap, 2), "time_scale": ts, "requests_per_point": len(base.requests)}
-        log(f"  queueing {wname} (seed {seed}): {len(base.requests)} requests per point, capacity {cap:.1f} req/s, "
-            f"time scale {ts}")
+        log(
+            f"  queueing {wname} (seed {seed}): {len(base.requests)} requests per point, capacity {cap:.1f} req/s, "
+            f"time scale {ts}"
+        )
         for variant in variants:
             key = f"{sc.name}/{variant}"
             if variant not in opts.configs:
@@ -500,10 +611,16 @@ def run_queueing(sc: QueueingScenario, seed: int, opts: FlowBenchOptions, workdi
                         before = _epp_metrics(router)
                         row = _run_point(wname, router.spec, router.url, fleet, k, frac, cap, ts, lopts, log)
                         after = _epp_metrics(router)
-                        row.update(scenario=sc.name, variant=variant, seed=seed, point_seed=row["seed"],
-                                   capacity=round(cap, 2),
-                                   epp_flow_control_metrics={m: round(after[m] - before.get(m, 0.0), 4)
-                                                             for m in sorted(after)})
+                        row.update(
+                            scenario=sc.name,
+                            variant=variant,
+                            seed=seed,
+                            point_seed=row["seed"],
+                            capacity=round(cap, 2),
+                            epp_flow_control_metrics={
+                                m: round(after[m] - before.get(m, 0.0), 4) for m in sorted(after)
+                            },
+                        )
                         on_row(row)
                 finally:
                     router.stop()
@@ -531,8 +648,13 @@ def plan(scenarios: dict[str, Any], names: list[str], seeds: list[int], opts: Fl
                         # Arrivals, then the backlog an overload leaves (served at capacity), then idle checks.
                         wall += opts.duration * ts * (1 + max(0.0, load - 1.0)) + 2.0
             else:
-                lopts = LiveOptions(loads=list(sc.loads), seed=seed, replicas=opts.replicas,
-                                    max_wall_rps=opts.max_wall_rps, workload_params=sc.workload_params)
+                lopts = LiveOptions(
+                    loads=list(sc.loads),
+                    seed=seed,
+                    replicas=opts.replicas,
+                    max_wall_rps=opts.max_wall_rps,
+                    workload_params=sc.workload_params,
+                )
                 for wname in sc.workloads:
                     base = workload_at(wname, seed * 1000, lopts)
                     cap = fleet_capacity(base)
@@ -547,8 +669,13 @@ def plan(scenarios: dict[str, Any], names: list[str], seeds: list[int], opts: Fl
     return reqs, wall
 
 
-def run_benchmark(names: list[str], seeds: list[int], opts: FlowBenchOptions, on_row: Callable[[dict], None],
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_benchmark(
+    names: list[str],
+    seeds: list[int],
+    opts: FlowBenchOptions,
+    on_row: Callable[[dict], None],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the named scenarios for every seed; returns meta (capacities, time scales, skipped, costs)."""
     scenarios = quick_scenarios() if opts.quick else full_scenarios()
     workdir = Path(tempfile.mkdtemp(prefix="epp-flowbench-"))
@@ -575,34 +702,43 @@ def describe_scenarios(scenarios: dict[str, Any], names: list[str], opts: FlowBe
         sc = scenarios[name]
         variants = list(opts.variants or sc.variants)
         if isinstance(sc, FlowScenario):
-            out[name] = {"variants": variants, "focus": sc.focus,
-                         "runs": [{"label": r.label, "flows": [f.describe() for f in r.flows]} for r in sc.runs]}
+            out[name] = {
+                "variants": variants,
+                "focus": sc.focus,
+                "runs": [{"label": r.label, "flows": [f.describe() for f in r.flows]} for r in sc.runs],
+            }
         else:
-            out[name] = {"variants": variants, "workloads": list(sc.workloads), "loads": list(sc.loads),
-                         "workload_params": sc.workload_params}
+            out[name] = {
+                "variants": variants,
+                "workloads": list(sc.workloads),
+                "loads": list(sc.loads),
+                "workload_params": sc.workload_params,
+            }
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # `epp-bench flowcontrol` (argument parsing lives in epp/bench/cli.py).
 
-HOW = ("How measured: one epp-sim process per config variant (8 identical vLLM-like replicas, the cost model of "
-       "epp/sim/costmodel.py), this project's EPP (`--static-objectives`, the variant's config, TLS ext_proc, 50 ms "
-       "scrapes) behind real Envoy (deploy/envoy/original-dst.yaml, FULL_DUPLEX_STREAMED), an open-loop aiohttp "
-       "client streaming every request (Poisson arrivals per flow, headers `x-gateway-inference-objective` / "
-       "`x-gateway-inference-fairness-id`), all on 127.0.0.1. Capacity is epp/bench/capacity.py's cost-model rate for "
-       "the flows' request shape (sharegpt-like lengths: prompts ~600 tokens, outputs ~32, no shared text) or the "
-       "queueing workload; loads are fractions of it. Simulated time runs `time scale` wall seconds per simulated "
-       "second (the busiest run of a scenario sends at most 40 requests per wall second); every latency and rate is "
-       "in simulated seconds. TTFT is the first content chunk, over successful requests only. A flow's `out tok/s` is "
-       "its successful requests' output tokens over the run's window (first arrival to last completion); "
-       "`fleet tok/s` is the same over all flows (when every request finishes: total work / makespan); `gen tok/s "
-       "loaded` is the simulators' own generated-token counter between the first and the last arrival (every "
-       "stream, finished or not). 429 / 503 are the gateway's answers "
-       "(shed / timed out in the EPP's queue); `other` are every other failure (`timeout` = still open "
-       "`drain_s` wall seconds after the last arrival, cancelled). The same flow has the same arrival times and "
-       "lengths in every run and variant of a seed; the prompt text differs per run so no run inherits another's "
-       "prefix cache. Flow control's TTL is wall time (60 s = 60 / time scale simulated s).")
+HOW = (
+    "How measured: one epp-sim process per config variant (8 identical vLLM-like replicas, the cost model of "
+    "epp/sim/costmodel.py), this project's EPP (`--static-objectives`, the variant's config, TLS ext_proc, 50 ms "
+    "scrapes) behind real Envoy (deploy/envoy/original-dst.yaml, FULL_DUPLEX_STREAMED), an open-loop aiohttp "
+    "client streaming every request (Poisson arrivals per flow, headers `x-gateway-inference-objective` / "
+    "`x-gateway-inference-fairness-id`), all on 127.0.0.1. Capacity is epp/bench/capacity.py's cost-model rate for "
+    "the flows' request shape (sharegpt-like lengths: prompts ~600 tokens, outputs ~32, no shared text) or the "
+    "queueing workload; loads are fractions of it. Simulated time runs `time scale` wall seconds per simulated "
+    "second (the busiest run of a scenario sends at most 40 requests per wall second); every latency and rate is "
+    "in simulated seconds. TTFT is the first content chunk, over successful requests only. A flow's `out tok/s` is "
+    "its successful requests' output tokens over the run's window (first arrival to last completion); "
+    "`fleet tok/s` is the same over all flows (when every request finishes: total work / makespan); `gen tok/s "
+    "loaded` is the simulators' own generated-token counter between the first and the last arrival (every "
+    "stream, finished or not). 429 / 503 are the gateway's answers "
+    "(shed / timed out in the EPP's queue); `other` are every other failure (`timeout` = still open "
+    "`drain_s` wall seconds after the last arrival, cancelled). The same flow has the same arrival times and "
+    "lengths in every run and variant of a seed; the prompt text differs per run so no run inherits another's "
+    "prefix cache. Flow control's TTL is wall time (60 s = 60 / time scale simulated s)."
+)
 
 
 def versions() -> dict[str, str]:
@@ -655,27 +791,50 @@ def main(args: Any, meta: Callable[[dict], dict], results_dir: Path) -> None:
         for name, text in configs.items():
             print(f"# --- {name}\n{text}")
         return
-    opts = FlowBenchOptions(duration=args.duration or (QUICK_DURATION if args.quick else FlowBenchOptions.duration),
-                            replicas=args.replicas, max_wall_rps=args.max_wall_rps, drain_s=args.drain_s,
-                            quick=args.quick, configs=configs,
-                            variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None)
+    opts = FlowBenchOptions(
+        duration=args.duration or (QUICK_DURATION if args.quick else FlowBenchOptions.duration),
+        replicas=args.replicas,
+        max_wall_rps=args.max_wall_rps,
+        drain_s=args.drain_s,
+        quick=args.quick,
+        configs=configs,
+        variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
+    )
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     scenarios = quick_scenarios() if args.quick else full_scenarios()
     n_req, est = plan(scenarios, names, seeds, opts)
-    print(f"epp-bench flowcontrol: scenarios {', '.join(names)}, seeds {seeds}, {opts.duration:g} simulated s per "
-          f"flow run; about {n_req} requests, estimated {est / 60:.1f} min wall")
+    print(
+        f"epp-bench flowcontrol: scenarios {', '.join(names)}, seeds {seeds}, {opts.duration:g} simulated s per "
+        f"flow run; about {n_req} requests, estimated {est / 60:.1f} min wall"
+    )
     if args.plan_only:
         return
     described = describe_scenarios(scenarios, names, opts)
     used = {v for d in described.values() for v in d["variants"]}
-    rf = ResultFile(out, meta({"mode": "live-flowcontrol", "quick": args.quick, "scenarios": described,
-                               "seeds": seeds, "duration": opts.duration, "max_per_flow": opts.max_per_flow,
-                               "replicas": opts.replicas, "max_wall_rps": opts.max_wall_rps, "drain_s": opts.drain_s,
-                               "static_objectives": STATIC_OBJECTIVES, "fairness_baseline": FAIRNESS_BASELINE,
-                               "configs": {k: v for k, v in configs.items() if k in used},
-                               "scheduler_fingerprint": scheduler_fingerprint(),
-                               "flowcontrol_fingerprint": flowcontrol_fingerprint(),
-                               "versions": versions(), "planned_wall_s": round(est), "how": HOW}))
+    rf = ResultFile(
+        out,
+        meta(
+            {
+                "mode": "live-flowcontrol",
+                "quick": args.quick,
+                "scenarios": described,
+                "seeds": seeds,
+                "duration": opts.duration,
+                "max_per_flow": opts.max_per_flow,
+                "replicas": opts.replicas,
+                "max_wall_rps": opts.max_wall_rps,
+                "drain_s": opts.drain_s,
+                "static_objectives": STATIC_OBJECTIVES,
+                "fairness_baseline": FAIRNESS_BASELINE,
+                "configs": {k: v for k, v in configs.items() if k in used},
+                "scheduler_fingerprint": scheduler_fingerprint(),
+                "flowcontrol_fingerprint": flowcontrol_fingerprint(),
+                "versions": versions(),
+                "planned_wall_s": round(est),
+                "how": HOW,
+            }
+        ),
+    )
     t0 = time.monotonic()
     rf.meta.update(run_benchmark(names, seeds, opts, rf.add))
     rf.meta["wall_s"] = round(time.monotonic() - t0)

@@ -50,10 +50,19 @@ def priority_headline(rows: list[dict], meta: dict) -> list[dict]:
             if not alone or not flooded:
                 continue
             ca, cf, sh = alone["flows"]["critical"], flooded["flows"]["critical"], flooded["flows"].get("sheddable", {})
-            out.append({"variant": variant, "seed": seed, "alone_p90": ca["ttft_p90"], "flooded_p90": cf["ttft_p90"],
-                        "ratio": _ratio(cf["ttft_p90"], ca["ttft_p90"]), "critical_ok": cf["ok"],
-                        "critical_sent": cf["sent"], "sheddable": sh,
-                        "fleet_tok_s": flooded.get("fleet_output_tokens_per_s")})
+            out.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "alone_p90": ca["ttft_p90"],
+                    "flooded_p90": cf["ttft_p90"],
+                    "ratio": _ratio(cf["ttft_p90"], ca["ttft_p90"]),
+                    "critical_ok": cf["ok"],
+                    "critical_sent": cf["sent"],
+                    "sheddable": sh,
+                    "fleet_tok_s": flooded.get("fleet_output_tokens_per_s"),
+                }
+            )
     return out
 
 
@@ -69,27 +78,40 @@ def fairness_headline(rows: list[dict], meta: dict) -> list[dict]:
             base = _by(rows, baseline, "mixed", seed)
             ba, bm = alone["flows"]["tenant-b"], mixed["flows"]["tenant-b"]
             tput = mixed.get("fleet_output_tokens_per_s")
-            out.append({"variant": variant, "seed": seed, "alone_p90": ba["ttft_p90"], "mixed_p90": bm["ttft_p90"],
-                        "ratio": _ratio(bm["ttft_p90"], ba["ttft_p90"]), "fleet_tok_s": tput,
-                        "tput_vs_baseline": _ratio(tput, base.get("fleet_output_tokens_per_s")) if base else None,
-                        "b_ok": bm["ok"], "b_sent": bm["sent"]})
+            out.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "alone_p90": ba["ttft_p90"],
+                    "mixed_p90": bm["ttft_p90"],
+                    "ratio": _ratio(bm["ttft_p90"], ba["ttft_p90"]),
+                    "fleet_tok_s": tput,
+                    "tput_vs_baseline": _ratio(tput, base.get("fleet_output_tokens_per_s")) if base else None,
+                    "b_ok": bm["ok"],
+                    "b_sent": bm["sent"],
+                }
+            )
     return out
 
 
 def _flow_table(rows: list[dict]) -> list[str]:
-    lines = ["| variant | seed | run | flow | sent | ok | 429 | 503 | other | TTFT p50 / p90 / p99 (s) | e2e p90 (s) "
-             "| out tok/s | fleet tok/s | gen tok/s loaded | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seed | run | flow | sent | ok | 429 | 503 | other | TTFT p50 / p90 / p99 (s) | e2e p90 (s) "
+        "| out tok/s | fleet tok/s | gen tok/s loaded | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         for name, st in r["flows"].items():
             other = st["other_errors"]
             if other:
                 other = f"{other} ({', '.join(f'{k} {v}' for k, v in st['errors'].items())})"
-            lines.append(f"| {r['variant']} | {r['seed']} | {r['run']} | {name} | {st['sent']} | {st['ok']} | "
-                         f"{st['http_429']} | {st['http_503']} | {other} | {_f(st['ttft_p50'])} / {_f(st['ttft_p90'])} / "
-                         f"{_f(st['ttft_p99'])} | {_f(st['e2e_p90'])} | {st['output_tokens_per_s']} | "
-                         f"{_f(r.get('fleet_output_tokens_per_s'), 1)} | "
-                         f"{_f(r.get('generated_tokens_per_s_while_loaded'), 1)} | {r['wall_s']} |")
+            lines.append(
+                f"| {r['variant']} | {r['seed']} | {r['run']} | {name} | {st['sent']} | {st['ok']} | "
+                f"{st['http_429']} | {st['http_503']} | {other} | {_f(st['ttft_p50'])} / {_f(st['ttft_p90'])} / "
+                f"{_f(st['ttft_p99'])} | {_f(st['e2e_p90'])} | {st['output_tokens_per_s']} | "
+                f"{_f(r.get('fleet_output_tokens_per_s'), 1)} | "
+                f"{_f(r.get('generated_tokens_per_s_while_loaded'), 1)} | {r['wall_s']} |"
+            )
     return lines
 
 
@@ -97,15 +119,27 @@ def _configs_section(meta: dict) -> list[str]:
     used = []
     for sc in (meta.get("scenarios") or {}).values():
         used += [v for v in sc.get("variants", []) if v not in used]
-    out = ["## Configs", "",
-           "Every EPP ran with `--static-objectives " + meta.get("static_objectives", "") + "` and one of these "
-           "(`epp/bench/flowbench.py` `CONFIGS`; `--config NAME=FILE` replaces or adds one):", ""]
+    out = [
+        "## Configs",
+        "",
+        "Every EPP ran with `--static-objectives " + meta.get("static_objectives", "") + "` and one of these "
+        "(`epp/bench/flowbench.py` `CONFIGS`; `--config NAME=FILE` replaces or adds one):",
+        "",
+    ]
     for name in used:
         text = (meta.get("configs") or {}).get(name)
         if text is None:
             continue
-        out += [f"<details><summary><code>{name}</code></summary>", "", "```yaml", text.rstrip(), "```", "",
-                "</details>", ""]
+        out += [
+            f"<details><summary><code>{name}</code></summary>",
+            "",
+            "```yaml",
+            text.rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     return out
 
 
@@ -131,21 +165,29 @@ def _engaged_section(rows: list[dict]) -> list[str]:
             elif name == "request_queue_duration_seconds_sum":
                 n = mt.get(k.replace("_sum{", "_count{"), 0)
                 if n:
-                    waits.append(f"{lab.get('fairness_id', '?')}/{lab.get('priority', '?')}/{lab.get('outcome', '?')}: "
-                                 f"{v / n / ts:.3f}")
-        lines.append(f"| {r.get('scenario')} | {r.get('variant')} | {r.get('run', r.get('load'))} | "
-                     f"{mt.get('dispatches_total', 0):g} | {'; '.join(outcomes) or '–'} | {'; '.join(waits) or '–'} |")
+                    waits.append(
+                        f"{lab.get('fairness_id', '?')}/{lab.get('priority', '?')}/{lab.get('outcome', '?')}: "
+                        f"{v / n / ts:.3f}"
+                    )
+        lines.append(
+            f"| {r.get('scenario')} | {r.get('variant')} | {r.get('run', r.get('load'))} | "
+            f"{mt.get('dispatches_total', 0):g} | {'; '.join(outcomes) or '–'} | {'; '.join(waits) or '–'} |"
+        )
     if lines:
-        out += ["Change of the EPP's flow-control counters over each run: requests dispatched from a queue "
-                "(`epp_flow_control_dispatches_total`), outcomes by priority "
-                "(`inference_extension_flow_control_requests_total`) and the mean time in flow control by "
-                "fairness id / priority / outcome (simulated s, from the queue-duration histogram's sum and count). "
-                "Runs whose counters all stayed at zero (legacy admission) are not listed.", "",
-                "| scenario | variant | run | dispatched from a queue | outcomes | mean time in flow control (s) |",
-                "|---|---|---|---|---|---|", *lines]
+        out += [
+            "Change of the EPP's flow-control counters over each run: requests dispatched from a queue "
+            "(`epp_flow_control_dispatches_total`), outcomes by priority "
+            "(`inference_extension_flow_control_requests_total`) and the mean time in flow control by "
+            "fairness id / priority / outcome (simulated s, from the queue-duration histogram's sum and count). "
+            "Runs whose counters all stayed at zero (legacy admission) are not listed.",
+            "",
+            "| scenario | variant | run | dispatched from a queue | outcomes | mean time in flow control (s) |",
+            "|---|---|---|---|---|---|",
+            *lines,
+        ]
     else:
         out += ["No run's EPP counted anything in its flow-control metrics: nothing went through flow control."]
-    return out + [""]
+    return [*out, ""]
 
 
 def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
@@ -153,13 +195,16 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
     m = meta.get("machine", {})
     plot_names = plot_names or {}
     out = [f"# Flow control: `epp-bench flowcontrol`{' (quick)' if meta.get('quick') else ''}", ""]
-    out += [f"Commit `{meta.get('commit', '')}` (flow-control code `{meta.get('flowcontrol_fingerprint', '')}`), "
-            f"{meta.get('date', '')}, {m.get('cores', '?')} × {m.get('cpu', '?')}, Python {m.get('python', '?')}, "
-            f"load average at start {m.get('load_avg_at_start')}; "
-            + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
-            + f"; `{meta.get('command', '')}`; "
-            f"{meta.get('requests', '?')} requests in {meta.get('wall_s', '?')} s wall "
-            f"(planned {meta.get('planned_wall_s', '?')} s).", ""]
+    out += [
+        f"Commit `{meta.get('commit', '')}` (flow-control code `{meta.get('flowcontrol_fingerprint', '')}`), "
+        f"{meta.get('date', '')}, {m.get('cores', '?')} × {m.get('cpu', '?')}, Python {m.get('python', '?')}, "
+        f"load average at start {m.get('load_avg_at_start')}; "
+        + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+        + f"; `{meta.get('command', '')}`; "
+        f"{meta.get('requests', '?')} requests in {meta.get('wall_s', '?')} s wall "
+        f"(planned {meta.get('planned_wall_s', '?')} s).",
+        "",
+    ]
     out += [meta.get("how", ""), ""]
     scen = meta.get("scenarios") or {}
     info = meta.get("scenario_info") or {}
@@ -168,21 +213,34 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
         out += ["## Priority: critical beside a sheddable flood", ""]
         flows = {f["name"]: f for r in scen["priority"]["runs"] for f in r["flows"]}
         crit, shed = flows.get("critical", {}), flows.get("sheddable", {})
-        out += [f"`critical` (objective priority 100) at {crit.get('load', 0):.0%} of capacity alone, then the same "
-                f"requests beside `sheddable` (priority −1) at {shed.get('load', 0):.0%}: "
-                f"{crit.get('load', 0) + shed.get('load', 0):.0%} offered. "
-                + "; ".join(f"seed {k.split('/')[1]}: capacity {v['capacity']} req/s, time scale {v['time_scale']}"
-                            for k, v in info.items() if k.startswith("priority/")) + ".", ""]
-        out += [f"| variant | seed | critical TTFT p90 alone (s) | flooded (s) | flooded / alone | ≤ {PRIORITY_GOAL} | "
-                "critical ok | sheddable sent | completed | 429 | 503 | other | sheddable out tok/s | fleet tok/s |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"`critical` (objective priority 100) at {crit.get('load', 0):.0%} of capacity alone, then the same "
+            f"requests beside `sheddable` (priority −1) at {shed.get('load', 0):.0%}: "
+            f"{crit.get('load', 0) + shed.get('load', 0):.0%} offered. "
+            + "; ".join(
+                f"seed {k.split('/')[1]}: capacity {v['capacity']} req/s, time scale {v['time_scale']}"
+                for k, v in info.items()
+                if k.startswith("priority/")
+            )
+            + ".",
+            "",
+        ]
+        out += [
+            f"| variant | seed | critical TTFT p90 alone (s) | flooded (s) | flooded / alone | ≤ {PRIORITY_GOAL} | "
+            "critical ok | sheddable sent | completed | 429 | 503 | other | sheddable out tok/s | fleet tok/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for h in priority_headline(rows, meta):
             sh = h["sheddable"]
-            out.append(f"| {h['variant']} | {h['seed']} | {_f(h['alone_p90'])} | {_f(h['flooded_p90'])} | "
-                       f"{_f(h['ratio'], 2)} | {_verdict(h['ratio'], PRIORITY_GOAL)} | {h['critical_ok']}/{h['critical_sent']} | "
-                       f"{sh.get('sent', '–')} | {sh.get('ok', '–')} | {sh.get('http_429', '–')} | {sh.get('http_503', '–')} | "
-                       f"{sh.get('other_errors', '–')} | {sh.get('output_tokens_per_s', '–')} | {_f(h['fleet_tok_s'], 1)} |")
-        out += [""] + _flow_table(_flow_rows(rows, "priority")) + [""]
+            out.append(
+                f"| {h['variant']} | {h['seed']} | {_f(h['alone_p90'])} | {_f(h['flooded_p90'])} | "
+                f"{_f(h['ratio'], 2)} | {_verdict(h['ratio'], PRIORITY_GOAL)} | "
+                f"{h['critical_ok']}/{h['critical_sent']} | "
+                f"{sh.get('sent', '–')} | {sh.get('ok', '–')} | {sh.get('http_429', '–')} | "
+                f"{sh.get('http_503', '–')} | "
+                f"{sh.get('other_errors', '–')} | {sh.get('output_tokens_per_s', '–')} | {_f(h['fleet_tok_s'], 1)} |"
+            )
+        out += ["", *_flow_table(_flow_rows(rows, "priority")), ""]
         if "priority" in plot_names:
             out += [f"![priority]({plot_names['priority']})", ""]
 
@@ -190,43 +248,68 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
         out += ["## Fairness: a small tenant beside a 10x larger one", ""]
         flows = {f["name"]: f for r in scen["fairness"]["runs"] for f in r["flows"]}
         a, b = flows.get("tenant-a", {}), flows.get("tenant-b", {})
-        out += [f"`tenant-b` alone at {b.get('load', 0):.1%} of capacity, then beside `tenant-a` at {a.get('load', 0):.1%} "
-                f"({a.get('load', 0) + b.get('load', 0):.0%} offered), both priority 0, fairness ids `tenant-a` / "
-                f"`tenant-b`. Fleet tok/s is compared with `{meta.get('fairness_baseline', '')}` (no fairness) "
-                "at the same seed. "
-                + "; ".join(f"seed {k.split('/')[1]}: capacity {v['capacity']} req/s, time scale {v['time_scale']}"
-                            for k, v in info.items() if k.startswith("fairness/")) + ".", ""]
-        out += [f"| variant | seed | B TTFT p90 alone (s) | beside A (s) | beside / alone | ≤ {FAIRNESS_TTFT_GOAL} | "
-                f"B ok | fleet tok/s | vs no fairness | ≥ {FAIRNESS_TPUT_GOAL} |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"`tenant-b` alone at {b.get('load', 0):.1%} of capacity, then beside `tenant-a` at {a.get('load', 0):.1%} "
+            f"({a.get('load', 0) + b.get('load', 0):.0%} offered), both priority 0, fairness ids `tenant-a` / "
+            f"`tenant-b`. Fleet tok/s is compared with `{meta.get('fairness_baseline', '')}` (no fairness) "
+            "at the same seed. "
+            + "; ".join(
+                f"seed {k.split('/')[1]}: capacity {v['capacity']} req/s, time scale {v['time_scale']}"
+                for k, v in info.items()
+                if k.startswith("fairness/")
+            )
+            + ".",
+            "",
+        ]
+        out += [
+            f"| variant | seed | B TTFT p90 alone (s) | beside A (s) | beside / alone | ≤ {FAIRNESS_TTFT_GOAL} | "
+            f"B ok | fleet tok/s | vs no fairness | ≥ {FAIRNESS_TPUT_GOAL} |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for h in fairness_headline(rows, meta):
-            out.append(f"| {h['variant']} | {h['seed']} | {_f(h['alone_p90'])} | {_f(h['mixed_p90'])} | "
-                       f"{_f(h['ratio'], 2)} | {_verdict(h['ratio'], FAIRNESS_TTFT_GOAL)} | {h['b_ok']}/{h['b_sent']} | "
-                       f"{_f(h['fleet_tok_s'], 1)} | {_f(h['tput_vs_baseline'], 3)} | "
-                       f"{_verdict(h['tput_vs_baseline'], FAIRNESS_TPUT_GOAL, upper=False)} |")
-        out += [""] + _flow_table(_flow_rows(rows, "fairness")) + [""]
+            out.append(
+                f"| {h['variant']} | {h['seed']} | {_f(h['alone_p90'])} | {_f(h['mixed_p90'])} | "
+                f"{_f(h['ratio'], 2)} | {_verdict(h['ratio'], FAIRNESS_TTFT_GOAL)} | {h['b_ok']}/{h['b_sent']} | "
+                f"{_f(h['fleet_tok_s'], 1)} | {_f(h['tput_vs_baseline'], 3)} | "
+                f"{_verdict(h['tput_vs_baseline'], FAIRNESS_TPUT_GOAL, upper=False)} |"
+            )
+        out += ["", *_flow_table(_flow_rows(rows, "fairness")), ""]
         if "fairness" in plot_names:
             out += [f"![fairness]({plot_names['fairness']})", ""]
 
     if "queueing" in scen:
         q = scen["queueing"]
         out += ["## Queueing: existing workloads past capacity", ""]
-        out += [f"Workloads {', '.join(q['workloads'])} (params {q['workload_params']}) at "
-                f"{', '.join(str(x) for x in q['loads'])} of capacity; the `epp-bench run` measurement (TTFT over "
-                "successful requests, out tok/s = output tokens of successful requests from the first arrival to the "
-                "last completion). "
-                + "; ".join(f"{w}: capacity {v['capacity']} req/s, time scale {v['time_scale']}, "
-                            f"{v['requests_per_point']} requests per point"
-                            for k, d in info.items() if k.startswith("queueing/") for w, v in d.items()) + ".", ""]
-        out += ["| workload | load | variant | seed | ok rate | TTFT p50 / p90 / p99 (s) | e2e p90 (s) | out tok/s | "
-                "prefix hit | errors | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        qrows = sorted((r for r in rows if r.get("scenario") == "queueing"),
-                       key=lambda r: (r["workload"], r["load"], r["seed"]))
+        out += [
+            f"Workloads {', '.join(q['workloads'])} (params {q['workload_params']}) at "
+            f"{', '.join(str(x) for x in q['loads'])} of capacity; the `epp-bench run` measurement (TTFT over "
+            "successful requests, out tok/s = output tokens of successful requests from the first arrival to the "
+            "last completion). "
+            + "; ".join(
+                f"{w}: capacity {v['capacity']} req/s, time scale {v['time_scale']}, "
+                f"{v['requests_per_point']} requests per point"
+                for k, d in info.items()
+                if k.startswith("queueing/")
+                for w, v in d.items()
+            )
+            + ".",
+            "",
+        ]
+        out += [
+            "| workload | load | variant | seed | ok rate | TTFT p50 / p90 / p99 (s) | e2e p90 (s) | out tok/s | "
+            "prefix hit | errors | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        qrows = sorted(
+            (r for r in rows if r.get("scenario") == "queueing"), key=lambda r: (r["workload"], r["load"], r["seed"])
+        )
         for r in qrows:
             errs = ", ".join(f"{k} {v}" for k, v in (r.get("errors") or {}).items()) or "–"
-            out.append(f"| {r['workload']} | {r['load']} | {r['variant']} | {r['seed']} | {r['success_rate']} | "
-                       f"{_f(r['ttft_p50'])} / {_f(r['ttft_p90'])} / {_f(r['ttft_p99'])} | {_f(r['e2e_p90'])} | "
-                       f"{r['output_tokens_per_s']} | {_f(r.get('prefix_cache_hit_rate'))} | {errs} | {r['wall_s']} |")
+            out.append(
+                f"| {r['workload']} | {r['load']} | {r['variant']} | {r['seed']} | {r['success_rate']} | "
+                f"{_f(r['ttft_p50'])} / {_f(r['ttft_p90'])} / {_f(r['ttft_p99'])} | {_f(r['e2e_p90'])} | "
+                f"{r['output_tokens_per_s']} | {_f(r.get('prefix_cache_hit_rate'))} | {errs} | {r['wall_s']} |"
+            )
         out.append("")
         if "queueing" in plot_names:
             out += [f"![queueing]({plot_names['queueing']})", ""]
@@ -272,31 +355,47 @@ def plot_priority(rows: list[dict], meta: dict, path: Path) -> Path | None:
     labels = [f"{h['variant']}\nseed {h['seed']}" for h in heads]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
     width = 0.13
-    for k, (run, q) in enumerate((("alone", 50), ("alone", 90), ("alone", 99), ("flooded", 50), ("flooded", 90),
-                                  ("flooded", 99))):
+    for k, (run, q) in enumerate(
+        (("alone", 50), ("alone", 90), ("alone", 99), ("flooded", 50), ("flooded", 90), ("flooded", 99))
+    ):
         ys = []
         for h in heads:
             r = _by(rows, h["variant"], run, h["seed"])
             v = r["flows"]["critical"][f"ttft_p{q}"] if r else None
             ys.append(v if v is not None else float("nan"))
-        a.bar([i + (k - 2.5) * width for i in range(len(heads))], ys, width, label=f"{run} p{q}",
-              color=("#9ecae1", "#4292c6", "#084594", "#fdae6b", "#f16913", "#8c2d04")[k])
+        a.bar(
+            [i + (k - 2.5) * width for i in range(len(heads))],
+            ys,
+            width,
+            label=f"{run} p{q}",
+            color=("#9ecae1", "#4292c6", "#084594", "#fdae6b", "#f16913", "#8c2d04")[k],
+        )
     for i, h in enumerate(heads):  # the goal: flooded p90 within PRIORITY_GOAL x alone p90
         if h["alone_p90"] is not None:
-            a.hlines(h["alone_p90"] * PRIORITY_GOAL, i - 3 * width, i + 3 * width, colors="k", linestyles="dashed",
-                     label=f"goal: {PRIORITY_GOAL} x alone p90" if i == 0 else None)
+            a.hlines(
+                h["alone_p90"] * PRIORITY_GOAL,
+                i - 3 * width,
+                i + 3 * width,
+                colors="k",
+                linestyles="dashed",
+                label=f"goal: {PRIORITY_GOAL} x alone p90" if i == 0 else None,
+            )
     a.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     a.set_ylabel("critical TTFT (simulated s)")
     a.set_title("critical TTFT: alone vs beside the sheddable flood")
     a.legend(fontsize=7, ncol=2, loc="upper left")
     a.set_ylim(top=a.get_ylim()[1] * 1.3)  # room for the legend
-    kinds = (("ok", "completed", "#41ab5d"), ("http_429", "429", "#fd8d3c"), ("http_503", "503", "#e31a1c"),
-             ("other_errors", "other errors", "#6a51a3"))
+    kinds = (
+        ("ok", "completed", "#41ab5d"),
+        ("http_429", "429", "#fd8d3c"),
+        ("http_503", "503", "#e31a1c"),
+        ("other_errors", "other errors", "#6a51a3"),
+    )
     bottom = [0.0] * len(heads)
     for key, label, color in kinds:
         ys = [float(h["sheddable"].get(key, 0)) for h in heads]
         b.bar(range(len(heads)), ys, 0.6, bottom=bottom, label=label, color=color)
-        bottom = [x + y for x, y in zip(bottom, ys)]
+        bottom = [x + y for x, y in zip(bottom, ys, strict=True)]
     b.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     b.set_ylabel("sheddable requests")
     b.set_title("sheddable flood: outcome")
@@ -318,8 +417,11 @@ def plot_fairness(rows: list[dict], meta: dict, path: Path) -> Path | None:
     rows = _flow_rows(rows, "fairness")
     labels = [f"{h['variant']}\nseed {h['seed']}" for h in heads]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
-    series = (("alone", "tenant-b", "B alone", "#9ecae1"), ("mixed", "tenant-b", "B beside A", "#08519c"),
-              ("mixed", "tenant-a", "A beside B", "#f16913"))
+    series = (
+        ("alone", "tenant-b", "B alone", "#9ecae1"),
+        ("mixed", "tenant-b", "B beside A", "#08519c"),
+        ("mixed", "tenant-a", "A beside B", "#f16913"),
+    )
     width = 0.25
     for k, (run, flow, label, color) in enumerate(series):
         ys = []
@@ -330,8 +432,14 @@ def plot_fairness(rows: list[dict], meta: dict, path: Path) -> Path | None:
         a.bar([i + (k - 1) * width for i in range(len(heads))], ys, width, label=label, color=color)
     for i, h in enumerate(heads):
         if h["alone_p90"] is not None:
-            a.hlines(h["alone_p90"] * FAIRNESS_TTFT_GOAL, i - 1.5 * width, i + 1.5 * width, colors="k",
-                     linestyles="dashed", label=f"goal: {FAIRNESS_TTFT_GOAL} x B alone p90" if i == 0 else None)
+            a.hlines(
+                h["alone_p90"] * FAIRNESS_TTFT_GOAL,
+                i - 1.5 * width,
+                i + 1.5 * width,
+                colors="k",
+                linestyles="dashed",
+                label=f"goal: {FAIRNESS_TTFT_GOAL} x B alone p90" if i == 0 else None,
+            )
     a.set_xticks(range(len(heads)), [t.replace("\n", " ") for t in labels], fontsize=7, rotation=35, ha="right")
     a.set_ylabel("TTFT p90 (simulated s)")
     a.set_title("TTFT p90 per tenant")
@@ -357,17 +465,23 @@ def plot_queueing(rows: list[dict], meta: dict, path: Path) -> Path | None:
 
     workloads = list(dict.fromkeys(r["workload"] for r in qrows))
     fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 3.8 * len(workloads)), squeeze=False)
-    for (a, b), w in zip(axes, workloads):
+    for (a, b), w in zip(axes, workloads, strict=True):
         for variant in dict.fromkeys(r["variant"] for r in qrows):
             for seed in sorted({r["seed"] for r in qrows}):
-                pts = sorted((r for r in qrows if r["workload"] == w and r["variant"] == variant and r["seed"] == seed),
-                             key=lambda r: r["load"])
+                pts = sorted(
+                    (r for r in qrows if r["workload"] == w and r["variant"] == variant and r["seed"] == seed),
+                    key=lambda r: r["load"],
+                )
                 if not pts:
                     continue
                 xs = [p["load"] for p in pts]
                 lab = variant if len({r["seed"] for r in qrows}) == 1 else f"{variant} seed {seed}"
-                a.plot(xs, [p["ttft_p90"] if p["ttft_p90"] is not None else float("nan") for p in pts], marker="o",
-                       label=lab)
+                a.plot(
+                    xs,
+                    [p["ttft_p90"] if p["ttft_p90"] is not None else float("nan") for p in pts],
+                    marker="o",
+                    label=lab,
+                )
                 b.plot(xs, [p["output_tokens_per_s"] for p in pts], marker="o", label=lab)
         a.set_yscale("log")
         a.set_title(f"{w}: TTFT p90")

@@ -40,8 +40,9 @@ PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD
 
 
 def _python312() -> str:
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or \
-        os.path.expanduser("~/.pyenv")
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or os.path.expanduser(
+        "~/.pyenv"
+    )
     for v in sorted(Path(root, "versions").glob("3.1[2-9]*"), reverse=True):
         exe = v / "bin" / "python3"
         if exe.exists():
@@ -67,8 +68,11 @@ def ensure_inference_perf() -> Path:
 def ensure_tokenizer(venv: Path) -> Path:
     tok = VENVS / "offline-tokenizer"
     if not (tok / "tokenizer.json").exists():
-        subprocess.run([str(venv / "bin" / "python"), "-c", TOKENIZER_SCRIPT, str(tok)], check=True,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", TOKENIZER_SCRIPT, str(tok)],
+            check=True,
+            env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+        )
     return tok.resolve()
 
 
@@ -78,9 +82,17 @@ def config(base_url: str, tokenizer: Path, rates: list[float], duration: float, 
         "api": {"type": "completion", "streaming": True},
         "server": {"type": "vllm", "model_name": MODEL, "base_url": base_url, "ignore_eos": True},
         "tokenizer": {"pretrained_model_name_or_path": str(tokenizer)},
-        "data": {"type": "shared_prefix", "shared_prefix": {
-            "num_groups": 24, "num_prompts_per_group": 5, "system_prompt_len": 4000, "question_len": 800,
-            "output_len": 16, "seed": 1}},
+        "data": {
+            "type": "shared_prefix",
+            "shared_prefix": {
+                "num_groups": 24,
+                "num_prompts_per_group": 5,
+                "system_prompt_len": 4000,
+                "question_len": 800,
+                "output_len": 16,
+                "seed": 1,
+            },
+        },
         "load": {"type": "poisson", "stages": [{"rate": r, "duration": duration} for r in rates], "num_workers": 1},
         "report": {"request_lifecycle": {"summary": True, "per_stage": True, "per_request": False}},
         "storage": {"local_storage": {"path": str(out.resolve())}},
@@ -99,8 +111,12 @@ def run_inference_perf(router: str, rates: list[float], duration: float, out: Pa
             cfg = workdir / "inference-perf.yaml"
             cfg.write_text(yaml.safe_dump(config(running.url, tok, rates, duration, out)))
             env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-            subprocess.run([str(venv / "bin" / "inference-perf"), "-c", str(cfg)], check=True, env=env,
-                           timeout=120 + len(rates) * duration * 3)
+            subprocess.run(
+                [str(venv / "bin" / "inference-perf"), "-c", str(cfg)],
+                check=True,
+                env=env,
+                timeout=120 + len(rates) * duration * 3,
+            )
         finally:
             running.stop()
     finally:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from epp.bench.capacity import fleet_capacity
 from epp.bench.configs import resolve_config
@@ -68,17 +68,23 @@ class KvOptions:
     drain_s: float = 45.0
 
 
-def run_kvcache(specs: list[RouterSpec], opts: KvOptions, on_row: Callable[[dict], None],
-                log: Callable[[str], None] = print,
-                during: Callable[[object, object, int], None] | None = None) -> None:
+def run_kvcache(
+    specs: list[RouterSpec],
+    opts: KvOptions,
+    on_row: Callable[[dict], None],
+    log: Callable[[str], None] = print,
+    during: Callable[[object, object, int], None] | None = None,
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="epp-kvbench-"))
     for shape in opts.shapes:
         params = SHAPES[shape]
         base = cache_pressure(opts.seed * 1000, n=opts.stage_requests, prefix_seed=opts.seed, **params)
         cap = fleet_capacity(base)
         ts = round(max(1.0, max(opts.loads) * cap / opts.max_wall_rps), 2)
-        log(f"{shape}: resident prefix set {base.params['resident_share']:.0%} of fleet KV, "
-            f"{opts.stage_requests} requests per stage, capacity {cap:.1f} req/s (ideal cache), time scale {ts}")
+        log(
+            f"{shape}: resident prefix set {base.params['resident_share']:.0%} of fleet KV, "
+            f"{opts.stage_requests} requests per stage, capacity {cap:.1f} req/s (ideal cache), time scale {ts}"
+        )
         for spec in specs:
             fleet = start_fleet(base.fleet, ts, workdir)
             try:
@@ -86,8 +92,9 @@ def run_kvcache(specs: list[RouterSpec], opts: KvOptions, on_row: Callable[[dict
                 try:
                     stages = [("warmup", opts.warmup_load)] + [(f"s{i}", f) for i, f in enumerate(opts.loads)]
                     for k, (stage, frac) in enumerate(stages):
-                        w = cache_pressure(opts.seed * 1000 + k + 1, n=opts.stage_requests, prefix_seed=opts.seed,
-                                           **params)
+                        w = cache_pressure(
+                            opts.seed * 1000 + k + 1, n=opts.stage_requests, prefix_seed=opts.seed, **params
+                        )
                         qps = frac * cap
                         arrivals = [a * ts for a in poisson_arrivals(len(w.requests), qps, opts.seed * 1000 + k)]
                         deadline = arrivals[-1] + opts.drain_s
@@ -99,18 +106,33 @@ def run_kvcache(specs: list[RouterSpec], opts: KvOptions, on_row: Callable[[dict
                         _wait_idle(fleet)
                         after = fleet.counters()
                         row = summarize(
-                            _outcomes(samples, ts), router=spec.name, workload=f"cache-{shape}", qps=qps, load=frac,
+                            _outcomes(samples, ts),
+                            router=spec.name,
+                            workload=f"cache-{shape}",
+                            qps=qps,
+                            load=frac,
                             servers=fleet.pods,
                             prefix_hits=after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"],
-                            prefix_queries=(after["vllm:prefix_cache_queries_total"]
-                                            - before["vllm:prefix_cache_queries_total"]),
-                            extra={"mode": "live", "stage": stage, "seed": opts.seed, "time_scale": ts,
-                                   "shape": shape, "resident_share": base.params["resident_share"],
-                                   "wall_s": round(time.perf_counter() - t0, 1), "errors": _error_kinds(samples),
-                                   "epp_replicas": spec.epp_replicas})
-                        log(f"  {shape:8s} {spec.name:12s} {stage:6s} load {frac:4.2f}  ok {row['success_rate']:.3f}  "
+                            prefix_queries=(
+                                after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"]
+                            ),
+                            extra={
+                                "mode": "live",
+                                "stage": stage,
+                                "seed": opts.seed,
+                                "time_scale": ts,
+                                "shape": shape,
+                                "resident_share": base.params["resident_share"],
+                                "wall_s": round(time.perf_counter() - t0, 1),
+                                "errors": _error_kinds(samples),
+                                "epp_replicas": spec.epp_replicas,
+                            },
+                        )
+                        log(
+                            f"  {shape:8s} {spec.name:12s} {stage:6s} load {frac:4.2f}  ok {row['success_rate']:.3f}  "
                             f"ttft p50/p90 {row['ttft_p50']}/{row['ttft_p90']}s  tok/s {row['output_tokens_per_s']}  "
-                            f"hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)")
+                            f"hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)"
+                        )
                         if stage != "warmup":
                             on_row(row)
                 finally:

@@ -24,9 +24,9 @@ import asyncio
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from epp.bench.capacity import fleet_capacity
 from epp.bench.des import token_ids
@@ -54,12 +54,21 @@ FULL_LOADS = (0.3, 0.5, 0.8, 1.1)
 # round-robin (the Kubernetes Service), the best cache-aware peers and their load balancers.
 CANONICAL_SHAPES = ("shared-prefix", "cache-pressure")
 CANONICAL_ROUTERS = ("epp", "envoy-rr", "smg-cache_aware", "vllm-router-cache_aware")
-FULL_ROUTERS = ("epp", "envoy-rr", "envoy-lr", "smg-cache_aware", "smg-power_of_two", "vllm-router-cache_aware",
-                "vllm-router-power_of_two", "sglang-router-cache_aware")
+FULL_ROUTERS = (
+    "epp",
+    "envoy-rr",
+    "envoy-lr",
+    "smg-cache_aware",
+    "smg-power_of_two",
+    "vllm-router-cache_aware",
+    "vllm-router-power_of_two",
+    "sglang-router-cache_aware",
+)
 
 
-def stage_workload(shape: str, seed: int, stage: int, n: int, replicas: int = 8,
-                   num_gpu_blocks: int = 4096) -> Workload:
+def stage_workload(
+    shape: str, seed: int, stage: int, n: int, replicas: int = 8, num_gpu_blocks: int = 4096
+) -> Workload:
     """Stage `stage` (0 = warm-up) of `shape`: the prompt set is a function of `seed` alone, the
     questions, output lengths and order of (`seed`, `stage`)."""
     p = SHAPES[shape]
@@ -79,8 +88,14 @@ def stage_workload(shape: str, seed: int, stage: int, n: int, replicas: int = 8,
             g = -1 if rng.random() < p["hot_share"] else rng.randrange(p["groups"])
         else:
             g = rng.randrange(p["groups"])
-        reqs.append(BenchRequest("completions", rng.randint(*OUTPUT_RANGE),
-                                 prompt=systems[g] + "\n\n" + w.text(p["question_len"]), group=g))
+        reqs.append(
+            BenchRequest(
+                "completions",
+                rng.randint(*OUTPUT_RANGE),
+                prompt=systems[g] + "\n\n" + w.text(p["question_len"]),
+                group=g,
+            )
+        )
     resident = len(systems) * p["system_len"] / (replicas * num_gpu_blocks * 16)
     return Workload(shape, reqs, fleet, dict(p, resident_share=round(resident, 3)))
 
@@ -113,8 +128,10 @@ class Plan:
 def plan(shape: str, seed: int, opts: LadderOptions) -> Plan:
     warm = stage_workload(shape, seed, 0, opts.warmup_requests, opts.replicas)
     stages = [("warmup", opts.warmup_load, warm)]
-    stages += [(f"s{i + 1}", f, stage_workload(shape, seed, i + 1, opts.stage_requests, opts.replicas))
-               for i, f in enumerate(opts.loads)]
+    stages += [
+        (f"s{i + 1}", f, stage_workload(shape, seed, i + 1, opts.stage_requests, opts.replicas))
+        for i, f in enumerate(opts.loads)
+    ]
     # Capacity at the ideal (warm, infinite) cache: the warm-up's prefixes count as seen.
     joined = Workload(shape, warm.requests + stages[1][2].requests, warm.fleet)
     cap = fleet_capacity(joined)
@@ -124,16 +141,19 @@ def plan(shape: str, seed: int, opts: LadderOptions) -> Plan:
     return Plan(shape, seed, stages, cap, ts, floors)
 
 
-def run_ladder(specs: list[RouterSpec], opts: LadderOptions, on_row: Callable[[dict], None],
-               log: Callable[[str], None] = print) -> dict[str, str]:
+def run_ladder(
+    specs: list[RouterSpec], opts: LadderOptions, on_row: Callable[[dict], None], log: Callable[[str], None] = print
+) -> dict[str, str]:
     """Every router on every shape and seed; returns {router: reason} for routers that could not run."""
     skipped: dict[str, str] = {}
     workdir = Path(tempfile.mkdtemp(prefix="epp-ladder-"))
     for seed in opts.seeds:
         for shape in opts.shapes:
             pl = plan(shape, seed, opts)
-            log(f"{shape} seed {seed}: capacity {pl.capacity:.2f} req/s (ideal cache), time scale {pl.time_scale}, "
-                f"resident prefix set {pl.stages[0][2].params['resident_share']:.0%} of fleet KV")
+            log(
+                f"{shape} seed {seed}: capacity {pl.capacity:.2f} req/s (ideal cache), time scale {pl.time_scale}, "
+                f"resident prefix set {pl.stages[0][2].params['resident_share']:.0%} of fleet KV"
+            )
             for spec in specs:
                 if spec.name in skipped:
                     continue
@@ -151,10 +171,12 @@ def run_ladder(specs: list[RouterSpec], opts: LadderOptions, on_row: Callable[[d
                             row = _run_stage(spec, router.url, fleet, pl, k, stage, frac, w, opts)
                             if stage != "warmup":
                                 on_row(row)
-                            log(f"  {shape:14s} s{seed} {spec.name:26s} {stage:6s} load {frac:4.2f} "
+                            log(
+                                f"  {shape:14s} s{seed} {spec.name:26s} {stage:6s} load {frac:4.2f} "
                                 f"ok {row['success_rate']:.3f}  ttft p90 {row['ttft_p90']}s (floor "
                                 f"{row['floor_p90']}, excess {row['excess_p90']})  tok/s {row['output_tokens_per_s']}"
-                                f"  hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)")
+                                f"  hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)"
+                            )
                     finally:
                         router.stop()
                 finally:
@@ -163,8 +185,9 @@ def run_ladder(specs: list[RouterSpec], opts: LadderOptions, on_row: Callable[[d
     return skipped
 
 
-def _run_stage(spec: RouterSpec, url: str, fleet, pl: Plan, k: int, stage: str, frac: float, w: Workload,
-               opts: LadderOptions) -> dict:
+def _run_stage(
+    spec: RouterSpec, url: str, fleet, pl: Plan, k: int, stage: str, frac: float, w: Workload, opts: LadderOptions
+) -> dict:
     ts = pl.time_scale
     qps = frac * pl.capacity
     arrivals = [a * ts for a in poisson_arrivals(len(w.requests), qps, pl.seed * 1000 + k)]
@@ -182,17 +205,29 @@ def _run_stage(spec: RouterSpec, url: str, fleet, pl: Plan, k: int, stage: str, 
     # Per request: how far above its own floor it started (the floor's p90 is the row's floor_p90).
     excess = [s.ttft / ts - floors[s.index] for s in samples if s.ok and s.ttft is not None]
     floor_p90 = percentile(floors, 90)
-    row = summarize(_outcomes(samples, ts), router=spec.name, workload=pl.shape, qps=qps, load=frac,
-                    servers=fleet.pods,
-                    prefix_hits=after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"],
-                    prefix_queries=after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"],
-                    extra={"mode": "ladder", "stage": stage, "seed": pl.seed, "shape": pl.shape,
-                           "time_scale": ts, "capacity": round(pl.capacity, 3),
-                           "resident_share": w.params["resident_share"],
-                           "wall_s": round(time.perf_counter() - t0, 1), "errors": _error_kinds(samples)})
+    row = summarize(
+        _outcomes(samples, ts),
+        router=spec.name,
+        workload=pl.shape,
+        qps=qps,
+        load=frac,
+        servers=fleet.pods,
+        prefix_hits=after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"],
+        prefix_queries=after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"],
+        extra={
+            "mode": "ladder",
+            "stage": stage,
+            "seed": pl.seed,
+            "shape": pl.shape,
+            "time_scale": ts,
+            "capacity": round(pl.capacity, 3),
+            "resident_share": w.params["resident_share"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "errors": _error_kinds(samples),
+        },
+    )
     row["floor_p90"] = None if floor_p90 is None else round(floor_p90, 4)
-    row["excess_p90"] = (None if row["ttft_p90"] is None or floor_p90 is None
-                         else round(row["ttft_p90"] - floor_p90, 4))
+    row["excess_p90"] = None if row["ttft_p90"] is None or floor_p90 is None else round(row["ttft_p90"] - floor_p90, 4)
     p = percentile(excess, 90)
     row["request_excess_p90"] = None if p is None else round(p, 4)
     return row

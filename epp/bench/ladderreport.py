@@ -61,8 +61,17 @@ def stage_summary(rows: list[dict], shape: str) -> list[dict]:
         per: dict[str, dict] = {}
         for router in dict.fromkeys(r["router"] for r in at):
             mine = [r for r in at if r["router"] == router]
-            per[router] = {k: _cell(mine, k) for k in ("ttft_p90", "excess_p90", "output_tokens_per_s",
-                                                       "success_rate", "prefix_cache_hit_rate", "floor_p90")}
+            per[router] = {
+                k: _cell(mine, k)
+                for k in (
+                    "ttft_p90",
+                    "excess_p90",
+                    "output_tokens_per_s",
+                    "success_rate",
+                    "prefix_cache_hit_rate",
+                    "floor_p90",
+                )
+            }
             # Per seed, so a ratio's spread is visible.
             per[router]["by_seed"] = {r["seed"]: r for r in mine}
         peers = [n for n in per if is_peer(n) and per[n]["excess_p90"][0] is not None]
@@ -72,13 +81,18 @@ def stage_summary(rows: list[dict], shape: str) -> list[dict]:
         e = per.get(SUBJECT, {}).get("excess_p90", (None, ""))[0]
         s["vs_best_peer"] = _ratio(e, per[best]["excess_p90"][0]) if best else None
         s["vs_rr"] = _ratio(e, per[RR]["excess_p90"][0]) if RR in per else None
-        s["vs_lr_p90"] = _ratio(per.get(SUBJECT, {}).get("ttft_p90", (None, ""))[0],
-                                per[LR]["ttft_p90"][0]) if LR in per else None
+        s["vs_lr_p90"] = (
+            _ratio(per.get(SUBJECT, {}).get("ttft_p90", (None, ""))[0], per[LR]["ttft_p90"][0]) if LR in per else None
+        )
         t = per.get(SUBJECT, {}).get("output_tokens_per_s", (None, ""))[0]
-        s["tput_vs_best_peer"] = (t / per[best_tput]["output_tokens_per_s"][0]
-                                  if best_tput and t and per[best_tput]["output_tokens_per_s"][0] else None)
-        s["tput_vs_rr"] = (t / per[RR]["output_tokens_per_s"][0]
-                           if RR in per and t and per[RR]["output_tokens_per_s"][0] else None)
+        s["tput_vs_best_peer"] = (
+            t / per[best_tput]["output_tokens_per_s"][0]
+            if best_tput and t and per[best_tput]["output_tokens_per_s"][0]
+            else None
+        )
+        s["tput_vs_rr"] = (
+            t / per[RR]["output_tokens_per_s"][0] if RR in per and t and per[RR]["output_tokens_per_s"][0] else None
+        )
         out.append(s)
     return out
 
@@ -94,9 +108,12 @@ def _seed_ratios(s: dict, other: str, key: str = "excess_p90") -> str:
 def shape_table(rows: list[dict], shape: str) -> list[str]:
     summary = stage_summary(rows, shape)
     routers = list(dict.fromkeys(r["router"] for r in rows if r["shape"] == shape))
-    head = ["| stage | load | floor p90 s | " + " | ".join(f"{n} p90 / excess / tok/s" for n in routers)
-            + " | epp excess ÷ best peer (per seed) | epp excess ÷ round-robin (per seed) |",
-            "|" + "---|" * (3 + len(routers) + 2)]
+    head = [
+        "| stage | load | floor p90 s | "
+        + " | ".join(f"{n} p90 / excess / tok/s" for n in routers)
+        + " | epp excess ÷ best peer (per seed) | epp excess ÷ round-robin (per seed) |",
+        "|" + "---|" * (3 + len(routers) + 2),
+    ]
     for s in summary:
         floor = s["per"][routers[0]]["floor_p90"][1] if routers[0] in s["per"] else "–"
         cells = []
@@ -106,8 +123,10 @@ def shape_table(rows: list[dict], shape: str) -> list[str]:
                 cells.append("–")
                 continue
             ok = c["success_rate"][0]
-            cells.append(f"{c['ttft_p90'][1]} / {c['excess_p90'][1]} / {c['output_tokens_per_s'][1].split(' ')[0]}"
-                         + ("" if ok is None or ok >= 1 else f" (ok {ok:.3f})"))
+            cells.append(
+                f"{c['ttft_p90'][1]} / {c['excess_p90'][1]} / {c['output_tokens_per_s'][1].split(' ')[0]}"
+                + ("" if ok is None or ok >= 1 else f" (ok {ok:.3f})")
+            )
         best = s["best_peer"]
         vb = f"{_f(s['vs_best_peer'], 2)} vs {best} ({_seed_ratios(s, best)})" if best else "–"
         vr = f"{_f(s['vs_rr'], 2)} ({_seed_ratios(s, RR)})" if s["vs_rr"] is not None else "–"
@@ -130,26 +149,40 @@ def targets(rows: list[dict]) -> list[str]:
         pts = [s for s in summ if s["load"] >= 0.5 and s["vs_best_peer"] is not None]
         if pts:
             worst = max(pts, key=lambda s: s["vs_best_peer"])
-            add(f"{shape}: epp excess ≤ 0.5x best peer at every stage ≥ 0.5",
+            add(
+                f"{shape}: epp excess ≤ 0.5x best peer at every stage ≥ 0.5",
                 all(s["vs_best_peer"] <= 0.5 for s in pts),
                 "; ".join(f"{s['load']:.2f}: {_f(s['vs_best_peer'], 2)} vs {s['best_peer']}" for s in pts)
-                + f" (worst {_f(worst['vs_best_peer'], 2)})")
+                + f" (worst {_f(worst['vs_best_peer'], 2)})",
+            )
         if shape == "shared-prefix":
             pts = [s for s in summ if s["load"] >= 0.8 and s["vs_rr"] is not None]
             if pts:
-                add("shared-prefix: epp excess ≤ 0.1x round-robin at every stage ≥ 0.8",
-                    all(s["vs_rr"] <= 0.1 for s in pts), "; ".join(f"{s['load']:.2f}: {_f(s['vs_rr'], 3)}" for s in pts))
+                add(
+                    "shared-prefix: epp excess ≤ 0.1x round-robin at every stage ≥ 0.8",
+                    all(s["vs_rr"] <= 0.1 for s in pts),
+                    "; ".join(f"{s['load']:.2f}: {_f(s['vs_rr'], 3)}" for s in pts),
+                )
             top = summ[-1] if summ else None
             if top and top["tput_vs_best_peer"] is not None:
-                add("shared-prefix: throughput at saturation ≥ 1.1x best peer", top["tput_vs_best_peer"] >= 1.1,
-                    f"load {top['load']:.2f}: {_f(top['tput_vs_best_peer'], 2)}x {top['best_tput_peer']}")
+                add(
+                    "shared-prefix: throughput at saturation ≥ 1.1x best peer",
+                    top["tput_vs_best_peer"] >= 1.1,
+                    f"load {top['load']:.2f}: {_f(top['tput_vs_best_peer'], 2)}x {top['best_tput_peer']}",
+                )
             if top and top["tput_vs_rr"] is not None:
-                add("shared-prefix: throughput at saturation ≥ 2x round-robin", top["tput_vs_rr"] >= 2.0,
-                    f"load {top['load']:.2f}: {_f(top['tput_vs_rr'], 2)}x")
+                add(
+                    "shared-prefix: throughput at saturation ≥ 2x round-robin",
+                    top["tput_vs_rr"] >= 2.0,
+                    f"load {top['load']:.2f}: {_f(top['tput_vs_rr'], 2)}x",
+                )
         ep = [r for r in rows if r["shape"] == shape and r["router"] == SUBJECT]
         if ep:
-            add(f"{shape}: 100 % success", all(r["success_rate"] >= 1 for r in ep),
-                f"min {min(r['success_rate'] for r in ep):.4f} over {len(ep)} stages")
+            add(
+                f"{shape}: 100 % success",
+                all(r["success_rate"] >= 1 for r in ep),
+                f"min {min(r['success_rate'] for r in ep):.4f} over {len(ep)} stages",
+            )
     for shape in ("sharegpt-like", "hot-prefix"):
         if shape not in shapes:
             continue
@@ -178,18 +211,26 @@ def render(datas: list[dict], out_dir: Path, stem: str = "ladder") -> Path:
     rows, metas = merge(datas)
     lines = ["# The canonical warm ladder (`epp-bench ladder`)", ""]
     for m in metas:
-        lines.append(f"- {m.get('date', '')}, {m.get('machine', {}).get('cpu', '?')} "
-                     f"({m.get('machine', {}).get('cores', '?')} cores), commit {m.get('commit', '?')}, "
-                     f"{m.get('wall_s', '?')} s wall: `{m.get('command', '')}`; peers: "
-                     + (", ".join(f"{k}: {v}" for k, v in sorted(m.get("peer_versions", {}).items())) or "none")
-                     + (f"; skipped: {m['skipped']}" if m.get("skipped") else ""))
-    lines += ["", "Per shape, seed and router: a fresh 8-replica epp-sim fleet and router, an unrecorded warm-up "
-              "stage, then Poisson stages on one prompt set (system prompts stay, questions are new), "
-              "300 requests each, output 64–256 tokens. Latencies are simulated seconds. **floor p90** is the "
-              "p90 of each request's lowest possible TTFT (epp/bench/floor.py, over the whole sequence: a prefix "
-              "sent earlier may be cached), the same for every router; **excess** = TTFT p90 − floor p90. "
-              "Cells show the mean over seeds and the range. Ratios are epp's excess over the other router's; "
-              "per-seed ratios in brackets.", "", "## Targets (issue 17)", ""]
+        lines.append(
+            f"- {m.get('date', '')}, {m.get('machine', {}).get('cpu', '?')} "
+            f"({m.get('machine', {}).get('cores', '?')} cores), commit {m.get('commit', '?')}, "
+            f"{m.get('wall_s', '?')} s wall: `{m.get('command', '')}`; peers: "
+            + (", ".join(f"{k}: {v}" for k, v in sorted(m.get("peer_versions", {}).items())) or "none")
+            + (f"; skipped: {m['skipped']}" if m.get("skipped") else "")
+        )
+    lines += [
+        "",
+        "Per shape, seed and router: a fresh 8-replica epp-sim fleet and router, an unrecorded warm-up "
+        "stage, then Poisson stages on one prompt set (system prompts stay, questions are new), "
+        "300 requests each, output 64–256 tokens. Latencies are simulated seconds. **floor p90** is the "
+        "p90 of each request's lowest possible TTFT (epp/bench/floor.py, over the whole sequence: a prefix "
+        "sent earlier may be cached), the same for every router; **excess** = TTFT p90 − floor p90. "
+        "Cells show the mean over seeds and the range. Ratios are epp's excess over the other router's; "
+        "per-seed ratios in brackets.",
+        "",
+        "## Targets (issue 17)",
+        "",
+    ]
     lines += targets(rows)
     for shape in dict.fromkeys(r["shape"] for r in rows):
         share = next(r["resident_share"] for r in rows if r["shape"] == shape)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import orjson
@@ -70,12 +70,19 @@ def _outcomes(samples: list[Sample], ts: float) -> list[Outcome]:
     def sim(x: float | None) -> float | None:
         return None if x is None else x / ts
 
-    return [Outcome(s.ok, s.start / ts, sim(s.ttft), sim(s.e2e), [g / ts for g in s.itls], s.output_tokens, s.pod)
-            for s in samples]
+    return [
+        Outcome(s.ok, s.start / ts, sim(s.ttft), sim(s.e2e), [g / ts for g in s.itls], s.output_tokens, s.pod)
+        for s in samples
+    ]
 
 
-def run_live(workloads: list[str], routers: list[RouterSpec], opts: LiveOptions,
-             on_row: Callable[[dict], None], log: Callable[[str], None] = print) -> dict[str, str]:
+def run_live(
+    workloads: list[str],
+    routers: list[RouterSpec],
+    opts: LiveOptions,
+    on_row: Callable[[dict], None],
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
     """Run every router on every workload; returns {router: reason} for routers that were skipped."""
     skipped: dict[str, str] = {}
     workdir = Path(tempfile.mkdtemp(prefix="epp-bench-"))
@@ -83,8 +90,10 @@ def run_live(workloads: list[str], routers: list[RouterSpec], opts: LiveOptions,
         base = workload_at(wname, opts.seed * 1000, opts)
         cap = fleet_capacity(base)
         ts = time_scale_for(max(opts.loads) * cap, opts)
-        log(f"{wname}: {len(base.requests)} requests per point, fleet capacity {cap:.1f} req/s (cost model), "
-            f"time scale {ts}")
+        log(
+            f"{wname}: {len(base.requests)} requests per point, fleet capacity {cap:.1f} req/s (cost model), "
+            f"time scale {ts}"
+        )
         for spec in routers:
             if spec.name in skipped:
                 continue
@@ -115,8 +124,18 @@ def run_live(workloads: list[str], routers: list[RouterSpec], opts: LiveOptions,
     return skipped
 
 
-def _run_point(wname: str, spec: RouterSpec, url: str, fleet: SimFleet, k: int, frac: float, cap: float, ts: float,
-               opts: LiveOptions, log: Callable[[str], None]) -> dict:
+def _run_point(
+    wname: str,
+    spec: RouterSpec,
+    url: str,
+    fleet: SimFleet,
+    k: int,
+    frac: float,
+    cap: float,
+    ts: float,
+    opts: LiveOptions,
+    log: Callable[[str], None],
+) -> dict:
     point_seed = opts.seed * 1000 + k
     w = workload_at(wname, point_seed, opts)
     qps = frac * cap
@@ -136,16 +155,29 @@ def _run_point(wname: str, spec: RouterSpec, url: str, fleet: SimFleet, k: int, 
     samples = asyncio.run(run_open_loop(url, w.requests, arrivals, deadline, progress, bodies))
     _wait_idle(fleet)
     after = fleet.counters()
-    row = summarize(_outcomes(samples, ts), router=spec.name, workload=wname, qps=qps, load=frac,
-                    servers=fleet.pods, prefix_hits=after[HITS] - before[HITS],
-                    prefix_queries=after[QUERIES] - before[QUERIES],
-                    extra={"mode": "live", "seed": point_seed, "time_scale": ts,
-                           "wall_s": round(time.perf_counter() - t0, 1),
-                           "errors": _error_kinds(samples),
-                           "lora_loads": int(after[LORA_LOADS] - before[LORA_LOADS])})
-    log(f"  {wname:13s} {spec.name:24s} load {frac:4.2f} qps {qps:6.2f}  ok {row['success_rate']:.3f}  "
+    row = summarize(
+        _outcomes(samples, ts),
+        router=spec.name,
+        workload=wname,
+        qps=qps,
+        load=frac,
+        servers=fleet.pods,
+        prefix_hits=after[HITS] - before[HITS],
+        prefix_queries=after[QUERIES] - before[QUERIES],
+        extra={
+            "mode": "live",
+            "seed": point_seed,
+            "time_scale": ts,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "errors": _error_kinds(samples),
+            "lora_loads": int(after[LORA_LOADS] - before[LORA_LOADS]),
+        },
+    )
+    log(
+        f"  {wname:13s} {spec.name:24s} load {frac:4.2f} qps {qps:6.2f}  ok {row['success_rate']:.3f}  "
         f"ttft p50/p90 {row['ttft_p50']}/{row['ttft_p90']}s  tok/s {row['output_tokens_per_s']}  "
-        f"hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)")
+        f"hit {row['prefix_cache_hit_rate']}  ({row['wall_s']}s)"
+    )
     return row
 
 

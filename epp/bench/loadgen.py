@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import aiohttp
 import orjson
@@ -48,8 +48,14 @@ def _has_content(event: dict) -> bool:
     return bool(delta and delta.get("content"))
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, req: BenchRequest, sample: Sample,
-                      clock: Callable[[], float], body: bytes | None = None) -> None:
+async def one_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    req: BenchRequest,
+    sample: Sample,
+    clock: Callable[[], float],
+    body: bytes | None = None,
+) -> None:
     t0 = clock()
     last = None
     chunks = 0
@@ -95,9 +101,14 @@ async def one_request(session: aiohttp.ClientSession, url: str, req: BenchReques
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
 
 
-async def run_open_loop(url: str, requests: list[BenchRequest], arrivals_wall: list[float], deadline: float,
-                        progress: Callable[[int, int], None] | None = None,
-                        bodies: list[bytes] | None = None) -> list[Sample]:
+async def run_open_loop(
+    url: str,
+    requests: list[BenchRequest],
+    arrivals_wall: list[float],
+    deadline: float,
+    progress: Callable[[int, int], None] | None = None,
+    bodies: list[bytes] | None = None,
+) -> list[Sample]:
     """Send request i at `arrivals_wall[i]` seconds after start; stop everything at `deadline` seconds.
 
     Requests still running at the deadline are cancelled and recorded as failures ("timeout").
@@ -128,8 +139,9 @@ async def run_open_loop(url: str, requests: list[BenchRequest], arrivals_wall: l
                 if delay > 0:
                     await asyncio.sleep(delay)
                 samples[i].start = clock()
-                t = asyncio.create_task(one_request(session, url, req, samples[i], clock,
-                                                  bodies[i] if bodies else None))
+                t = asyncio.create_task(
+                    one_request(session, url, req, samples[i], clock, bodies[i] if bodies else None)
+                )
                 t.add_done_callback(finished)
                 tasks.append(t)
 
@@ -139,7 +151,7 @@ async def run_open_loop(url: str, requests: list[BenchRequest], arrivals_wall: l
             remaining = deadline - clock()
             if tasks and remaining > 0:
                 await asyncio.wait(tasks, timeout=remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         launch.cancel()
         for t in tasks:

@@ -43,9 +43,11 @@ http {{
 }}
 """
 
-RESPONSE = ('{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"index":0,'
-            '"text":"hello","finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":1,'
-            '"total_tokens":6}}')
+RESPONSE = (
+    '{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"index":0,'
+    '"text":"hello","finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":1,'
+    '"total_tokens":6}}'
+)
 
 
 @dataclass
@@ -77,15 +79,23 @@ def start_nginx(workdir: Path, procs: list[Proc]) -> int:
     (workdir / "metrics.txt").write_text(vllm_page(VllmState(running=1, kv_usage=0.1)))
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=workdir, port=port, response=RESPONSE))
-    p = Proc("nginx", [nginx, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "nginx-error.log")],
-             workdir / "nginx.log").start()
+    p = Proc(
+        "nginx",
+        [nginx, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "nginx-error.log")],
+        workdir / "nginx.log",
+    ).start()
     procs.append(p)
     wait_port(port, proc=p.popen)
     return port
 
 
-def run_overhead(seconds: float = 10.0, connections=(1, 32), sizes=(1024, 200 * 1024), out_dir: Path | None = None,
-                 epp_args: tuple[str, ...] = ()) -> list[Point]:
+def run_overhead(
+    seconds: float = 10.0,
+    connections=(1, 32),
+    sizes=(1024, 200 * 1024),
+    out_dir: Path | None = None,
+    epp_args: tuple[str, ...] = (),
+) -> list[Point]:
     if not wrk.wrk_available():
         raise RuntimeError("wrk not found: run `make bench-deps` (Debian packages nginx and wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="epp-overhead-"))
@@ -96,24 +106,73 @@ def run_overhead(seconds: float = 10.0, connections=(1, 32), sizes=(1024, 200 * 
         pool = [("127.0.0.1", backend)]
         # Envoy alone: the request goes straight to the backend.
         plain_port = free_port()
-        conf = envoyconf.render("original-dst", listen_port=plain_port, admin_port=free_port(), epp_port=free_port(),
-                                pool=pool, lb="round_robin")
-        procs.append(Proc("envoy-plain", [bin_path("envoy"), "-c", str(envoyconf.write(conf, workdir / "plain.yaml")),
-                                          "--concurrency", "1", "--log-level", "error", "--base-id", "7101"],
-                          workdir / "envoy-plain.log").start())
+        conf = envoyconf.render(
+            "original-dst",
+            listen_port=plain_port,
+            admin_port=free_port(),
+            epp_port=free_port(),
+            pool=pool,
+            lb="round_robin",
+        )
+        procs.append(
+            Proc(
+                "envoy-plain",
+                [
+                    bin_path("envoy"),
+                    "-c",
+                    str(envoyconf.write(conf, workdir / "plain.yaml")),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--base-id",
+                    "7101",
+                ],
+                workdir / "envoy-plain.log",
+            ).start()
+        )
         wait_port(plain_port, proc=procs[-1].popen)
         # Envoy + EPP (TLS, FULL_DUPLEX_STREAMED both ways, the user-facing config).
         g, h, m = free_port(), free_port(), free_port()
-        epp = Proc("epp", [bin_path("epp"), "--static-endpoints", f"127.0.0.1:{backend}", "--grpc-port", str(g),
-                           "--grpc-health-port", str(h), "--metrics-port", str(m), "--health-checking", "-v=1",
-                           *epp_args], workdir / "epp.log").start()
+        epp = Proc(
+            "epp",
+            [
+                bin_path("epp"),
+                "--static-endpoints",
+                f"127.0.0.1:{backend}",
+                "--grpc-port",
+                str(g),
+                "--grpc-health-port",
+                str(h),
+                "--metrics-port",
+                str(m),
+                "--health-checking",
+                "-v=1",
+                *epp_args,
+            ],
+            workdir / "epp.log",
+        ).start()
         procs.append(epp)
         wait_port(g, proc=epp.popen)
         epp_gw = free_port()
         conf = envoyconf.render("original-dst", listen_port=epp_gw, admin_port=free_port(), epp_port=g)
-        procs.append(Proc("envoy-epp", [bin_path("envoy"), "-c", str(envoyconf.write(conf, workdir / "epp.yaml")),
-                                        "--concurrency", "1", "--log-level", "error", "--base-id", "7102"],
-                          workdir / "envoy-epp.log").start())
+        procs.append(
+            Proc(
+                "envoy-epp",
+                [
+                    bin_path("envoy"),
+                    "-c",
+                    str(envoyconf.write(conf, workdir / "epp.yaml")),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--base-id",
+                    "7102",
+                ],
+                workdir / "envoy-epp.log",
+            ).start()
+        )
         wait_port(epp_gw, proc=procs[-1].popen)
         time.sleep(1.0)  # health checks and the first scrapes
         for size in sizes:
@@ -125,16 +184,25 @@ def run_overhead(seconds: float = 10.0, connections=(1, 32), sizes=(1024, 200 * 
                     cpu0 = procstat.tree_cpu_seconds(epp.popen.pid)  # worker processes count
                     r = wrk.run(f"http://127.0.0.1:{port}/v1/completions", body_path, c, seconds, workdir)
                     cpu1 = procstat.tree_cpu_seconds(epp.popen.pid)
-                    pt = Point(setup, size, c, r.requests, round(r.rps, 1), round(r.p50_ms, 3), round(r.p99_ms, 3),
-                               r.errors)
+                    pt = Point(
+                        setup, size, c, r.requests, round(r.rps, 1), round(r.p50_ms, 3), round(r.p99_ms, 3), r.errors
+                    )
                     if setup == "envoy+epp":
                         pt.epp_cpu_s_per_1k = round((cpu1 - cpu0) / max(r.requests, 1) * 1000, 3)
-                        pt.epp_rss_mb = round(sum(procstat.rss_bytes(p) for p in procstat.descendants(epp.popen.pid)) / 2**20, 1)
+                        pt.epp_rss_mb = round(
+                            sum(procstat.rss_bytes(p) for p in procstat.descendants(epp.popen.pid)) / 2**20, 1
+                        )
                     points.append(pt)
-                    print(f"  {setup:10s} body={size:>7d}B c={c:<3d} {pt.rps:>8.1f} req/s  p50 {pt.p50_ms:.3f} ms"
-                          f"  p99 {pt.p99_ms:.3f} ms  errors {pt.errors}"
-                          + (f"  EPP {pt.epp_cpu_s_per_1k} CPU-s/1k req, {pt.epp_rss_mb} MB RSS"
-                             if pt.epp_cpu_s_per_1k is not None else ""), flush=True)
+                    print(
+                        f"  {setup:10s} body={size:>7d}B c={c:<3d} {pt.rps:>8.1f} req/s  p50 {pt.p50_ms:.3f} ms"
+                        f"  p99 {pt.p99_ms:.3f} ms  errors {pt.errors}"
+                        + (
+                            f"  EPP {pt.epp_cpu_s_per_1k} CPU-s/1k req, {pt.epp_rss_mb} MB RSS"
+                            if pt.epp_cpu_s_per_1k is not None
+                            else ""
+                        ),
+                        flush=True,
+                    )
     finally:
         for p in reversed(procs):
             p.stop()
@@ -143,9 +211,11 @@ def run_overhead(seconds: float = 10.0, connections=(1, 32), sizes=(1024, 200 * 
 
 
 def overhead_table(points: list[Point]) -> str:
-    rows = ["| body | conns | Envoy req/s | Envoy+EPP req/s | Envoy p50 / p99 ms | Envoy+EPP p50 / p99 ms "
-            "| added p50 ms | EPP CPU-s per 1k req | EPP RSS MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| body | conns | Envoy req/s | Envoy+EPP req/s | Envoy p50 / p99 ms | Envoy+EPP p50 / p99 ms "
+        "| added p50 ms | EPP CPU-s per 1k req | EPP RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     by = {(p.setup, p.body_bytes, p.connections): p for p in points}
     for (setup, size, c), p in by.items():
         if setup != "envoy":
@@ -154,9 +224,11 @@ def overhead_table(points: list[Point]) -> str:
         if e is None:
             continue
         label = f"{size // 1024} KB"
-        rows.append(f"| {label} | {c} | {p.rps:,.0f} | {e.rps:,.0f} | {p.p50_ms:.2f} / {p.p99_ms:.2f} | "
-                    f"{e.p50_ms:.2f} / {e.p99_ms:.2f} | {e.p50_ms - p.p50_ms:.2f} | {e.epp_cpu_s_per_1k} | "
-                    f"{e.epp_rss_mb} |")
+        rows.append(
+            f"| {label} | {c} | {p.rps:,.0f} | {e.rps:,.0f} | {p.p50_ms:.2f} / {p.p99_ms:.2f} | "
+            f"{e.p50_ms:.2f} / {e.p99_ms:.2f} | {e.p50_ms - p.p50_ms:.2f} | {e.epp_cpu_s_per_1k} | "
+            f"{e.epp_rss_mb} |"
+        )
     return "\n".join(rows) + "\n"
 
 

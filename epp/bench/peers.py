@@ -18,8 +18,11 @@ from pathlib import Path
 
 VENVS = Path(os.environ.get("EPP_BENCH_VENVS", ".bench-venvs"))
 # kind -> (package, pinned version, console script)
-PACKAGES = {"smg": ("smg", "1.13.0", "smg"), "sglang-router": ("sglang-router", "0.3.2", "smg"),
-            "vllm-router": ("vllm-router", "0.1.17", "vllm-router")}
+PACKAGES = {
+    "smg": ("smg", "1.13.0", "smg"),
+    "sglang-router": ("sglang-router", "0.3.2", "smg"),
+    "vllm-router": ("vllm-router", "0.1.17", "vllm-router"),
+}
 
 
 class PeerUnavailable(RuntimeError):
@@ -41,8 +44,13 @@ def peer_binary(kind: str, install: bool = True) -> str:
     try:
         with open(log, "wb") as out:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=out, stderr=out, timeout=300)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{package}=={version}"], check=True,
-                           stdout=out, stderr=out, timeout=900)
+            subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "-q", f"{package}=={version}"],
+                check=True,
+                stdout=out,
+                stderr=out,
+                timeout=900,
+            )
     except (subprocess.SubprocessError, OSError) as exc:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
         raise PeerUnavailable(f"pip install {package}=={version} failed: {exc}; {' '.join(tail)}") from None

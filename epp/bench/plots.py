@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_workload(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
@@ -16,8 +16,9 @@ def plot_workload(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     for router in dict.fromkeys(r["router"] for r in rows):
         pts = sorted((r for r in rows if r["router"] == router), key=lambda r: r["qps"])
         xs = [p["qps"] for p in pts]
-        a.plot(xs, [p["ttft_p90"] if p["ttft_p90"] is not None else float("nan") for p in pts], marker="o",
-               label=router)
+        a.plot(
+            xs, [p["ttft_p90"] if p["ttft_p90"] is not None else float("nan") for p in pts], marker="o", label=router
+        )
         b.plot(xs, [p["output_tokens_per_s"] for p in pts], marker="o", label=router)
     a.set_yscale("log")
     a.set_xlabel("offered load (requests / simulated s)")
@@ -56,7 +57,7 @@ def plot_ladder(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
                     ms.append(mean(vals))
                     lo.append(min(vals))
                     hi.append(max(vals))
-            line, = ax.plot(xs, ms, marker="o", label=router, lw=2.2 if router == "epp" else 1.3)
+            (line,) = ax.plot(xs, ms, marker="o", label=router, lw=2.2 if router == "epp" else 1.3)
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
     a.set_yscale("log")
     a.set_ylabel("TTFT p90 (simulated s)")

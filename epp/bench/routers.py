@@ -22,8 +22,15 @@ from epp.bench.workloads import MODEL
 from epp.stack import envoyconf
 from epp.stack.processes import Proc, bin_path, free_port, wait_port
 
-DEFAULT_ROUTERS = ("epp", "envoy-rr", "envoy-lr", "smg-cache_aware", "smg-power_of_two",
-                   "vllm-router-cache_aware", "vllm-router-power_of_two")
+DEFAULT_ROUTERS = (
+    "epp",
+    "envoy-rr",
+    "envoy-lr",
+    "smg-cache_aware",
+    "smg-power_of_two",
+    "vllm-router-cache_aware",
+    "vllm-router-power_of_two",
+)
 
 
 @dataclass(frozen=True)
@@ -64,17 +71,20 @@ def parse_router(text: str) -> RouterSpec:
     if text.startswith("smg-"):
         return RouterSpec(text, "smg", text[4:])
     if text.startswith("sglang-router-"):
-        return RouterSpec(text, "sglang-router", text[len("sglang-router-"):])
+        return RouterSpec(text, "sglang-router", text[len("sglang-router-") :])
     if text.startswith("vllm-router-"):
-        return RouterSpec(text, "vllm-router", text[len("vllm-router-"):], token_ids=True)
+        return RouterSpec(text, "vllm-router", text[len("vllm-router-") :], token_ids=True)
     raise ValueError(f"unknown router {text!r}")
 
 
 def _envoy(conf: dict, workdir: Path, name: str, procs: list[Proc]) -> None:
     path = envoyconf.write(conf, workdir / f"{name}.yaml")
     port = conf["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    p = Proc(name, [bin_path("envoy"), "-c", str(path), "--concurrency", "1", "--log-level", "error",
-                    "--base-id", str(port)], workdir / f"{name}.log").start()
+    p = Proc(
+        name,
+        [bin_path("envoy"), "-c", str(path), "--concurrency", "1", "--log-level", "error", "--base-id", str(port)],
+        workdir / f"{name}.log",
+    ).start()
     procs.append(p)
     wait_port(port, proc=p.popen, timeout=30)
 
@@ -87,8 +97,14 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
     metrics_url = ""
     try:
         if spec.kind == "envoy":
-            conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=free_port(),
-                                    pool=pool, lb=spec.policy)
+            conf = envoyconf.render(
+                "original-dst",
+                listen_port=port,
+                admin_port=free_port(),
+                epp_port=free_port(),
+                pool=pool,
+                lb=spec.policy,
+            )
             _envoy(conf, workdir, f"envoy-{port}", procs)
         elif spec.kind == "epp":
             config = spec.config
@@ -98,9 +114,19 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
             for _ in range(spec.epp_replicas):
                 g, h, m = free_port(), free_port(), free_port()
                 metrics_url = metrics_url or f"http://127.0.0.1:{m}/metrics"
-                args = [bin_path("epp"), "--static-endpoints", ",".join(f"127.0.0.1:{p}" for p in fleet.ports),
-                        "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
-                        "--health-checking", "-v=1"]
+                args = [
+                    bin_path("epp"),
+                    "--static-endpoints",
+                    ",".join(f"127.0.0.1:{p}" for p in fleet.ports),
+                    "--grpc-port",
+                    str(g),
+                    "--grpc-health-port",
+                    str(h),
+                    "--metrics-port",
+                    str(m),
+                    "--health-checking",
+                    "-v=1",
+                ]
                 if config is not None:
                     args += ["--config-file", str(config)]
                 args += list(spec.epp_args)
@@ -109,15 +135,36 @@ def start_router(spec: RouterSpec, fleet: SimFleet, workdir: Path) -> RunningRou
                 epps.append(epp)
                 wait_port(g, proc=epp.popen, timeout=30)
                 grpc_ports.append(g)
-            conf = envoyconf.render("original-dst", listen_port=port, admin_port=free_port(), epp_port=grpc_ports[0],
-                                    more_epp_ports=tuple(grpc_ports[1:]))
+            conf = envoyconf.render(
+                "original-dst",
+                listen_port=port,
+                admin_port=free_port(),
+                epp_port=grpc_ports[0],
+                more_epp_ports=tuple(grpc_ports[1:]),
+            )
             _envoy(conf, workdir, f"envoy-{port}", procs)
         elif spec.kind in ("smg", "sglang-router", "vllm-router"):
             exe = peer_binary(spec.kind)
             head = [exe] if spec.kind == "vllm-router" else [exe, "launch"]
-            args = [*head, "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
-                    "--prometheus-port", str(free_port()), "--policy", spec.policy,
-                    "--worker-startup-check-interval", "1", "--log-level", "error", "--worker-urls", *fleet.urls]
+            args = [
+                *head,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--prometheus-host",
+                "127.0.0.1",
+                "--prometheus-port",
+                str(free_port()),
+                "--policy",
+                spec.policy,
+                "--worker-startup-check-interval",
+                "1",
+                "--log-level",
+                "error",
+                "--worker-urls",
+                *fleet.urls,
+            ]
             p = Proc(spec.kind, args, workdir / f"{spec.kind}-{port}.log").start()
             procs.append(p)
             wait_port(port, proc=p.popen, timeout=60)
@@ -141,8 +188,9 @@ def _wait_routable(url: str, procs: list[Proc], timeout: float = 60.0) -> None:
             if not p.alive:
                 raise RuntimeError(f"{p.name} exited: {p.log_tail(10)}")
         try:
-            r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "warm up", "max_tokens": 1},
-                           timeout=10)
+            r = httpx.post(
+                url + "/v1/completions", json={"model": MODEL, "prompt": "warm up", "max_tokens": 1}, timeout=10
+            )
             if r.status_code == 200:
                 return
             last = f"HTTP {r.status_code} {r.text[:200]}"

@@ -12,8 +12,12 @@ import httpx
 from epp.bench.workloads import MODEL, FleetSpec
 from epp.stack.processes import Proc, bin_path, free_ports, wait_port
 
-COUNTERS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:generation_tokens_total",
-            "epp_sim:lora_adapter_loads_total")
+COUNTERS = (
+    "vllm:prefix_cache_hits_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:generation_tokens_total",
+    "epp_sim:lora_adapter_loads_total",
+)
 
 
 # Where a fleet publishes KV events, relative to each replica's HTTP port (the EPP is told the
@@ -80,11 +84,25 @@ def _bindable(port: int) -> bool:
 def start_fleet(spec: FleetSpec, time_scale: float, workdir: Path, seed: int = 0) -> SimFleet:
     offsets = (KV_EVENTS_OFFSET, KV_REPLAY_OFFSET) if spec.kv_events else ()
     ports = _consecutive_ports(spec.replicas, offsets)
-    args = [bin_path("epp-sim"), "--port", str(ports[0]), "--model", MODEL, "--time-scale", str(time_scale),
-            "--seed", str(seed), *spec.sim_args()]
+    args = [
+        bin_path("epp-sim"),
+        "--port",
+        str(ports[0]),
+        "--model",
+        MODEL,
+        "--time-scale",
+        str(time_scale),
+        "--seed",
+        str(seed),
+        *spec.sim_args(),
+    ]
     if spec.kv_events:
-        args += ["--kv-events-endpoint", f"tcp://127.0.0.1:{ports[0] + KV_EVENTS_OFFSET}",
-                 "--kv-events-replay-endpoint", f"tcp://127.0.0.1:{ports[0] + KV_REPLAY_OFFSET}"]
+        args += [
+            "--kv-events-endpoint",
+            f"tcp://127.0.0.1:{ports[0] + KV_EVENTS_OFFSET}",
+            "--kv-events-replay-endpoint",
+            f"tcp://127.0.0.1:{ports[0] + KV_REPLAY_OFFSET}",
+        ]
     proc = Proc("epp-sim", args, workdir / f"sim-{ports[0]}.log").start()
     try:
         for p in ports:

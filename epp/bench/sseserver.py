@@ -20,8 +20,10 @@ import signal
 
 from epp.datalayer.vllmpage import VllmState, vllm_page
 
-_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-         b"transfer-encoding: chunked\r\n\r\n")
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -29,13 +31,17 @@ def _chunk(data: bytes) -> bytes:
 
 
 def token_event(i: int) -> bytes:
-    return (b'data: {"id":"cmpl-bench","object":"text_completion","created":1,"model":"m","choices":'
-            b'[{"index":0,"text":" tok%d","logprobs":null,"finish_reason":null}]}\n\n' % i)
+    return (
+        b'data: {"id":"cmpl-bench","object":"text_completion","created":1,"model":"m","choices":'
+        b'[{"index":0,"text":" tok%d","logprobs":null,"finish_reason":null}]}\n\n' % i
+    )
 
 
 def usage_event(n: int) -> bytes:
-    return (b'data: {"id":"cmpl-bench","object":"text_completion","created":1,"model":"m","choices":[],'
-            b'"usage":{"prompt_tokens":12,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (n, n + 12))
+    return (
+        b'data: {"id":"cmpl-bench","object":"text_completion","created":1,"model":"m","choices":[],'
+        b'"usage":{"prompt_tokens":12,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (n, n + 12)
+    )
 
 
 class SseBackend:
@@ -65,8 +71,10 @@ class SseBackend:
                     if length:
                         await reader.readexactly(length)
                 if method == b"GET" and path.startswith(b"/metrics"):
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(self.metrics), self.metrics))
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
+                        % (len(self.metrics), self.metrics)
+                    )
                     continue
                 n = int(headers.get(b"x-chunks", self.chunks))
                 writer.write(_HEAD)

@@ -54,10 +54,13 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def _one_client(port: int, body: bytes, deadline: float, res: StreamResult, cancel: float,
-                      rng: random.Random, chunks: int) -> None:
-    req = (b"POST /v1/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-           b"content-length: %d\r\n\r\n%s" % (len(body), body))
+async def _one_client(
+    port: int, body: bytes, deadline: float, res: StreamResult, cancel: float, rng: random.Random, chunks: int
+) -> None:
+    req = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     reader = writer = None
     try:
         while time.monotonic() < deadline:
@@ -79,8 +82,9 @@ async def _one_client(port: int, body: bytes, deadline: float, res: StreamResult
                     snippet = max(snippet, key=len)[:90]
                 except (ConnectionError, TimeoutError):
                     snippet = b""
-                res.error(head.split(b"\r\n", 1)[0][9:].decode(errors="replace") + ": "
-                          + snippet.decode(errors="replace"))
+                res.error(
+                    head.split(b"\r\n", 1)[0][9:].decode(errors="replace") + ": " + snippet.decode(errors="replace")
+                )
                 writer.close()  # the body of an error is not worth parsing: start afresh
                 writer = None
                 continue
@@ -126,15 +130,18 @@ async def _one_client(port: int, body: bytes, deadline: float, res: StreamResult
             writer.close()
 
 
-async def drive(port: int, streams: int, seconds: float, chunks: int, cancel: float = 0.0,
-                seed: int = 1) -> StreamResult:
+async def drive(
+    port: int, streams: int, seconds: float, chunks: int, cancel: float = 0.0, seed: int = 1
+) -> StreamResult:
     res = StreamResult()
-    body = json.dumps({"model": "m", "prompt": "Say something long about routing.", "max_tokens": chunks,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {"model": "m", "prompt": "Say something long about routing.", "max_tokens": chunks, "stream": True}
+    ).encode()
     deadline = time.monotonic() + seconds
     rng = random.Random(seed)
-    await asyncio.gather(*(_one_client(port, body, deadline, res, cancel, random.Random(rng.random()), chunks)
-                           for _ in range(streams)))
+    await asyncio.gather(
+        *(_one_client(port, body, deadline, res, cancel, random.Random(rng.random()), chunks) for _ in range(streams))
+    )
     return res
 
 
@@ -199,7 +206,7 @@ def worker_requests(metrics_port: int) -> dict[str, int]:
 
 
 def parse_setup(name: str) -> tuple[str, int]:
-    """"grpcio", "h2corn" (one process) or "h2cornx2" (two workers): (transport, workers)."""
+    """ "grpcio", "h2corn" (one process) or "h2cornx2" (two workers): (transport, workers)."""
     transport, _, workers = name.partition("x")
     if transport not in ("grpcio", "h2corn"):
         raise ValueError(f"unknown EPP setup {name!r}: grpcio, h2corn or h2cornxN")
@@ -210,10 +217,20 @@ def _taskset(cpus: str | None, args: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *args] if cpus else args
 
 
-def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float = 10.0, seconds: float = 10.0,
-                  transports=("grpcio", "h2corn", "h2cornx2"), cancel: float = 0.0, out_dir: Path | None = None,
-                  epp_cpus: str | None = None, other_cpus: str | None = None, envoy_concurrency: int = 1,
-                  epp_args: tuple[str, ...] = (), tls: bool = True) -> list[StreamPoint]:
+def run_streaming(
+    streams=(1, 16, 64, 256),
+    chunks: int = 64,
+    interval_ms: float = 10.0,
+    seconds: float = 10.0,
+    transports=("grpcio", "h2corn", "h2cornx2"),
+    cancel: float = 0.0,
+    out_dir: Path | None = None,
+    epp_cpus: str | None = None,
+    other_cpus: str | None = None,
+    envoy_concurrency: int = 1,
+    epp_args: tuple[str, ...] = (),
+    tls: bool = True,
+) -> list[StreamPoint]:
     workdir = Path(tempfile.mkdtemp(prefix="epp-streaming-"))
     procs: list[Proc] = []
     points: list[StreamPoint] = []
@@ -221,41 +238,107 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
         os.sched_setaffinity(0, {int(c) for c in other_cpus.split(",")})
     try:
         bport = free_port()
-        backend = Proc("sse-backend", _taskset(other_cpus, [sys.executable, "-m", "epp.bench.sseserver", "--port",
-                                                            str(bport), "--chunks", str(chunks), "--interval-ms",
-                                                            str(interval_ms)]), workdir / "backend.log").start()
+        backend = Proc(
+            "sse-backend",
+            _taskset(
+                other_cpus,
+                [
+                    sys.executable,
+                    "-m",
+                    "epp.bench.sseserver",
+                    "--port",
+                    str(bport),
+                    "--chunks",
+                    str(chunks),
+                    "--interval-ms",
+                    str(interval_ms),
+                ],
+            ),
+            workdir / "backend.log",
+        ).start()
         procs.append(backend)
         wait_port(bport, proc=backend.popen)
         gateways: list[_Gateway] = []
 
         def envoy(name: str, conf: dict, base_id: int) -> _Gateway:
-            port, admin = conf["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"], \
-                conf["admin"]["address"]["socket_address"]["port_value"]
-            p = Proc(f"envoy-{name}", _taskset(other_cpus, [bin_path("envoy"), "-c",
-                                                            str(envoyconf.write(conf, workdir / f"{name}.yaml")),
-                                                            "--concurrency", str(envoy_concurrency), "--log-level",
-                                                            "error", "--base-id", str(base_id)]),
-                     workdir / f"envoy-{name}.log").start()
+            port, admin = (
+                conf["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"],
+                conf["admin"]["address"]["socket_address"]["port_value"],
+            )
+            p = Proc(
+                f"envoy-{name}",
+                _taskset(
+                    other_cpus,
+                    [
+                        bin_path("envoy"),
+                        "-c",
+                        str(envoyconf.write(conf, workdir / f"{name}.yaml")),
+                        "--concurrency",
+                        str(envoy_concurrency),
+                        "--log-level",
+                        "error",
+                        "--base-id",
+                        str(base_id),
+                    ],
+                ),
+                workdir / f"envoy-{name}.log",
+            ).start()
             procs.append(p)
             wait_port(port, proc=p.popen)
             return _Gateway(name, port, admin, p)
 
-        gateways.append(envoy("envoy", envoyconf.render("original-dst", listen_port=free_port(),
-                                                        admin_port=free_port(), epp_port=free_port(),
-                                                        pool=[("127.0.0.1", bport)], lb="round_robin"), 7201))
+        gateways.append(
+            envoy(
+                "envoy",
+                envoyconf.render(
+                    "original-dst",
+                    listen_port=free_port(),
+                    admin_port=free_port(),
+                    epp_port=free_port(),
+                    pool=[("127.0.0.1", bport)],
+                    lb="round_robin",
+                ),
+                7201,
+            )
+        )
         for i, setup in enumerate(transports):
             transport, workers = parse_setup(setup)
             g, h, m = free_port(), free_port(), free_port()
-            epp = Proc(f"epp-{setup}", _taskset(epp_cpus, [
-                bin_path("epp"), "--static-endpoints", f"127.0.0.1:{bport}", "--grpc-port", str(g),
-                "--grpc-health-port", str(h), "--metrics-port", str(m), "--health-checking", "-v=1",
-                "--extproc-transport", transport, "--workers", str(workers), f"--secure-serving={str(tls).lower()}",
-                *epp_args]),
-                workdir / f"epp-{setup}.log").start()
+            epp = Proc(
+                f"epp-{setup}",
+                _taskset(
+                    epp_cpus,
+                    [
+                        bin_path("epp"),
+                        "--static-endpoints",
+                        f"127.0.0.1:{bport}",
+                        "--grpc-port",
+                        str(g),
+                        "--grpc-health-port",
+                        str(h),
+                        "--metrics-port",
+                        str(m),
+                        "--health-checking",
+                        "-v=1",
+                        "--extproc-transport",
+                        transport,
+                        "--workers",
+                        str(workers),
+                        f"--secure-serving={str(tls).lower()}",
+                        *epp_args,
+                    ],
+                ),
+                workdir / f"epp-{setup}.log",
+            ).start()
             procs.append(epp)
             wait_port(g, proc=epp.popen)
-            gw = envoy(setup, envoyconf.render("original-dst", listen_port=free_port(), admin_port=free_port(),
-                                               epp_port=g, epp_tls=tls), 7202 + i)
+            gw = envoy(
+                setup,
+                envoyconf.render(
+                    "original-dst", listen_port=free_port(), admin_port=free_port(), epp_port=g, epp_tls=tls
+                ),
+                7202 + i,
+            )
             label = transport if workers == 1 else f"{transport}, {workers} workers"
             gw.name, gw.epp, gw.metrics_port = f"envoy+epp ({label})", epp, m
             gateways.append(gw)
@@ -281,12 +364,25 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
                 m1 = ext_proc_messages(gw.admin)
                 w1 = worker_requests(gw.metrics_port) if gw.epp else {}
                 msgs = m1[0] - m0[0]
-                pt = StreamPoint(gw.name, s, chunks, interval_ms, round(wall, 2), res.requests, res.tokens,
-                                 res.errors, res.cancelled, round(_pct(res.ttft, 0.5) * 1000, 2),
-                                 round(_pct(res.ttft, 0.99) * 1000, 2), round(_pct(res.gaps, 0.5) * 1000, 3),
-                                 round(_pct(res.gaps, 0.99) * 1000, 3),
-                                 round((e1 - e0) / max(res.tokens, 1) * 1e6, 1), msgs, round(msgs / wall, 1),
-                                 error_kinds=res.error_kinds)
+                pt = StreamPoint(
+                    gw.name,
+                    s,
+                    chunks,
+                    interval_ms,
+                    round(wall, 2),
+                    res.requests,
+                    res.tokens,
+                    res.errors,
+                    res.cancelled,
+                    round(_pct(res.ttft, 0.5) * 1000, 2),
+                    round(_pct(res.ttft, 0.99) * 1000, 2),
+                    round(_pct(res.gaps, 0.5) * 1000, 3),
+                    round(_pct(res.gaps, 0.99) * 1000, 3),
+                    round((e1 - e0) / max(res.tokens, 1) * 1e6, 1),
+                    msgs,
+                    round(msgs / wall, 1),
+                    error_kinds=res.error_kinds,
+                )
                 if gw.epp is not None:
                     pt.epp_cpu_us_per_msg = round((p1 - p0) / max(msgs, 1) * 1e6, 1)
                     pt.envoy_cpu_us_per_msg = round((e1 - e0) / max(msgs, 1) * 1e6, 1)
@@ -295,15 +391,20 @@ def run_streaming(streams=(1, 16, 64, 256), chunks: int = 64, interval_ms: float
                     pt.epp_cpu_us_per_msg_net = round(max(0.0, p1 - p0 - idle[gw.name] * wall) / max(msgs, 1) * 1e6, 1)
                     pt.worker_requests = [w1[k] - w0.get(k, 0) for k in sorted(w1)]
                 points.append(pt)
-                print(f"  {pt.setup:22s} S={s:<4d} {pt.requests:>6d} req {pt.tokens / wall:>8.0f} tok/s "
-                      f"{pt.extproc_msgs_per_s:>8.0f} msg/s  TTFT p50 {pt.ttft_p50_ms:.1f} p99 {pt.ttft_p99_ms:.1f} ms"
-                      f"  ITL p50 {pt.itl_p50_ms:.2f} p99 {pt.itl_p99_ms:.2f} ms  errors {pt.errors}"
-                      + (f"  EPP {pt.epp_cpu_us_per_msg} µs/msg ({pt.epp_cpu_us_per_msg_net} net of idle, "
-                         f"{pt.epp_cpu_cores} cores)"
-                         f" Envoy {pt.envoy_cpu_us_per_msg} µs/msg"
-                         + (f" split {'/'.join(map(str, pt.worker_requests))}" if pt.worker_requests else "")
-                         if gw.epp else
-                         f"  Envoy {pt.envoy_cpu_us_per_token} µs/token"), flush=True)
+                print(
+                    f"  {pt.setup:22s} S={s:<4d} {pt.requests:>6d} req {pt.tokens / wall:>8.0f} tok/s "
+                    f"{pt.extproc_msgs_per_s:>8.0f} msg/s  TTFT p50 {pt.ttft_p50_ms:.1f} p99 {pt.ttft_p99_ms:.1f} ms"
+                    f"  ITL p50 {pt.itl_p50_ms:.2f} p99 {pt.itl_p99_ms:.2f} ms  errors {pt.errors}"
+                    + (
+                        f"  EPP {pt.epp_cpu_us_per_msg} µs/msg ({pt.epp_cpu_us_per_msg_net} net of idle, "
+                        f"{pt.epp_cpu_cores} cores)"
+                        f" Envoy {pt.envoy_cpu_us_per_msg} µs/msg"
+                        + (f" split {'/'.join(map(str, pt.worker_requests))}" if pt.worker_requests else "")
+                        if gw.epp
+                        else f"  Envoy {pt.envoy_cpu_us_per_token} µs/token"
+                    ),
+                    flush=True,
+                )
     finally:
         for p in reversed(procs):
             p.stop()
@@ -317,9 +418,11 @@ def _us(raw: float | None, net: float | None) -> str:
 
 def streaming_table(points: list[StreamPoint]) -> str:
     base = {p.streams: p for p in points if p.setup == "envoy"}
-    rows = ["| setup | streams | tokens/s | ext_proc msg/s | EPP µs CPU/msg (net of idle) | EPP cores | Envoy µs CPU/msg "
-            "| TTFT p50 / p99 ms (added) | ITL p50 / p99 ms (added) | errors | requests per worker |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| setup | streams | tokens/s | ext_proc msg/s | EPP µs CPU/msg (net of idle) | EPP cores | Envoy µs CPU/msg "
+        "| TTFT p50 / p99 ms (added) | ITL p50 / p99 ms (added) | errors | requests per worker |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for p in points:
         b = base.get(p.streams)
         added = ""
@@ -328,11 +431,13 @@ def streaming_table(points: list[StreamPoint]) -> str:
             added_itl = f" (+{p.itl_p50_ms - b.itl_p50_ms:.2f} / +{p.itl_p99_ms - b.itl_p99_ms:.2f})"
         else:
             added_ttft = added_itl = added
-        rows.append(f"| {p.setup} | {p.streams} | {p.tokens / p.seconds:,.0f} | {p.extproc_msgs_per_s:,.0f} | "
-                    f"{_us(p.epp_cpu_us_per_msg, p.epp_cpu_us_per_msg_net)} | "
-                    f"{p.epp_cpu_cores if p.epp_cpu_cores is not None else '—'} | "
-                    f"{p.envoy_cpu_us_per_msg if p.envoy_cpu_us_per_msg is not None else '—'} | "
-                    f"{p.ttft_p50_ms:.1f} / {p.ttft_p99_ms:.1f}{added_ttft} | "
-                    f"{p.itl_p50_ms:.2f} / {p.itl_p99_ms:.2f}{added_itl} | {p.errors} | "
-                    f"{' / '.join(map(str, p.worker_requests)) or '—'} |")
+        rows.append(
+            f"| {p.setup} | {p.streams} | {p.tokens / p.seconds:,.0f} | {p.extproc_msgs_per_s:,.0f} | "
+            f"{_us(p.epp_cpu_us_per_msg, p.epp_cpu_us_per_msg_net)} | "
+            f"{p.epp_cpu_cores if p.epp_cpu_cores is not None else '—'} | "
+            f"{p.envoy_cpu_us_per_msg if p.envoy_cpu_us_per_msg is not None else '—'} | "
+            f"{p.ttft_p50_ms:.1f} / {p.ttft_p99_ms:.1f}{added_ttft} | "
+            f"{p.itl_p50_ms:.2f} / {p.itl_p99_ms:.2f}{added_itl} | {p.errors} | "
+            f"{' / '.join(map(str, p.worker_requests)) or '—'} |"
+        )
     return "\n".join(rows) + "\n"

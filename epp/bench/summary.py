@@ -7,8 +7,9 @@ real servers would show. Shared by the live harness and the virtual-time mode.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -39,9 +40,18 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
 
-def summarize(outcomes: Iterable[Outcome], *, router: str, workload: str, qps: float, load: float | None,
-              servers: list[str], prefix_hits: float | None, prefix_queries: float | None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(
+    outcomes: Iterable[Outcome],
+    *,
+    router: str,
+    workload: str,
+    qps: float,
+    load: float | None,
+    servers: list[str],
+    prefix_hits: float | None,
+    prefix_queries: float | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     outs = list(outcomes)
     ok = [o for o in outs if o.ok]
     ttfts = [o.ttft for o in ok if o.ttft is not None]
@@ -66,8 +76,9 @@ def summarize(outcomes: Iterable[Outcome], *, router: str, workload: str, qps: f
         "itl_p50": _r(percentile(itls, 50), 5),
         "e2e_p90": _r(percentile(e2es, 90)),
         "output_tokens_per_s": round(out_tokens / window, 1) if window > 0 else 0.0,
-        "prefix_cache_hit_rate": (round(prefix_hits / prefix_queries, 4)
-                                  if prefix_hits is not None and prefix_queries else None),
+        "prefix_cache_hit_rate": (
+            round(prefix_hits / prefix_queries, 4) if prefix_hits is not None and prefix_queries else None
+        ),
         "per_server_share": {s: round(share.get(s, 0) / n_ok, 4) for s in servers},
     }
     if extra:

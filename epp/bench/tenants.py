@@ -43,8 +43,14 @@ class Flow:
         return tuple(h)
 
     def describe(self) -> dict:
-        return {"name": self.name, "load": round(self.load, 4), "objective": self.objective,
-                "fairness_id": self.fairness_id, "mean_prompt": self.mean_prompt, "mean_output": self.mean_output}
+        return {
+            "name": self.name,
+            "load": round(self.load, 4),
+            "objective": self.objective,
+            "fairness_id": self.fairness_id,
+            "mean_prompt": self.mean_prompt,
+            "mean_output": self.mean_output,
+        }
 
 
 def _lengths(rng: random.Random, mean_prompt: int, mean_output: int) -> tuple[int, int]:
@@ -85,22 +91,28 @@ class FlowMix:
     flows: list[str]
 
 
-def mix(flows: tuple[Flow, ...], capacity: float, duration: float, seed: int, text_seed: str = "",
-        max_per_flow: int = 2000) -> FlowMix:
+def mix(
+    flows: tuple[Flow, ...], capacity: float, duration: float, seed: int, text_seed: str = "", max_per_flow: int = 2000
+) -> FlowMix:
     """All flows for `duration` simulated seconds, each at most `max_per_flow` requests (a flow's
     stream does not depend on which other flows run beside it)."""
     items: list[tuple[float, str, BenchRequest]] = []
     for f in flows:
         arr = flow_arrivals(f.load * capacity, duration, seed, f.name, max_per_flow)
         reqs = flow_requests(f, len(arr), seed, text_seed)
-        items += [(a, f.name, r) for a, r in zip(arr, reqs)]
+        items += [(a, f.name, r) for a, r in zip(arr, reqs, strict=True)]
     items.sort(key=lambda x: x[0])
     return FlowMix([r for _, _, r in items], [a for a, _, _ in items], [n for _, n, _ in items])
 
 
-def reference_workload(seed: int, replicas: int = 8, n: int = 600, mean_prompt: int = 600,
-                       mean_output: int = 32) -> Workload:
+def reference_workload(
+    seed: int, replicas: int = 8, n: int = 600, mean_prompt: int = 600, mean_output: int = 32
+) -> Workload:
     """A sample of the flows' request shape: what fleet_capacity() is computed from."""
     shape = Flow("capacity-sample", 1.0, mean_prompt=mean_prompt, mean_output=mean_output)
-    return Workload("tenant-chat", flow_requests(shape, n, seed), FleetSpec(replicas),
-                    dict(n=n, mean_prompt=mean_prompt, mean_output=mean_output))
+    return Workload(
+        "tenant-chat",
+        flow_requests(shape, n, seed),
+        FleetSpec(replicas),
+        dict(n=n, mean_prompt=mean_prompt, mean_output=mean_output),
+    )

@@ -34,8 +34,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _row(name: str, xs: list[float], note: str = "") -> str:
-    return (f"| {name} | {_pct(xs, 50) * 1e3:.3f} | {_pct(xs, 99) * 1e3:.3f} | {statistics.fmean(xs) * 1e3:.3f} "
-            f"| {note} |")
+    return (
+        f"| {name} | {_pct(xs, 50) * 1e3:.3f} | {_pct(xs, 99) * 1e3:.3f} | {statistics.fmean(xs) * 1e3:.3f} | {note} |"
+    )
 
 
 def run(n: int = 200, out: Path | None = None) -> str:
@@ -43,8 +44,9 @@ def run(n: int = 200, out: Path | None = None) -> str:
     prompts = [Prompt(MODEL, text=r.prompt) for r in w.requests]
     work = Path(tempfile.mkdtemp(prefix="epp-tokbench-"))
     port = free_port()
-    sim = Proc("epp-sim", [bin_path("epp-sim"), "--port", str(port), "--model", MODEL, "--replicas", "1"],
-               work / "sim.log").start()
+    sim = Proc(
+        "epp-sim", [bin_path("epp-sim"), "--port", str(port), "--model", MODEL, "--replicas", "1"], work / "sim.log"
+    ).start()
     rows = []
     try:
         wait_port(port, proc=sim.popen, timeout=30)
@@ -74,19 +76,26 @@ def run(n: int = 200, out: Path | None = None) -> str:
         t = time.perf_counter()
         lens.append(len(local.tokenize(p)))
         ltimes.append(time.perf_counter() - t)
-    rows.append(_row("local: tokenizer.json (HF tokenizers, byte-level BPE built here)", ltimes,
-                     f"{statistics.fmean(lens):.0f} tokens: this small vocabulary splits the bench's words "
-                     f"finely; a real model's ~4 chars/token is cheaper"))
+    rows.append(
+        _row(
+            "local: tokenizer.json (HF tokenizers, byte-level BPE built here)",
+            ltimes,
+            f"{statistics.fmean(lens):.0f} tokens: this small vocabulary splits the bench's words "
+            f"finely; a real model's ~4 chars/token is cheaper",
+        )
+    )
     # The index: every server holds its share of the prompts (8 servers).
     ix = KVBlockIndex(16)
     approx = PrefixIndex(4096)
     for s in range(8):
         ix.add_endpoint(f"s{s}", MODEL)
     for i, toks in enumerate(ids):
-        ix.apply(f"s{i % 8}", [Stored(tuple(range(i * 10**6, i * 10**6 + len(toks) // 16)), None,
-                                      toks[: len(toks) // 16 * 16], 16)])
+        ix.apply(
+            f"s{i % 8}",
+            [Stored(tuple(range(i * 10**6, i * 10**6 + len(toks) // 16)), None, toks[: len(toks) // 16 * 16], 16)],
+        )
     ptimes, atimes = [], []
-    for i, (p, toks) in enumerate(zip(prompts, ids)):
+    for i, (p, toks) in enumerate(zip(prompts, ids, strict=True)):
         t = time.perf_counter()
         keys = request_keys(MODEL, toks, 16)
         m = ix.match(keys)
@@ -100,15 +109,24 @@ def run(n: int = 200, out: Path | None = None) -> str:
         approx.add(f"s{i % 8}", hs)
     rows.append(_row("precise keys + index walk (xxh3 over 16-token blocks)", ptimes, f"{len(keys)} blocks"))
     rows.append(_row("approximate hashing + index walk (64-char blocks, max 256)", atimes, ""))
-    md = "\n".join([
-        "# What the precise index costs per request (`epp-bench tokenize`)", "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()['cpu']} ({machine()['cores']} cores), commit "
-        f"{git_commit()}; {n} cache-pressure prompts (4,000-token system prompt + 400-token question), one at "
-        "a time. Milliseconds.", "",
-        "| step | p50 ms | p99 ms | mean ms | note |", "|---|---|---|---|---|", *rows, "",
-        "Under load the remote path waits for the server's event loop too: in the kvcache benchmark "
-        "(bench/results/kvcache.md) `epp_tokenizer_duration_seconds` averaged 14 ms per request against a "
-        "busy 8-replica epp-sim process.", ""])
+    md = "\n".join(
+        [
+            "# What the precise index costs per request (`epp-bench tokenize`)",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d')} on {machine()['cpu']} ({machine()['cores']} cores), commit "
+            f"{git_commit()}; {n} cache-pressure prompts (4,000-token system prompt + 400-token question), one at "
+            "a time. Milliseconds.",
+            "",
+            "| step | p50 ms | p99 ms | mean ms | note |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Under load the remote path waits for the server's event loop too: in the kvcache benchmark "
+            "(bench/results/kvcache.md) `epp_tokenizer_duration_seconds` averaged 14 ms per request against a "
+            "busy 8-replica epp-sim process.",
+            "",
+        ]
+    )
     if out is not None:
         out.write_text(md)
     return md

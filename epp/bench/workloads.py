@@ -9,8 +9,9 @@ Every generator is a pure function of its parameters and seed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -31,8 +32,13 @@ class BenchRequest:
 
     def body(self, prompt_ids: list[int] | None = None) -> dict[str, Any]:
         """The JSON body; `prompt_ids` sends the completion prompt as token ids instead of text."""
-        b: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "stream": True,
-                             "ignore_eos": True, "stream_options": {"include_usage": True}}
+        b: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
         if self.api == "chat":
             b["messages"] = [{"role": r, "content": c} for r, c in self.messages or ()]
         else:
@@ -82,23 +88,48 @@ class Words:
         return " ".join(self.rng.choices(self.vocab, k=n))
 
 
-def shared_prefix(seed: int, groups: int = 24, prompts_per_group: int = 5, system_len: int = 4000,
-                  question_len: int = 800, output_len: int = 16, replicas: int = 8,
-                  num_gpu_blocks: int = 4096) -> Workload:
+def shared_prefix(
+    seed: int,
+    groups: int = 24,
+    prompts_per_group: int = 5,
+    system_len: int = 4000,
+    question_len: int = 800,
+    output_len: int = 16,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+) -> Workload:
     """The peers' canonical shape (llm-d / inference-perf `shared_prefix`), scaled to this machine."""
     rng = random.Random(f"shared-prefix/{seed}")
     w = Words(rng)
     systems = [w.text(system_len) for _ in range(groups)]
-    reqs = [BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g)
-            for g in range(groups) for _ in range(prompts_per_group)]
+    reqs = [
+        BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g)
+        for g in range(groups)
+        for _ in range(prompts_per_group)
+    ]
     rng.shuffle(reqs)
-    return Workload("shared-prefix", reqs, FleetSpec(replicas, num_gpu_blocks),
-                    dict(groups=groups, prompts_per_group=prompts_per_group, system_len=system_len,
-                         question_len=question_len, output_len=output_len))
+    return Workload(
+        "shared-prefix",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks),
+        dict(
+            groups=groups,
+            prompts_per_group=prompts_per_group,
+            system_len=system_len,
+            question_len=question_len,
+            output_len=output_len,
+        ),
+    )
 
 
-def sharegpt_like(seed: int, n: int = 120, mean_prompt: int = 600, mean_output: int = 32, replicas: int = 8,
-                  num_gpu_blocks: int = 4096) -> Workload:
+def sharegpt_like(
+    seed: int,
+    n: int = 120,
+    mean_prompt: int = 600,
+    mean_output: int = 32,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+) -> Workload:
     """Varied lengths (log-normal, as in ShareGPT), no shared text beyond BOS."""
     rng = random.Random(f"sharegpt-like/{seed}")
     w = Words(rng)
@@ -107,13 +138,25 @@ def sharegpt_like(seed: int, n: int = 120, mean_prompt: int = 600, mean_output: 
         p = int(min(4000, max(8, rng.lognormvariate(0, 0.8) * mean_prompt * 0.73)))
         o = int(min(128, max(4, rng.lognormvariate(0, 0.6) * mean_output * 0.84)))
         reqs.append(BenchRequest("completions", o, prompt=w.text(p), group=i))
-    return Workload("sharegpt-like", reqs, FleetSpec(replicas, num_gpu_blocks),
-                    dict(n=n, mean_prompt=mean_prompt, mean_output=mean_output))
+    return Workload(
+        "sharegpt-like",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks),
+        dict(n=n, mean_prompt=mean_prompt, mean_output=mean_output),
+    )
 
 
-def hot_prefix(seed: int, n: int = 120, hot_share: float = 0.7, cold_groups: int = 12, system_len: int = 3000,
-               question_len: int = 600, output_len: int = 16, replicas: int = 8,
-               num_gpu_blocks: int = 4096) -> Workload:
+def hot_prefix(
+    seed: int,
+    n: int = 120,
+    hot_share: float = 0.7,
+    cold_groups: int = 12,
+    system_len: int = 3000,
+    question_len: int = 600,
+    output_len: int = 16,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+) -> Workload:
     """One system prompt carries most of the traffic: affinity alone would pile it on one server."""
     rng = random.Random(f"hot-prefix/{seed}")
     w = Words(rng)
@@ -124,13 +167,32 @@ def hot_prefix(seed: int, n: int = 120, hot_share: float = 0.7, cold_groups: int
         g = -1 if rng.random() < hot_share else rng.randrange(cold_groups)
         system = hot if g < 0 else cold[g]
         reqs.append(BenchRequest("completions", output_len, prompt=system + "\n\n" + w.text(question_len), group=g))
-    return Workload("hot-prefix", reqs, FleetSpec(replicas, num_gpu_blocks),
-                    dict(n=n, hot_share=hot_share, cold_groups=cold_groups, system_len=system_len,
-                         question_len=question_len, output_len=output_len))
+    return Workload(
+        "hot-prefix",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks),
+        dict(
+            n=n,
+            hot_share=hot_share,
+            cold_groups=cold_groups,
+            system_len=system_len,
+            question_len=question_len,
+            output_len=output_len,
+        ),
+    )
 
 
-def multi_lora(seed: int, n: int = 120, adapters: int = 8, zipf_s: float = 1.2, prompt_len: int = 600,
-               output_len: int = 16, max_loras: int = 2, replicas: int = 8, num_gpu_blocks: int = 4096) -> Workload:
+def multi_lora(
+    seed: int,
+    n: int = 120,
+    adapters: int = 8,
+    zipf_s: float = 1.2,
+    prompt_len: int = 600,
+    output_len: int = 16,
+    max_loras: int = 2,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+) -> Workload:
     """Adapters with Zipf popularity; every replica serves all of them, `max_loras` GPU slots each."""
     rng = random.Random(f"multi-lora/{seed}")
     w = Words(rng)
@@ -140,24 +202,45 @@ def multi_lora(seed: int, n: int = 120, adapters: int = 8, zipf_s: float = 1.2, 
     for _ in range(n):
         a = rng.choices(range(adapters), weights)[0]
         reqs.append(BenchRequest("completions", output_len, model=names[a], prompt=w.text(prompt_len), group=a))
-    return Workload("multi-lora", reqs, FleetSpec(replicas, num_gpu_blocks, names, max_loras),
-                    dict(n=n, adapters=adapters, zipf_s=zipf_s, prompt_len=prompt_len, output_len=output_len,
-                         max_loras=max_loras))
+    return Workload(
+        "multi-lora",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks, names, max_loras),
+        dict(n=n, adapters=adapters, zipf_s=zipf_s, prompt_len=prompt_len, output_len=output_len, max_loras=max_loras),
+    )
 
 
-def long_prompt(seed: int, n: int = 24, prompt_bytes: int = 200 * 1024, output_len: int = 16, replicas: int = 8,
-                num_gpu_blocks: int = 8192) -> Workload:
+def long_prompt(
+    seed: int,
+    n: int = 24,
+    prompt_bytes: int = 200 * 1024,
+    output_len: int = 16,
+    replicas: int = 8,
+    num_gpu_blocks: int = 8192,
+) -> Workload:
     """200 KB prompts (~40k tokens): the request path carries big bodies, prefill dominates."""
     rng = random.Random(f"long-prompt/{seed}")
     w = Words(rng)
     words = prompt_bytes // 6  # average word (5 letters) plus its space
     reqs = [BenchRequest("completions", output_len, prompt=w.text(words)[:prompt_bytes], group=i) for i in range(n)]
-    return Workload("long-prompt", reqs, FleetSpec(replicas, num_gpu_blocks),
-                    dict(n=n, prompt_bytes=prompt_bytes, output_len=output_len))
+    return Workload(
+        "long-prompt",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks),
+        dict(n=n, prompt_bytes=prompt_bytes, output_len=output_len),
+    )
 
 
-def multi_turn(seed: int, sessions: int = 24, turns: int = 5, system_len: int = 1000, user_len: int = 200,
-               answer_len: int = 16, replicas: int = 8, num_gpu_blocks: int = 4096) -> Workload:
+def multi_turn(
+    seed: int,
+    sessions: int = 24,
+    turns: int = 5,
+    system_len: int = 1000,
+    user_len: int = 200,
+    answer_len: int = 16,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+) -> Workload:
     """Chat sessions whose history grows turn by turn.
 
     The history carries a fixed assistant text rather than the live answer so the workload stays
@@ -183,14 +266,25 @@ def multi_turn(seed: int, sessions: int = 24, turns: int = 5, system_len: int = 
         order = list(range(sessions))
         rng.shuffle(order)
         reqs += [convs[s][t] for s in order]
-    return Workload("multi-turn", reqs, FleetSpec(replicas, num_gpu_blocks),
-                    dict(sessions=sessions, turns=turns, system_len=system_len, user_len=user_len,
-                         answer_len=answer_len))
+    return Workload(
+        "multi-turn",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks),
+        dict(sessions=sessions, turns=turns, system_len=system_len, user_len=user_len, answer_len=answer_len),
+    )
 
 
-def cache_pressure(seed: int, groups: int = 96, system_len: int = 4000, question_len: int = 400,
-                   output_len: int = 64, n: int = 300, replicas: int = 8, num_gpu_blocks: int = 4096,
-                   prefix_seed: int | None = None) -> Workload:
+def cache_pressure(
+    seed: int,
+    groups: int = 96,
+    system_len: int = 4000,
+    question_len: int = 400,
+    output_len: int = 64,
+    n: int = 300,
+    replicas: int = 8,
+    num_gpu_blocks: int = 4096,
+    prefix_seed: int | None = None,
+) -> Workload:
     """llm-d's 73 %-capacity shape (kvevents.md §4), scaled: `groups` system prompts whose total is
     a large share of the fleet's KV (96 x 4,000 tokens = 73 % of 8 x 4,096 blocks x 16, ~6x one
     server), each request one of them (uniformly) plus a fresh question. The prompt set comes from
@@ -204,9 +298,18 @@ def cache_pressure(seed: int, groups: int = 96, system_len: int = 4000, question
     for _ in range(n):
         g = rng.randrange(groups)
         reqs.append(BenchRequest("completions", output_len, prompt=systems[g] + "\n\n" + w.text(question_len), group=g))
-    return Workload("cache-pressure", reqs, FleetSpec(replicas, num_gpu_blocks, kv_events=True),
-                    dict(groups=groups, system_len=system_len, question_len=question_len, output_len=output_len,
-                         resident_share=round(groups * system_len / (replicas * num_gpu_blocks * 16), 3)))
+    return Workload(
+        "cache-pressure",
+        reqs,
+        FleetSpec(replicas, num_gpu_blocks, kv_events=True),
+        dict(
+            groups=groups,
+            system_len=system_len,
+            question_len=question_len,
+            output_len=output_len,
+            resident_share=round(groups * system_len / (replicas * num_gpu_blocks * 16), 3),
+        ),
+    )
 
 
 GENERATORS: dict[str, Callable[..., Workload]] = {

@@ -56,8 +56,12 @@ def parse(output: str) -> WrkResult:
 def run(url: str, body_path: Path, connections: int, seconds: float, workdir: Path) -> WrkResult:
     script = workdir / f"post-{body_path.stem}.lua"
     script.write_text(_LUA.format(body=body_path))
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
     return parse(out.stdout)

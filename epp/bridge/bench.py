@@ -85,28 +85,54 @@ def run(seconds: float, connections: list[int], body_bytes: int) -> list[Point]:
 
         # One EPP serves TLS ext_proc and the HTTP picker port; a second one plaintext ext_proc.
         grpc_port, plain_port, picker_port = free_port(), free_port(), free_port()
-        for port, extra in [(grpc_port, ["--http-picker-port", str(picker_port)]),
-                            (plain_port, ["--secure-serving=false"])]:
-            epp = Proc("epp", [bin_path("epp"), "--static-endpoints", f"127.0.0.1:{backend}", "--grpc-port",
-                               str(port), "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()),
-                               "-v=1", *extra], work / f"epp-{port}.log").start()
+        for port, extra in [
+            (grpc_port, ["--http-picker-port", str(picker_port)]),
+            (plain_port, ["--secure-serving=false"]),
+        ]:
+            epp = Proc(
+                "epp",
+                [
+                    bin_path("epp"),
+                    "--static-endpoints",
+                    f"127.0.0.1:{backend}",
+                    "--grpc-port",
+                    str(port),
+                    "--grpc-health-port",
+                    str(free_port()),
+                    "--metrics-port",
+                    str(free_port()),
+                    "-v=1",
+                    *extra,
+                ],
+                work / f"epp-{port}.log",
+            ).start()
             procs.append(epp)
             wait_port(port, proc=epp.popen)
         wait_port(picker_port, proc=epp.popen)
         bridges = {}
         for mode in ([], ["--plaintext"]):
             bridges[bool(mode)] = free_port()
-            bridge = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(bridges[bool(mode)]),
-                                         "--metrics-port", "0", *mode], work / f"bridge-{len(mode)}.log").start()
+            bridge = Proc(
+                "epp-bridge",
+                [bin_path("epp-bridge"), "--port", str(bridges[bool(mode)]), "--metrics-port", "0", *mode],
+                work / f"bridge-{len(mode)}.log",
+            ).start()
             procs.append(bridge)
             wait_port(bridges[bool(mode)], proc=bridge.popen)
 
-        for name, picker, epp_port in [("nginx+NJS+epp-bridge+EPP (TLS)", bridges[False], grpc_port),
-                                       ("nginx+NJS+epp-bridge+EPP (plaintext)", bridges[True], plain_port),
-                                       ("nginx+NJS+EPP picker port", picker_port, grpc_port)]:
+        for name, picker, epp_port in [
+            ("nginx+NJS+epp-bridge+EPP (TLS)", bridges[False], grpc_port),
+            ("nginx+NJS+epp-bridge+EPP (plaintext)", bridges[True], plain_port),
+            ("nginx+NJS+EPP picker port", picker_port, grpc_port),
+        ]:
             port = free_port()
-            settings = nginxconf.NginxSettings(listen_port=port, picker_url=f"http://127.0.0.1:{picker}/",
-                                               epp_port=epp_port, pool=[f"127.0.0.1:{backend}"], access_log=False)
+            settings = nginxconf.NginxSettings(
+                listen_port=port,
+                picker_url=f"http://127.0.0.1:{picker}/",
+                epp_port=epp_port,
+                pool=[f"127.0.0.1:{backend}"],
+                access_log=False,
+            )
             nginxconf.write(settings, work / f"gw-{port}")
             p = Proc("nginx", nginxconf.command(work / f"gw-{port}"), work / f"gw-{port}.out").start()
             procs.append(p)
@@ -122,8 +148,11 @@ def run(seconds: float, connections: list[int], body_bytes: int) -> list[Point]:
                 wrk.run(url, body, c, 1, work)  # warm-up: connections, channels, JIT-free but caches
                 r = wrk.run(url, body, c, seconds, work)
                 points.append(Point(name, c, r.rps, r.p50_ms, r.p99_ms, r.errors))
-                print(f"{name:38s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
-                      f"  errors {r.errors}", flush=True)
+                print(
+                    f"{name:38s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                    f"  errors {r.errors}",
+                    flush=True,
+                )
         return points
     finally:
         for p in reversed(procs):
@@ -133,26 +162,33 @@ def run(seconds: float, connections: list[int], body_bytes: int) -> list[Point]:
 
 def table(points: list[Point]) -> str:
     base = {p.connections: p for p in points if p.setup == "nginx alone"}
-    rows = ["| setup | conns | req/s | p50 ms | p99 ms | added p50 / p99 ms | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| setup | conns | req/s | p50 ms | p99 ms | added p50 / p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for p in points:
         b = base[p.connections]
         added = "-" if p is b else f"{p.p50_ms - b.p50_ms:.2f} / {p.p99_ms - b.p99_ms:.2f}"
-        rows.append(f"| {p.setup} | {p.connections} | {p.rps:,.0f} | {p.p50_ms:.3f} | {p.p99_ms:.3f} | {added} "
-                    f"| {p.errors} |")
+        rows.append(
+            f"| {p.setup} | {p.connections} | {p.rps:,.0f} | {p.p50_ms:.3f} | {p.p99_ms:.3f} | {added} | {p.errors} |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m epp.bridge.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m epp.bridge.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
     ap.add_argument("--connections", default="1,16", help="wrk connections, comma-separated")
     ap.add_argument("--body-bytes", type=int, default=1024)
     ap.add_argument("--json", default="", help="also write the points to this file")
     args = ap.parse_args(argv)
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}; body {args.body_bytes} B", flush=True)
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}; body {args.body_bytes} B",
+        flush=True,
+    )
     points = run(args.seconds, [int(c) for c in args.connections.split(",")], args.body_bytes)
     print()
     print(table(points))

@@ -85,7 +85,7 @@ class ChannelPool:
         tunnel = TlsTunnel(host, port)
         await tunnel.start()
         # The authority the EPP sees stays the EPP's address, not the socket name.
-        options = _OPTIONS + [("grpc.default_authority", target)]
+        options = [*_OPTIONS, ("grpc.default_authority", target)]
         return _Entry(grpc.aio.insecure_channel(tunnel.target, options=options), tunnel)
 
     async def close(self) -> None:

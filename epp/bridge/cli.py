@@ -22,20 +22,30 @@ log = logging.getLogger("epp.bridge")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="epp-bridge", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="epp-bridge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1: NGINX is local)")
     p.add_argument("--port", type=int, default=54800, help="listen port (NGF's epp.js hard-codes 54800)")
     p.add_argument("--metrics-port", type=int, default=54801, help="Prometheus /metrics port (0 = off)")
     tls = p.add_mutually_exclusive_group()
     # NGF's flag names are accepted too, so the shim container's arguments carry over unchanged.
-    tls.add_argument("--plaintext", "--endpoint-picker-disable-tls", action="store_true",
-                     help="talk to the EPP without TLS")
-    tls.add_argument("--ca-file", default="", help="verify the EPP's certificate against this CA bundle "
-                     "(default: TLS without verification, like the gateways)")
+    tls.add_argument(
+        "--plaintext", "--endpoint-picker-disable-tls", action="store_true", help="talk to the EPP without TLS"
+    )
+    tls.add_argument(
+        "--ca-file",
+        default="",
+        help="verify the EPP's certificate against this CA bundle "
+        "(default: TLS without verification, like the gateways)",
+    )
     p.add_argument("--endpoint-picker-tls-skip-verify", default="true", help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for the EPP's pick (keep below NGINX's js_fetch_timeout)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the EPP's pick (keep below NGINX's js_fetch_timeout)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body accepted")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -70,8 +80,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.timeout <= 0:
         sys.exit("epp-bridge: --timeout must be positive")
     try:

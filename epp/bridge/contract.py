@@ -10,9 +10,9 @@ bridge error marked with `X-EPP-Bridge-Error` so an NJS module can tell "the EPP
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
 
 EPP_HOST = "x-epp-host"
 EPP_PORT = "x-epp-port"
@@ -24,8 +24,19 @@ BRIDGE_ERROR = "X-EPP-Bridge-Error"
 MISSING_EPP_HEADERS = "missing at least one of required headers: X-EPP-Host and X-EPP-Port"
 
 # Connection-scoped headers of the NGINX -> bridge hop, not the client's request.
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
-                         "trailer", "content-length", "expect"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "trailer",
+        "content-length",
+        "expect",
+    }
+)
 _CONTRACT_ONLY = frozenset({EPP_HOST, EPP_PORT, ORIGINAL_METHOD})
 
 
@@ -44,9 +55,16 @@ class Cause(str, Enum):
 
 
 # Bridge-originated statuses. 504 is ours (NGF has none): a slow EPP is not an unreachable one.
-_STATUS = {Cause.MISSING_HEADERS: 400, Cause.BAD_REQUEST: 400, Cause.TOO_LARGE: 413,
-           Cause.UNREACHABLE: 502, Cause.TIMEOUT: 504,
-           Cause.RPC_ERROR: 502, Cause.NO_ENDPOINT: 503, Cause.INTERNAL: 500}
+_STATUS = {
+    Cause.MISSING_HEADERS: 400,
+    Cause.BAD_REQUEST: 400,
+    Cause.TOO_LARGE: 413,
+    Cause.UNREACHABLE: 502,
+    Cause.TIMEOUT: 504,
+    Cause.RPC_ERROR: 502,
+    Cause.NO_ENDPOINT: 503,
+    Cause.INTERNAL: 500,
+}
 
 
 @dataclass(slots=True)
@@ -61,7 +79,7 @@ class PickOutcome:
     content_type: str = "text/plain; charset=utf-8"
 
     @classmethod
-    def picked(cls, destination: str) -> "PickOutcome":
+    def picked(cls, destination: str) -> PickOutcome:
         """One endpoint for NGINX (`proxy_pass` cannot use a list); the rest as fallbacks."""
         parts = [p.strip() for p in destination.split(",") if p.strip()]
         if not parts:
@@ -69,14 +87,15 @@ class PickOutcome:
         return cls(200, parts[0], parts[1:], b"")
 
     @classmethod
-    def failed(cls, cause: Cause, message: str) -> "PickOutcome":
+    def failed(cls, cause: Cause, message: str) -> PickOutcome:
         return cls(_STATUS[cause], body=message.encode(), cause=cause)
 
     @classmethod
-    def immediate(cls, status: int, body: bytes, content_type: str = "") -> "PickOutcome":
+    def immediate(cls, status: int, body: bytes, content_type: str = "") -> PickOutcome:
         # An ImmediateResponse without a status is malformed; 500 is what Envoy would send.
-        return cls(status or 500, body=body, cause=Cause.IMMEDIATE,
-                   content_type=content_type or "text/plain; charset=utf-8")
+        return cls(
+            status or 500, body=body, cause=Cause.IMMEDIATE, content_type=content_type or "text/plain; charset=utf-8"
+        )
 
     def headers(self) -> dict[str, str]:
         h = {"Content-Type": self.content_type}
@@ -115,4 +134,3 @@ def request_headers(items: Iterable[tuple[str, str]], method: str, path: str) ->
     if "host" in out:
         out[":authority"] = out["host"]
     return out
-

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
 from epp.bridge.contract import Cause, PickOutcome
 
@@ -25,7 +25,8 @@ _NONE = processing_mode_pb2.ProcessingMode.NONE
 
 def build_messages(headers: dict[str, str], body: bytes) -> list[pb.ProcessingRequest]:
     header_map = base_pb2.HeaderMap(
-        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    )
     first = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map, end_of_stream=not body))
     # What Envoy announces in FULL_DUPLEX_STREAMED, and that no response phase will follow.
     first.protocol_config.request_body_mode = _FULL_DUPLEX
@@ -34,7 +35,7 @@ def build_messages(headers: dict[str, str], body: bytes) -> list[pb.ProcessingRe
     if body:
         last = (len(body) - 1) // BODY_CHUNK
         for i in range(last + 1):
-            chunk = body[i * BODY_CHUNK:(i + 1) * BODY_CHUNK]
+            chunk = body[i * BODY_CHUNK : (i + 1) * BODY_CHUNK]
             out.append(pb.ProcessingRequest(request_body=pb.HttpBody(body=chunk, end_of_stream=i == last)))
     return out
 
@@ -65,8 +66,9 @@ def _immediate(resp: pb.ProcessingResponse) -> PickOutcome:
     return PickOutcome.immediate(ir.status.code, ir.body, content_type)
 
 
-async def pick(channel: grpc.aio.Channel, headers: dict[str, str], body: bytes, timeout: float,
-               epp: str = "EPP") -> PickOutcome:
+async def pick(
+    channel: grpc.aio.Channel, headers: dict[str, str], body: bytes, timeout: float, epp: str = "EPP"
+) -> PickOutcome:
     """`epp` names the EPP in error bodies (the channel target may be the TLS relay's socket)."""
     stub = pb_grpc.ExternalProcessorStub(channel)
     destination = ""

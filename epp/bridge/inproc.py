@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,8 +40,7 @@ class InprocHandler:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            outcome = PickOutcome.failed(Cause.TOO_LARGE,
-                                         f"request body larger than {self.max_body} bytes")
+            outcome = PickOutcome.failed(Cause.TOO_LARGE, f"request body larger than {self.max_body} bytes")
         else:
             headers = contract.request_headers(list(request.headers.items()), request.method, request.path_qs)
             outcome = self.pick(IncomingRequest(headers, body))
@@ -66,8 +65,9 @@ class InprocHandler:
             exchange.finish(completed=False)
 
 
-async def start_http_picker(new_exchange: Callable[[], Exchange], registry: CollectorRegistry, max_body: int,
-                            host: str, port: int) -> web.AppRunner:
+async def start_http_picker(
+    new_exchange: Callable[[], Exchange], registry: CollectorRegistry, max_body: int, host: str, port: int
+) -> web.AppRunner:
     metrics = BridgeMetrics(registry, mode="inproc")
     app = web.Application(client_max_size=max_body)
     app.router.add_route("*", "/{tail:.*}", InprocHandler(new_exchange, max_body, metrics))

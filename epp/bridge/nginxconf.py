@@ -30,16 +30,19 @@ class NginxSettings:
     def lines(self, indent: str, key: str) -> list[str]:
         if key == "pool":
             return [f"{indent}server {hp};" for hp in self.pool]
-        return [indent + {
-            "listen": f"listen 127.0.0.1:{self.listen_port};",
-            "picker_url": f"set $epp_picker_url {self.picker_url};",
-            "epp_host": f"set $epp_host {self.epp_host};",
-            "epp_port": f"set $epp_port {self.epp_port};",
-            "failure_mode": f"set $epp_failure_mode {self.failure_mode};",
-            "workers": f"worker_processes {self.workers};",
-            "access_log": "access_log access.log epp;" if self.access_log else "access_log off;",
-            "js_path": f"js_path {DEPLOY_DIR};",
-        }[key]]
+        return [
+            indent
+            + {
+                "listen": f"listen 127.0.0.1:{self.listen_port};",
+                "picker_url": f"set $epp_picker_url {self.picker_url};",
+                "epp_host": f"set $epp_host {self.epp_host};",
+                "epp_port": f"set $epp_port {self.epp_port};",
+                "failure_mode": f"set $epp_failure_mode {self.failure_mode};",
+                "workers": f"worker_processes {self.workers};",
+                "access_log": "access_log access.log epp;" if self.access_log else "access_log off;",
+                "js_path": f"js_path {DEPLOY_DIR};",
+            }[key]
+        ]
 
 
 def render(settings: NginxSettings) -> str:

@@ -82,8 +82,7 @@ def build_app(pool: ChannelPool, metrics: BridgeMetrics, config: BridgeConfig) -
     return app
 
 
-async def start(host: str, port: int, pool: ChannelPool, metrics: BridgeMetrics,
-                config: BridgeConfig) -> web.AppRunner:
+async def start(host: str, port: int, pool: ChannelPool, metrics: BridgeMetrics, config: BridgeConfig) -> web.AppRunner:
     runner = web.AppRunner(build_app(pool, metrics, config), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()

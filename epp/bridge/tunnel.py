@@ -36,7 +36,7 @@ class _Relay(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: "_Relay | None" = None
+        self.peer: _Relay | None = None
         self.pending: list[bytes] = []  # data that arrived before the peer connected
         self.closed = False
 
@@ -73,7 +73,7 @@ class _Relay(asyncio.Protocol):
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
-    def attach(self, peer: "_Relay") -> None:
+    def attach(self, peer: _Relay) -> None:
         self.peer = peer
         if self.pending and peer.transport is not None:
             for chunk in self.pending:
@@ -119,9 +119,10 @@ class TlsTunnel:
         remote.peer = local  # before connecting: the EPP's SETTINGS can arrive with the handshake
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: remote, self.host, self.port, ssl=self._ssl,
-                                       server_hostname=self.host), self.connect_timeout)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                loop.create_connection(lambda: remote, self.host, self.port, ssl=self._ssl, server_hostname=self.host),
+                self.connect_timeout,
+            )
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             # Closing the local side makes gRPC see the EPP as unavailable (-> 502), then retry later.
             log.debug("cannot reach EPP %s:%d over TLS: %s", self.host, self.port, exc)
             if local.transport is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -65,9 +65,7 @@ class Datastore:
 
     # ---- subscriptions ----------------------------------------------------------------
 
-    def subscribe(
-        self, on_add: Callback | None = None, on_remove: Callback | None = None
-    ) -> Callable[[], None]:
+    def subscribe(self, on_add: Callback | None = None, on_remove: Callback | None = None) -> Callable[[], None]:
         """Register callbacks; returns a function that unregisters them."""
         with self._lock:
             if on_add is not None:

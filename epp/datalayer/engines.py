@@ -29,10 +29,7 @@ class MetricSpec:
 
     def matches(self, sample: Sample) -> bool:
         sl = sample.labels
-        for key, value in self.labels:
-            if sl.get(key) != value:
-                return False
-        return True
+        return all(sl.get(key) == value for key, value in self.labels)
 
     def __str__(self) -> str:
         if not self.labels:
@@ -216,8 +213,9 @@ def extract(engine: str | EngineConfig | None, families: Families) -> tuple[dict
     if cfg.queued_requests is not None:
         # The served model names (vLLM and SGLang label every series with model_name): which
         # names are real, so metric labels can be kept to those (observability/modellabels.py).
-        names = {s.labels["model_name"] for s in families.get(cfg.queued_requests.name, ())
-                 if s.labels.get("model_name")}
+        names = {
+            s.labels["model_name"] for s in families.get(cfg.queued_requests.name, ()) if s.labels.get("model_name")
+        }
         served = frozenset(sorted(names)[:MAX_SERVED_MODELS])
         if served:
             fields["served_models"] = served

@@ -90,8 +90,10 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
 def _tls_error(url: str, cause: ssl.SSLError) -> TlsError:
     if isinstance(cause, ssl.SSLCertVerificationError):
         why = getattr(cause, "verify_message", "") or getattr(cause, "reason", "") or str(cause)
-        return TlsError(f"TLS certificate of {url} not trusted: {why} "
-                        f"(trust its CA, or set --model-server-metrics-https-insecure-skip-verify)")
+        return TlsError(
+            f"TLS certificate of {url} not trusted: {why} "
+            f"(trust its CA, or set --model-server-metrics-https-insecure-skip-verify)"
+        )
     reason = getattr(cause, "reason", "") or str(cause)
     hint = ""
     if reason == "WRONG_VERSION_NUMBER":

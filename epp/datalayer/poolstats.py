@@ -9,8 +9,8 @@ fresh set yields ready=0 and zero averages.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from epp.datalayer.endpoint import Endpoint
 

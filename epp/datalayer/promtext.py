@@ -26,7 +26,8 @@ lines with leading whitespace, CR-LF line ends.
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 
 class Sample(NamedTuple):

@@ -23,8 +23,8 @@ and the response path write the counters it reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -62,13 +62,13 @@ class ReachabilityPolicy:
     def usable(self, endpoints: Sequence[Endpoint], now: float) -> Sequence[Endpoint]:
         """The reachable endpoints, or all of them when none is (see the module docstring)."""
         stale = self.current_stale_after()
-        for i, ep in enumerate(endpoints):
+        for i, ep in enumerate(endpoints):  # noqa: B007 - i is where the copy starts, below
             if not self.reachable(ep, now, stale):
                 break
         else:
             return endpoints  # the common case: no copy
         kept = list(endpoints[:i])
-        kept.extend(ep for ep in endpoints[i + 1:] if self.reachable(ep, now, stale))
+        kept.extend(ep for ep in endpoints[i + 1 :] if self.reachable(ep, now, stale))
         return kept if kept else endpoints
 
     def request_finished(self, ep: Endpoint, status: int, now: float) -> None:

@@ -156,8 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--backend", choices=[*BACKENDS, "both"], default="both")
-    ap.add_argument("--max-scrapes-per-second", type=float, default=MAX_SCRAPES_PER_SECOND,
-                    help=f"the pool's scrape budget (default {MAX_SCRAPES_PER_SECOND:g})")
+    ap.add_argument(
+        "--max-scrapes-per-second",
+        type=float,
+        default=MAX_SCRAPES_PER_SECOND,
+        help=f"the pool's scrape budget (default {MAX_SCRAPES_PER_SECOND:g})",
+    )
     ap.add_argument("--no-cap", action="store_true", help="scrape at --interval whatever the pool size")
     args = ap.parse_args(argv)
     max_rate = 0.0 if args.no_cap else args.max_scrapes_per_second
@@ -174,20 +178,24 @@ def main(argv: list[str] | None = None) -> None:
                 # Most likely one of the ports was taken between choosing and binding it.
                 raise SystemExit(f"metrics server did not start (exit code {server.exitcode}); run again")
         page_kb = len(vllm_page(VllmState())) / 1024
-        print(f"{args.endpoints} endpoints, interval {args.interval * 1000:g} ms, "
-              f"budget {'none' if not max_rate else f'{max_rate:g} scrapes/s'}, page {page_kb:.0f} KB, "
-              f"{args.seconds:g} s per backend")
+        print(
+            f"{args.endpoints} endpoints, interval {args.interval * 1000:g} ms, "
+            f"budget {'none' if not max_rate else f'{max_rate:g} scrapes/s'}, page {page_kb:.0f} KB, "
+            f"{args.seconds:g} s per backend"
+        )
         ours, full = _parse_cost()
         print(f"  parse: selective parse+extract {ours:.0f} us/page; prometheus_client full parse {full:.0f} us/page")
         backends = list(BACKENDS) if args.backend == "both" else [args.backend]
         for b in backends:
             r = asyncio.run(_measure(ports, b, args.interval, args.seconds, max_rate))
             ideal = args.endpoints / r["effective_interval"]
-            print(f"  {b:8s} effective interval {r['effective_interval'] * 1000:.1f} ms (ideal {ideal:.0f} scrapes/s)  "
-                  f"CPU {r['cpu_pct']:5.1f}% of one core  {r['scrapes_per_s']:6.0f} scrapes/s  "
-                  f"{r['cpu_us_per_scrape']:5.0f} us CPU/scrape  failed {r['failed']:.0f}  "
-                  f"last scrape {r['last_scrape_ms']:.1f} ms  loop lag p50 {r['lag_p50_ms']:.2f} "
-                  f"p99 {r['lag_p99_ms']:.2f} max {r['lag_max_ms']:.1f} ms")
+            print(
+                f"  {b:8s} effective interval {r['effective_interval'] * 1000:.1f} ms (ideal {ideal:.0f} scrapes/s)  "
+                f"CPU {r['cpu_pct']:5.1f}% of one core  {r['scrapes_per_s']:6.0f} scrapes/s  "
+                f"{r['cpu_us_per_scrape']:5.0f} us CPU/scrape  failed {r['failed']:.0f}  "
+                f"last scrape {r['last_scrape_ms']:.1f} ms  loop lag p50 {r['lag_p50_ms']:.2f} "
+                f"p99 {r['lag_p99_ms']:.2f} max {r['lag_max_ms']:.1f} ms"
+            )
     finally:
         server.terminate()
         server.join(5)

@@ -17,8 +17,8 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
@@ -44,7 +44,7 @@ SCHEMES = ("http", "https")
 def scrape_url(ep: Endpoint, scheme: str) -> str:
     """The endpoint's metrics URL with `scheme` (Endpoint builds it for http)."""
     url = ep.metrics_url
-    return scheme + url[url.index("://"):]
+    return scheme + url[url.index("://") :]
 
 
 @dataclass(slots=True)
@@ -269,7 +269,10 @@ class MetricsCollector:
             stats._suppressed += 1
             return
         log.debug(
-            "scrape %s (%s): %s [%d similar suppressed]", ep.name, scrape_url(ep, self.scheme), why,
+            "scrape %s (%s): %s [%d similar suppressed]",
+            ep.name,
+            scrape_url(ep, self.scheme),
+            why,
             stats._suppressed,
         )
         stats._last_log = now

@@ -25,9 +25,7 @@ def _parse_item(item: str) -> Endpoint:
     if sep and not engine:
         raise ValueError(f"static endpoint {item!r}: empty engine after '@'")
     if engine and engine not in ENGINES:
-        raise ValueError(
-            f"static endpoint {item!r}: unknown engine {engine!r} (known: {', '.join(sorted(ENGINES))})"
-        )
+        raise ValueError(f"static endpoint {item!r}: unknown engine {engine!r} (known: {', '.join(sorted(ENGINES))})")
     if target.startswith("["):
         close = target.find("]")
         if close < 0 or target[close + 1 : close + 2] != ":":

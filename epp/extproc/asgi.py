@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
@@ -42,8 +43,12 @@ HEALTH_LIST = "/grpc.health.v1.Health/List"
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_START = {"type": "http.response.start", "status": 200, "trailers": True,
-          "headers": [(b"content-type", b"application/grpc")]}
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "trailers": True,
+    "headers": [(b"content-type", b"application/grpc")],
+}
 _LAST_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
 _FromString = pb.ProcessingRequest.FromString
 # How long a call the server has ended waits for the client to stop sending.
@@ -57,8 +62,7 @@ class _Gone(Exception):
 class GrpcApp:
     """Serves Process (when `new_exchange` is set) and Health (when `health` is set)."""
 
-    def __init__(self, new_exchange: Callable[[], Exchange] | None, max_body: int,
-                 health: HealthState | None) -> None:
+    def __init__(self, new_exchange: Callable[[], Exchange] | None, max_body: int, health: HealthState | None) -> None:
         self.new_exchange = new_exchange
         self.max_body = max_body
         self.max_message = max_body + (1 << 20)  # the body plus the envelope, as grpc.aio was configured
@@ -80,8 +84,7 @@ class GrpcApp:
             return
         path = scope["path"]
         if not _is_grpc(scope):
-            await send({"type": "http.response.start", "status": 415,
-                        "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.start", "status": 415, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"this port speaks gRPC (application/grpc)\n"})
             return
         try:
@@ -110,7 +113,7 @@ class GrpcApp:
             await _send(send, _START)
             timeout = _timeout(scope)
             try:
-                async with (asyncio.timeout(timeout) if timeout is not None else nullcontext()):
+                async with asyncio.timeout(timeout) if timeout is not None else nullcontext():
                     status, message, request_open = await self._stream(state, receive, send, scope)
             except TimeoutError:
                 status, message, request_open = Status.DEADLINE_EXCEEDED, "deadline exceeded", True
@@ -127,8 +130,9 @@ class GrpcApp:
             # Releases in-flight load if the response never finished (client gone, upstream reset...).
             state.exchange.finish(completed=False)
 
-    async def _stream(self, state: StreamState, receive: Receive, send: Send,
-                      scope: dict[str, Any]) -> tuple[Status, str, bool]:
+    async def _stream(
+        self, state: StreamState, receive: Receive, send: Send, scope: dict[str, Any]
+    ) -> tuple[Status, str, bool]:
         """Serves the call's messages; (status, message, whether the client is still sending)."""
         reader = MessageReader(self.max_message)
         fast = wire.response_body_chunk
@@ -152,16 +156,23 @@ class GrpcApp:
                         out = state.response_body_wire(parsed[0], parsed[1])
                         if out is not None:
                             if out:
-                                await _send(send, {"type": "http.response.body", "body": frames(out),
-                                                   "more_body": True})
+                                await _send(
+                                    send, {"type": "http.response.body", "body": frames(out), "more_body": True}
+                                )
                             continue
                     try:
                         req = _FromString(message)
                     except DecodeError:
-                        _corrupt_log.warning("ext_proc stream from %s sent a message that is not a "
-                                             "ProcessingRequest; closed with INVALID_ARGUMENT", _peer(scope))
-                        return Status.INVALID_ARGUMENT, ("message is not an "
-                                                         "envoy.service.ext_proc.v3.ProcessingRequest"), True
+                        _corrupt_log.warning(
+                            "ext_proc stream from %s sent a message that is not a "
+                            "ProcessingRequest; closed with INVALID_ARGUMENT",
+                            _peer(scope),
+                        )
+                        return (
+                            Status.INVALID_ARGUMENT,
+                            ("message is not an envoy.service.ext_proc.v3.ProcessingRequest"),
+                            True,
+                        )
                     try:
                         responses, close = state.handle(req)
                         if state.held is not None:  # the prefill gate holds it: wait, then route again
@@ -172,10 +183,12 @@ class GrpcApp:
                     except _Gone:
                         raise
                     except Exception:
-                        _internal_log.log(logging.ERROR, "internal error while processing an ext_proc message",
-                                          exc_info=True)
-                        await _send_messages(send, [error_response(
-                            EppError(ErrorCode.INTERNAL, "internal error")).SerializeToString()])
+                        _internal_log.log(
+                            logging.ERROR, "internal error while processing an ext_proc message", exc_info=True
+                        )
+                        await _send_messages(
+                            send, [error_response(EppError(ErrorCode.INTERNAL, "internal error")).SerializeToString()]
+                        )
                         return Status.OK, "", True
                     if responses:
                         await _send_messages(send, [r.SerializeToString() for r in responses])
@@ -187,8 +200,7 @@ class GrpcApp:
                 return Status.OK, "", False
 
     @staticmethod
-    async def _hold(state: StreamState, receive: Receive) -> tuple[list[pb.ProcessingResponse],
-                                                                  asyncio.Future | None]:
+    async def _hold(state: StreamState, receive: Receive) -> tuple[list[pb.ProcessingResponse], asyncio.Future | None]:
         """Wait out a hold while watching the client: a stream reset while held ends the wait
         (and the request) at once instead of at the gate's maxWait."""
         settle = asyncio.ensure_future(state.settle_hold())
@@ -229,8 +241,7 @@ class GrpcApp:
                 raise DecodeError
             return health_pb2.HealthCheckRequest.FromString(raw).service
         except (DecodeError, FramingError):
-            await _end(send, Status.INVALID_ARGUMENT, "expected one grpc.health.v1.HealthCheckRequest",
-                       started=False)
+            await _end(send, Status.INVALID_ARGUMENT, "expected one grpc.health.v1.HealthCheckRequest", started=False)
             return None
 
     async def _health_check(self, receive: Receive, send: Send) -> None:
@@ -241,8 +252,9 @@ class GrpcApp:
             await _end(send, Status.NOT_FOUND, f"unknown service {service!r}", started=False)
             return
         await _send(send, _START)
-        await _send_messages(send, [health_pb2.HealthCheckResponse(
-            status=self.health.status(service)).SerializeToString()])
+        await _send_messages(
+            send, [health_pb2.HealthCheckResponse(status=self.health.status(service)).SerializeToString()]
+        )
         await _end(send, Status.OK)
 
     async def _health_list(self, receive: Receive, send: Send) -> None:
@@ -334,6 +346,4 @@ async def _end(send: Send, status: Status, message: str = "", started: bool = Tr
     if not started:
         await _send(send, _START)
     await _send(send, _LAST_BODY)
-    await _send(send, {"type": "http.response.trailers", "headers": trailers(status, message),
-                       "more_trailers": False})
-
+    await _send(send, {"type": "http.response.trailers", "headers": trailers(status, message), "more_trailers": False})

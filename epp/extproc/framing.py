@@ -69,12 +69,14 @@ class MessageReader:
         i, n = 0, len(buf)
         while n - i >= 5:
             if buf[i] != 0:
-                raise FramingError(Status.UNIMPLEMENTED,
-                                   "compressed messages are not accepted (no grpc-encoding was offered)")
+                raise FramingError(
+                    Status.UNIMPLEMENTED, "compressed messages are not accepted (no grpc-encoding was offered)"
+                )
             size = int.from_bytes(buf[i + 1 : i + 5], "big")
             if size > self.max_message:
-                raise FramingError(Status.RESOURCE_EXHAUSTED,
-                                   f"message of {size} bytes exceeds the {self.max_message}-byte limit")
+                raise FramingError(
+                    Status.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the {self.max_message}-byte limit"
+                )
             end = i + 5 + size
             if end > n:
                 break

@@ -77,8 +77,14 @@ def private_files(pair: tls.KeyPair) -> TlsFiles:
 
 
 class H2Server:
-    def __init__(self, app: GrpcApp, sock: socket.socket, tls_files: TlsFiles | None = None,
-                 cert_watch: tls.ReloadingCertificates | None = None, drain_budget: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: GrpcApp,
+        sock: socket.socket,
+        tls_files: TlsFiles | None = None,
+        cert_watch: tls.ReloadingCertificates | None = None,
+        drain_budget: float = 60.0,
+    ) -> None:
         self.app = app
         self.sock = sock
         self.tls_files = tls_files
@@ -93,10 +99,18 @@ class H2Server:
         kw = {}
         if self.tls_files is not None:
             kw = {"certfile": self.tls_files.certfile, "keyfile": self.tls_files.keyfile}
-        return Config(bind=(f"fd://{self.sock.fileno()}",), grpc=True, http1=False, lifespan="off",
-                      access_log=False, max_concurrent_streams=MAX_CONCURRENT_STREAMS,
-                      limit_connections=MAX_CONNECTIONS, timeout_keep_alive=0,
-                      timeout_graceful_shutdown=self.drain_budget, **kw)
+        return Config(
+            bind=(f"fd://{self.sock.fileno()}",),
+            grpc=True,
+            http1=False,
+            lifespan="off",
+            access_log=False,
+            max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+            limit_connections=MAX_CONNECTIONS,
+            timeout_keep_alive=0,
+            timeout_graceful_shutdown=self.drain_budget,
+            **kw,
+        )
 
     async def _generation(self) -> tuple[Server, asyncio.Task]:
         server = Server(self.app, self._config())

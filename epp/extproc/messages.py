@@ -23,15 +23,18 @@ def header_mutation(set_headers: list[tuple[str, str]], remove: list[str]) -> pb
     )
 
 
-def route_headers_response(destination: str, content_length: int | None, extra: list[tuple[str, str]],
-                           remove: list[str]) -> pb.ProcessingResponse:
+def route_headers_response(
+    destination: str, content_length: int | None, extra: list[tuple[str, str]], remove: list[str]
+) -> pb.ProcessingResponse:
     headers = [(DESTINATION, destination)]
     if content_length is not None:
         headers.append(("content-length", str(content_length)))
     headers.extend(extra)
     resp = pb.ProcessingResponse(
         request_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)))
+            response=pb.CommonResponse(header_mutation=header_mutation(headers, remove), clear_route_cache=True)
+        )
+    )
     resp.dynamic_metadata.fields[LB_NAMESPACE].struct_value.fields[DESTINATION].string_value = destination
     return resp
 
@@ -40,8 +43,9 @@ def empty_request_headers_response() -> pb.ProcessingResponse:
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
 
-def buffered_route_body_response(destination: str, body: bytes | None, extra: list[tuple[str, str]],
-                                 remove: list[str]) -> pb.ProcessingResponse:
+def buffered_route_body_response(
+    destination: str, body: bytes | None, extra: list[tuple[str, str]], remove: list[str]
+) -> pb.ProcessingResponse:
     """BUFFERED body mode: the destination travels on the body response (header mutations apply there)."""
     headers = [(DESTINATION, destination)]
     if body is not None:
@@ -67,7 +71,9 @@ def streamed_body_responses(body: bytes, end_of_stream: bool, response: bool) ->
     for i, chunk in enumerate(chunks):
         common = pb.CommonResponse(
             body_mutation=pb.BodyMutation(
-                streamed_response=pb.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream and i == last)))
+                streamed_response=pb.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream and i == last)
+            )
+        )
         out.append(pb.ProcessingResponse(**{field: pb.BodyResponse(response=common)}))
     return out
 
@@ -83,8 +89,10 @@ def plain_body_response(response: bool, body: bytes | None = None) -> pb.Process
 
 def response_headers_response(set_headers: list[tuple[str, str]], remove: list[str]) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
-        response_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=header_mutation(set_headers,
-                                                                                                      remove))))
+        response_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=header_mutation(set_headers, remove))
+        )
+    )
 
 
 def trailers_response(response: bool) -> pb.ProcessingResponse:
@@ -95,7 +103,8 @@ def trailers_response(response: bool) -> pb.ProcessingResponse:
 
 def immediate_response(status: int, body: bytes) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
-        immediate_response=pb.ImmediateResponse(status=http_status_pb2.HttpStatus(code=status), body=body))
+        immediate_response=pb.ImmediateResponse(status=http_status_pb2.HttpStatus(code=status), body=body)
+    )
 
 
 def subset_hint(metadata_context) -> list[str] | None:
@@ -113,5 +122,3 @@ def subset_hint(metadata_context) -> list[str] | None:
     if kind == "string_value":
         return [s.strip() for s in v.string_value.split(",") if s.strip()]
     return []
-
-

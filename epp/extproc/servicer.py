@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
@@ -29,7 +29,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.active_streams = 0
         self.last_activity = 0.0  # monotonic time of the last stream start or end, for the drain
 
-    async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Process(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
         state = StreamState(self.new_exchange(), self.max_body)
         self.active_streams += 1
         self.last_activity = time.monotonic()
@@ -39,10 +39,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 try:
                     req = await read()
                 except DecodeError:
-                    _corrupt_log.warning("ext_proc stream from %s sent a message that is not a ProcessingRequest; "
-                                         "closed with INVALID_ARGUMENT", context.peer())
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        "message is not an envoy.service.ext_proc.v3.ProcessingRequest")
+                    _corrupt_log.warning(
+                        "ext_proc stream from %s sent a message that is not a ProcessingRequest; "
+                        "closed with INVALID_ARGUMENT",
+                        context.peer(),
+                    )
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "message is not an envoy.service.ext_proc.v3.ProcessingRequest",
+                    )
                 if req is grpc.aio.EOF:
                     return
                 try:
@@ -53,8 +58,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     await write(error_response(err))
                     return
                 except Exception:
-                    _internal_log.log(logging.ERROR, "internal error while processing an ext_proc message",
-                                      exc_info=True)
+                    _internal_log.log(
+                        logging.ERROR, "internal error while processing an ext_proc message", exc_info=True
+                    )
                     await write(error_response(EppError(ErrorCode.INTERNAL, "internal error")))
                     return
                 for r in responses:

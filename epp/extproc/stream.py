@@ -12,7 +12,8 @@ and routing it afresh would count load that nothing releases).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
@@ -50,9 +51,23 @@ def headers_to_dict(header_map) -> dict[str, str]:
 class StreamState:
     """Per-stream state. `handle()` returns the responses to send for one incoming message."""
 
-    __slots__ = ("exchange", "request_mode", "response_mode", "headers", "body_parts", "body_size",
-                 "subset", "request_done", "response_eos", "max_body", "routed_with_trailers", "held",
-                 "released", "release_error", "response_started")
+    __slots__ = (
+        "body_parts",
+        "body_size",
+        "exchange",
+        "headers",
+        "held",
+        "max_body",
+        "release_error",
+        "released",
+        "request_done",
+        "request_mode",
+        "response_eos",
+        "response_mode",
+        "response_started",
+        "routed_with_trailers",
+        "subset",
+    )
 
     def __init__(self, exchange: Exchange, max_body: int) -> None:
         self.exchange = exchange
@@ -134,8 +149,7 @@ class StreamState:
         if chunk:
             self.body_size += len(chunk)
             if self.body_size > self.max_body:
-                raise EppError(ErrorCode.PAYLOAD_TOO_LARGE,
-                               f"request body larger than the {self.max_body}-byte limit")
+                raise EppError(ErrorCode.PAYLOAD_TOO_LARGE, f"request body larger than the {self.max_body}-byte limit")
             self.body_parts.append(chunk)
         if self.request_mode == 1:  # STREAMED: each chunk needs its own answer; we route at the end
             if not eos:
@@ -169,29 +183,35 @@ class StreamState:
         assert self.held is not None
         incoming, body, eos_on_body, tail, headers_only = self.held
         try:
-            decision = (self.exchange.route_headers_only(incoming) if headers_only
-                        else self.exchange.route(incoming))
+            decision = self.exchange.route_headers_only(incoming) if headers_only else self.exchange.route(incoming)
         except Exception as exc:
             self.held, self.release_error = None, exc
             return True
         if decision is None:
             return False
         self.held = None
-        self.released = [self._headers_only(decision)] if headers_only else \
-            self._routed(decision, body, eos_on_body) + tail
+        self.released = (
+            [self._headers_only(decision)] if headers_only else self._routed(decision, body, eos_on_body) + tail
+        )
         return True
 
     def _routed(self, decision, body: bytes, eos_on_body: bool) -> list[pb.ProcessingResponse]:
         new_body = decision.body if decision.body is not None else body
         if self.request_mode in (_BUFFERED, _BUFFERED_PARTIAL):
             changed = new_body if new_body is not body else None
-            return [msg.buffered_route_body_response(decision.destination, changed, decision.set_headers,
-                                                     decision.remove_headers)]
+            return [
+                msg.buffered_route_body_response(
+                    decision.destination, changed, decision.set_headers, decision.remove_headers
+                )
+            ]
         if self.request_mode == 1:
             # STREAMED (non-duplex) cannot carry our header mutation after the body; best effort.
             return [msg.plain_body_response(False)]
-        out = [msg.route_headers_response(decision.destination, len(new_body), decision.set_headers,
-                                          decision.remove_headers)]
+        out = [
+            msg.route_headers_response(
+                decision.destination, len(new_body), decision.set_headers, decision.remove_headers
+            )
+        ]
         out.extend(msg.streamed_body_responses(new_body, eos_on_body, response=False))
         return out
 

@@ -42,7 +42,7 @@ def self_signed() -> KeyPair:
     verification), but start-up takes milliseconds and handshakes are cheaper."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Inference Ext")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -54,8 +54,9 @@ def self_signed() -> KeyPair:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return KeyPair(key_pem, cert.public_bytes(serialization.Encoding.PEM), cert.serial_number)
 
 
@@ -73,13 +74,17 @@ def parse_pair(crt_path: Path, crt: bytes, key_path: Path, key: bytes) -> KeyPai
     try:
         private = serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError) as exc:
-        why = "is encrypted (a key with a passphrase is not supported)" if isinstance(exc, TypeError) else (
-            "is not a valid PEM private key")
+        why = (
+            "is encrypted (a key with a passphrase is not supported)"
+            if isinstance(exc, TypeError)
+            else ("is not a valid PEM private key")
+        )
         raise CertificateError(f"{key_path} {why}") from None
     leaf = certs[0]
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (leaf.public_key().public_bytes(serialization.Encoding.DER, pub)
-            != private.public_key().public_bytes(serialization.Encoding.DER, pub)):
+    if leaf.public_key().public_bytes(serialization.Encoding.DER, pub) != private.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    ):
         raise CertificateError(f"{key_path} is not the private key of the certificate in {crt_path}")
     return KeyPair(key, crt, leaf.serial_number)
 
@@ -108,8 +113,9 @@ class ReloadingCertificates:
     None while tls.crt and tls.key are unchanged, so the cost per connection is two stat()
     calls (plus, at most once per `recheck` seconds, reading the files: a rewrite within one
     timestamp tick that keeps the size, as a same-curve key does, leaves stat() unchanged), and
-    open connections (ext_proc streams in flight) keep the certificate they were made with. A change is taken only when both files parse and the key matches the
-    certificate: a writer that replaces one file and then the other (rather than the
+    open connections (ext_proc streams in flight) keep the certificate they were made with.
+    A change is taken only when both files parse and the key matches the certificate: a writer
+    that replaces one file and then the other (rather than the
     atomic symlink swap of a Kubernetes secret volume) is seen half-way as a mismatch, kept
     on the previous certificate, and picked up once the second file lands.
     """
@@ -154,8 +160,11 @@ class ReloadingCertificates:
                     return None
                 self._last_read = now
                 data = self._read()
-                if unchanged and (data is None or data == self._rejected_bytes
-                                  or data == (self.current.cert_pem, self.current.key_pem)):
+                if unchanged and (
+                    data is None
+                    or data == self._rejected_bytes
+                    or data == (self.current.cert_pem, self.current.key_pem)
+                ):
                     return None
                 try:
                     if data is None:
@@ -164,8 +173,9 @@ class ReloadingCertificates:
                     pair = parse_pair(crt, data[0], key, data[1])
                 except CertificateError as exc:
                     self._rejected, self._rejected_bytes = sig, data
-                    log.warning("certificate in %s not reloaded, still serving %s: %s", self.path,
-                                self.current.describe(), exc)
+                    log.warning(
+                        "certificate in %s not reloaded, still serving %s: %s", self.path, self.current.describe(), exc
+                    )
                     return None
                 self._seen, self._rejected, self._rejected_bytes = sig, None, None
                 if pair.cert_pem == self.current.cert_pem and pair.key_pem == self.current.key_pem:
@@ -179,8 +189,9 @@ class ReloadingCertificates:
             return None
 
 
-def server_credentials(cert_path: str, reload: bool) -> tuple[grpc.ServerCredentials, KeyPair,
-                                                              ReloadingCertificates | None]:
+def server_credentials(
+    cert_path: str, reload: bool
+) -> tuple[grpc.ServerCredentials, KeyPair, ReloadingCertificates | None]:
     pair = from_dir(cert_path) if cert_path else self_signed()
     if reload and cert_path:
         watcher = ReloadingCertificates(cert_path, pair)

@@ -118,7 +118,18 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = True) -> by
     bm = 1 + _vlen(sbr) + sbr  # BodyMutation{streamed_response = 3}
     common = 1 + _vlen(bm) + bm  # CommonResponse{body_mutation = 3}
     br = 1 + _vlen(common) + common  # BodyResponse{response = 1}
-    return b"".join((
-        b"\x22" if response else b"\x1a", _v(br),  # ProcessingResponse.response_body = 4 / request_body = 3
-        b"\x0a", _v(common), b"\x1a", _v(bm), b"\x1a", _v(sbr),
-        (b"\x0a" + _v(n)) if n else b"", body, _EOS_TRUE if end_of_stream else b""))
+    return b"".join(
+        (
+            b"\x22" if response else b"\x1a",
+            _v(br),  # ProcessingResponse.response_body = 4 / request_body = 3
+            b"\x0a",
+            _v(common),
+            b"\x1a",
+            _v(bm),
+            b"\x1a",
+            _v(sbr),
+            (b"\x0a" + _v(n)) if n else b"",
+            body,
+            _EOS_TRUE if end_of_stream else b"",
+        )
+    )

@@ -8,8 +8,9 @@ there). Quantities are Kubernetes quantities (`10Gi`, `20k`, `1e9`), durations G
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,9 +129,15 @@ class FlowSettings:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_flow_settings(spec: FlowControlSpec | None, gates: frozenset[str], api_version: str,
-                        top_detector: str | None, ref: Callable[[str, str], Plugin],
-                        detectors: list[Plugin], source: str) -> FlowSettings:
+def build_flow_settings(
+    spec: FlowControlSpec | None,
+    gates: frozenset[str],
+    api_version: str,
+    top_detector: str | None,
+    ref: Callable[[str, str], Plugin],
+    detectors: list[Plugin],
+    source: str,
+) -> FlowSettings:
     """Resolve the section against the config's plugins (`ref(where, name)` finds or creates
     one by type name, as the reference auto-registers its default policies)."""
     enabled = FEATURE_GATE in gates
@@ -151,11 +158,16 @@ def build_flow_settings(spec: FlowControlSpec | None, gates: frozenset[str], api
     else:
         detector = ref("saturationDetector", "utilization-detector")
     if not hasattr(detector, "detector"):
-        raise ConfigError(f"{source}: saturationDetector: {detector.name!r} ({detector.type_name}) is not a "
-                          "saturation detector (utilization-detector, concurrency-detector)")
+        raise ConfigError(
+            f"{source}: saturationDetector: {detector.name!r} ({detector.type_name}) is not a "
+            "saturation detector (utilization-detector, concurrency-detector)"
+        )
 
-    kinds = {FairnessPolicy: "fairness policy", OrderingPolicy: "ordering policy",
-             UsageLimitPolicy: "usage limit policy"}
+    kinds = {
+        FairnessPolicy: "fairness policy",
+        OrderingPolicy: "ordering policy",
+        UsageLimitPolicy: "usage limit policy",
+    }
 
     def policy(where: str, name: str | None, default: str, kind: type) -> Any:
         p = ref(f"{w}.{where}", name or default)
@@ -163,18 +175,23 @@ def build_flow_settings(spec: FlowControlSpec | None, gates: frozenset[str], api
             raise ConfigError(f"{source}: {w}.{where}: plugin {p.name!r} ({p.type_name}) is not a {kinds[kind]}")
         return p
 
-    usage = policy("usageLimitPolicyPluginRef", fc.usage_limit_policy_plugin_ref, "static-usage-limit-policy",
-                   UsageLimitPolicy)
+    usage = policy(
+        "usageLimitPolicyPluginRef", fc.usage_limit_policy_plugin_ref, "static-usage-limit-policy", UsageLimitPolicy
+    )
     band_requests_default = LLMD_BAND_MAX_REQUESTS if llmd else 0
 
     def band_from(where: str, b: BandTemplateSpec, priority: int) -> BandSettings:
         max_bytes = parse_quantity(b.max_bytes, f"{source}: {w}.{where}.maxBytes") or GIE_BAND_MAX_BYTES
         max_requests = parse_quantity(b.max_requests, f"{source}: {w}.{where}.maxRequests") or band_requests_default
-        return BandSettings(priority, max_bytes, max_requests,
-                            policy(f"{where}.fairnessPolicyRef", b.fairness_policy_ref,
-                                   "global-strict-fairness-policy", FairnessPolicy),
-                            policy(f"{where}.orderingPolicyRef", b.ordering_policy_ref, "fcfs-ordering-policy",
-                                   OrderingPolicy))
+        return BandSettings(
+            priority,
+            max_bytes,
+            max_requests,
+            policy(
+                f"{where}.fairnessPolicyRef", b.fairness_policy_ref, "global-strict-fairness-policy", FairnessPolicy
+            ),
+            policy(f"{where}.orderingPolicyRef", b.ordering_policy_ref, "fcfs-ordering-policy", OrderingPolicy),
+        )
 
     template_spec = fc.default_priority_band or BandTemplateSpec()
     proto = band_from("defaultPriorityBand", template_spec, 0)
@@ -196,11 +213,19 @@ def build_flow_settings(spec: FlowControlSpec | None, gates: frozenset[str], api
         ttl = LLMD_TTL if llmd else 0.0
     no_ep = _ttl(fc.no_endpoint_request_ttl, f"{source}: {w}.noEndpointRequestTTL")
     return FlowSettings(
-        enabled=enabled, llmd=llmd,
+        enabled=enabled,
+        llmd=llmd,
         max_bytes=parse_quantity(fc.max_bytes, f"{source}: {w}.maxBytes"),
         max_requests=parse_quantity(fc.max_requests, f"{source}: {w}.maxRequests"),
-        ttl=ttl, no_endpoint_ttl=ttl if no_ep is None else no_ep, bands=tuple(bands),
+        ttl=ttl,
+        no_endpoint_ttl=ttl if no_ep is None else no_ep,
+        bands=tuple(bands),
         template=lambda pr: BandSettings(pr, proto.max_bytes, proto.max_requests, proto.fairness, proto.ordering),
-        negative_template=lambda pr: BandSettings(pr, neg_proto.max_bytes, neg_proto.max_requests,
-                                                  neg_proto.fairness, neg_proto.ordering),
-        usage_limit=usage, detector=detector, split_budget=llmd or no_ep is not None, warnings=warnings)
+        negative_template=lambda pr: BandSettings(
+            pr, neg_proto.max_bytes, neg_proto.max_requests, neg_proto.fairness, neg_proto.ordering
+        ),
+        usage_limit=usage,
+        detector=detector,
+        split_budget=llmd or no_ep is not None,
+        warnings=warnings,
+    )

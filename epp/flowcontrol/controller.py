@@ -26,7 +26,7 @@ import bisect
 import itertools
 import logging
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import EppError, ErrorCode
@@ -52,17 +52,25 @@ def flow_error(outcome: Outcome, llmd: bool) -> EppError:
     if outcome is Outcome.REJECTED_CAPACITY:
         return EppError(ErrorCode.RESOURCE_EXHAUSTED, "request rejected pre-queue: queue at capacity")
     if outcome is Outcome.REJECTED_NO_ENDPOINTS:
-        return EppError(ErrorCode.SERVICE_UNAVAILABLE,
-                        "no endpoints available: request rejected pre-queue: queue at capacity")
+        return EppError(
+            ErrorCode.SERVICE_UNAVAILABLE, "no endpoints available: request rejected pre-queue: queue at capacity"
+        )
     if outcome is Outcome.EVICTED_TTL:
-        return EppError(ErrorCode.RESOURCE_EXHAUSTED if llmd else ErrorCode.SERVICE_UNAVAILABLE,
-                        "request timed out in queue: request evicted from queue: request TTL expired")
+        return EppError(
+            ErrorCode.RESOURCE_EXHAUSTED if llmd else ErrorCode.SERVICE_UNAVAILABLE,
+            "request timed out in queue: request evicted from queue: request TTL expired",
+        )
     if outcome is Outcome.EVICTED_NO_ENDPOINTS:
-        return EppError(ErrorCode.SERVICE_UNAVAILABLE, "request timed out in queue and no endpoints are "
-                        "available: request evicted from queue: request TTL expired")
+        return EppError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "request timed out in queue and no endpoints are "
+            "available: request evicted from queue: request TTL expired",
+        )
     if outcome is Outcome.EVICTED_CONTEXT_CANCELLED:
-        return EppError(ErrorCode.SERVICE_UNAVAILABLE, "client disconnected: request evicted from queue: "
-                        "request context cancelled: context canceled")
+        return EppError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "client disconnected: request evicted from queue: request context cancelled: context canceled",
+        )
     if llmd:
         return EppError(ErrorCode.SERVICE_UNAVAILABLE, "flow controller shutting down: request evicted from queue")
     return EppError(ErrorCode.INTERNAL, "internal flow control error: flow controller is not running")
@@ -73,8 +81,9 @@ def _band(b: BandSettings) -> Band:
 
 
 class FlowController:
-    def __init__(self, settings: FlowSettings, endpoints: Callable[[], Sequence[Endpoint]],
-                 metrics: FlowMetrics) -> None:
+    def __init__(
+        self, settings: FlowSettings, endpoints: Callable[[], Sequence[Endpoint]], metrics: FlowMetrics
+    ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
         assert settings.detector is not None and settings.usage_limit is not None
@@ -103,14 +112,31 @@ class FlowController:
 
     # ---- entering -----------------------------------------------------------------------------
 
-    def submit(self, waiter: Waiter, flow_id: str, priority: int, size: int, tokens: int,
-               headers: Mapping[str, str], model_label: str = "", target_label: str = "") -> Ticket:
+    def submit(
+        self,
+        waiter: Waiter,
+        flow_id: str,
+        priority: int,
+        size: int,
+        tokens: int,
+        headers: Mapping[str, str],
+        model_label: str = "",
+        target_label: str = "",
+    ) -> Ticket:
         """Admit a request: DISPATCHED (go now) or QUEUED (await `ticket.done`); raises the
         client's error when it cannot wait (capacity)."""
         now = time.monotonic()
         flow_id = flow_id or DEFAULT_FLOW
-        t = Ticket(waiter, flow_id, priority, size, tokens, now, next(self._seq),
-                   labels=(self.metrics.fairness_label(flow_id), str(priority), model_label, target_label))
+        t = Ticket(
+            waiter,
+            flow_id,
+            priority,
+            size,
+            tokens,
+            now,
+            next(self._seq),
+            labels=(self.metrics.fairness_label(flow_id), str(priority), model_label, target_label),
+        )
         if self.closed:
             t.finalize(Outcome.EVICTED_OTHER)
             self.metrics.outcome(t.labels, Outcome.EVICTED_OTHER.value, 0.0)
@@ -171,10 +197,12 @@ class FlowController:
     def _has_capacity(self, band: Band, size: int) -> bool:
         """The four limits (0 = unlimited); a request that brings a count exactly to its limit fits."""
         s, r = self.settings, self.registry
-        return not ((s.max_requests and r.count + 1 > s.max_requests)
-                    or (s.max_bytes and r.bytes + size > s.max_bytes)
-                    or (band.max_requests and band.count + 1 > band.max_requests)
-                    or (band.max_bytes and band.bytes + size > band.max_bytes))
+        return not (
+            (s.max_requests and r.count + 1 > s.max_requests)
+            or (s.max_bytes and r.bytes + size > s.max_bytes)
+            or (band.max_requests and band.count + 1 > band.max_requests)
+            or (band.max_bytes and band.bytes + size > band.max_bytes)
+        )
 
     def _ceiling(self, band: Band) -> float:
         bands = self.registry.bands
@@ -336,8 +364,7 @@ class FlowController:
             self._arm_ttl(t, now)
 
     def _queued(self) -> list[Ticket]:
-        return [t for b in self.registry.bands for q in b.flows.values() for _, t in q.heap
-                if t.state is State.QUEUED]
+        return [t for b in self.registry.bands for q in b.flows.values() for _, t in q.heap if t.state is State.QUEUED]
 
     # ---- the prefill gate's parking ---------------------------------------------------------
 
@@ -426,5 +453,3 @@ class FlowController:
             self._unpark(t)
             t.waiter.evicted(err)
             t.wake()
-
-

@@ -89,7 +89,7 @@ class ProgramAwareParams(Params):
 
 
 class _Service:
-    __slots__ = ("value", "at")
+    __slots__ = ("at", "value")
 
     def __init__(self, value: float, at: float) -> None:
         self.value, self.at = value, at
@@ -145,7 +145,8 @@ class ProgramAwareFairness(FairnessPolicy):
             del self.service[fid]
         if force and len(self.service) >= self.params.max_flows:  # still full: drop the least served
             for fid, _ in sorted(self.service.items(), key=lambda kv: self.attained(kv[0], now))[
-                    : len(self.service) - self.params.max_flows + 1]:
+                : len(self.service) - self.params.max_flows + 1
+            ]:
                 del self.service[fid]
 
     def pick(self, band: Band, now: float) -> FlowQueue | None:

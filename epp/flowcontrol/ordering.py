@@ -7,7 +7,7 @@ request; FCFS on a heap is exact by enqueue time, not approximate as a list is.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from epp.flowcontrol.ticket import Ticket
 from epp.scheduling.plugin import Plugin, register

@@ -58,5 +58,9 @@ class PrefillGate(Plugin):
         `choices` is how many endpoints the request could go to. With one, waiting here cannot
         find it a better server (late binding needs an alternative); the server's own queue
         holds it as well, and keeps the request's place without a round trip per release."""
-        return (choices > 1 and uncached >= self.min_tokens
-                and endpoint.inflight.long_prefills >= self.max_per_endpoint and waited < self.max_wait)
+        return (
+            choices > 1
+            and uncached >= self.min_tokens
+            and endpoint.inflight.long_prefills >= self.max_per_endpoint
+            and waited < self.max_wait
+        )

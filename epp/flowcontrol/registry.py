@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class FlowQueue:
     """One flow's requests in one band: a heap on the ordering policy's key, with lazy removal."""
 
-    __slots__ = ("flow_id", "band", "heap", "count", "bytes", "last_active")
+    __slots__ = ("band", "bytes", "count", "flow_id", "heap", "last_active")
 
     def __init__(self, flow_id: str, band: Band, now: float) -> None:
         self.flow_id = flow_id

@@ -10,8 +10,9 @@ flow control and legacy admission read the numbers from here.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from epp.datalayer.endpoint import Endpoint
 
@@ -50,7 +51,12 @@ class UtilizationDetector:
         if not endpoints:
             return 1.0
         now = time.monotonic() if now is None else now
-        q, kv, stale, unseen = self.queue_depth_threshold, self.kv_cache_util_threshold, self.staleness, self.count_unseen
+        q, kv, stale, unseen = (
+            self.queue_depth_threshold,
+            self.kv_cache_util_threshold,
+            self.staleness,
+            self.count_unseen,
+        )
         # When no server answers its scrapes, that says more about the monitoring than about
         # load: fail open (as the reachability filter does) and judge them all by our counts.
         trust_down = unseen and not all(_unanswering(e) for e in endpoints)
@@ -70,7 +76,6 @@ class UtilizationDetector:
             a, b = waiting / q, m.kv_cache_usage_percent / kv
             total += a if a > b else b
         return total / len(endpoints)
-
 
     def step(self, n: int) -> float | None:
         # One pick is one more unseen request on one endpoint; the page itself moves only

@@ -35,7 +35,7 @@ class HoldbackParams(Params):
     domain: Literal["rank", "value"] = "rank"
 
     @model_validator(mode="after")
-    def _ordered(self) -> "HoldbackParams":
+    def _ordered(self) -> HoldbackParams:
         if self.min_ceiling > self.max_ceiling:
             raise ValueError("minCeiling must not exceed maxCeiling")
         return self

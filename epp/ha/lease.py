@@ -22,8 +22,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from kubernetes import client
@@ -51,14 +52,21 @@ class LeaseTuning:
 
 
 def _micro_time(t: float | None = None) -> str:
-    d = dt.datetime.fromtimestamp(time.time() if t is None else t, dt.timezone.utc)
+    d = dt.datetime.fromtimestamp(time.time() if t is None else t, dt.UTC)
     return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, loop: asyncio.AbstractEventLoop,
-                 on_change: Callable[[bool], None], identity: str | None = None,
-                 tuning: LeaseTuning = LeaseTuning()) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[bool], None],
+        identity: str | None = None,
+        tuning: LeaseTuning = LeaseTuning(),
+    ) -> None:
         self.coord = client.CoordinationV1Api(api)
         self.namespace, self.name = namespace, name
         self.identity = identity or default_identity()
@@ -118,8 +126,9 @@ class LeaderElector:
 
     def _get(self) -> dict[str, Any] | None:
         try:
-            resp = self.coord.read_namespaced_lease(self.name, self.namespace, _preload_content=False,
-                                                    _request_timeout=self.tuning.request_timeout)
+            resp = self.coord.read_namespaced_lease(
+                self.name, self.namespace, _preload_content=False, _request_timeout=self.tuning.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -130,19 +139,27 @@ class LeaderElector:
         now = _micro_time()
         prev = (old or {}).get("spec") or {}
         mine = prev.get("holderIdentity") == self.identity
-        return {"holderIdentity": self.identity, "leaseDurationSeconds": int(round(self.tuning.lease_duration)),
-                "acquireTime": prev.get("acquireTime") if mine and prev.get("acquireTime") else now,
-                "renewTime": now,
-                "leaseTransitions": (prev.get("leaseTransitions") or 0) + (0 if mine or old is None else 1)}
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": round(self.tuning.lease_duration),
+            "acquireTime": prev.get("acquireTime") if mine and prev.get("acquireTime") else now,
+            "renewTime": now,
+            "leaseTransitions": (prev.get("leaseTransitions") or 0) + (0 if mine or old is None else 1),
+        }
 
     def _try_acquire_or_renew(self) -> bool:
         lease = self._get()
         if lease is None:
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(None)}
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": self._spec(None),
+            }
             try:
-                self.coord.create_namespaced_lease(self.namespace, body, _preload_content=False,
-                                                   _request_timeout=self.tuning.request_timeout)
+                self.coord.create_namespaced_lease(
+                    self.namespace, body, _preload_content=False, _request_timeout=self.tuning.request_timeout
+                )
             except ApiException as exc:
                 if exc.status == 409:
                     return False
@@ -159,8 +176,9 @@ class LeaderElector:
             return False  # someone else holds a live lease
         lease["spec"] = self._spec(lease)
         try:
-            self.coord.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False,
-                                                _request_timeout=self.tuning.request_timeout)
+            self.coord.replace_namespaced_lease(
+                self.name, self.namespace, lease, _preload_content=False, _request_timeout=self.tuning.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote first
                 return False
@@ -171,18 +189,26 @@ class LeaderElector:
         lease = self._get()
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
             return
-        lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1,
-                         "renewTime": _micro_time()}
-        self.coord.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False,
-                                            _request_timeout=self.tuning.request_timeout)
+        lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time()}
+        self.coord.replace_namespaced_lease(
+            self.name, self.namespace, lease, _preload_content=False, _request_timeout=self.tuning.request_timeout
+        )
         log.info("released lease %s", self.name)
 
 
 class LeaderElection:
     """The Source wrapper: runs the elector and mirrors leadership into health and metrics."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, health: Any, metrics: Any = None,
-                 identity: str | None = None, tuning: LeaseTuning = LeaseTuning()) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        health: Any,
+        metrics: Any = None,
+        identity: str | None = None,
+        tuning: LeaseTuning = LeaseTuning(),
+    ) -> None:
         self.api, self.namespace, self.name = api, namespace, name
         self.health, self.metrics = health, metrics
         self.identity, self.tuning = identity, tuning
@@ -197,8 +223,9 @@ class LeaderElection:
 
     async def start(self) -> None:
         self.health.is_leader = False
-        self.elector = LeaderElector(self.api, self.namespace, self.name, asyncio.get_running_loop(),
-                                     self._changed, self.identity, self.tuning)
+        self.elector = LeaderElector(
+            self.api, self.namespace, self.name, asyncio.get_running_loop(), self._changed, self.identity, self.tuning
+        )
         self.elector.start()
 
     async def stop(self) -> None:

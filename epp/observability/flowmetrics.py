@@ -26,7 +26,7 @@ class _Both:
     def __init__(self, cls, name: str, doc: str, labels: tuple[str, ...], registry: CollectorRegistry, **kw) -> None:
         self.metrics = tuple(cls(p + name, doc, labels, registry=registry, **kw) for p in PREFIXES)
 
-    def labels(self, *values: str) -> "_Children":
+    def labels(self, *values: str) -> _Children:
         if not values:  # a metric without labels is its own child
             return _Children(self.metrics)
         return _Children(tuple(m.labels(*values) for m in self.metrics))
@@ -59,27 +59,45 @@ class FlowMetrics:
     def __init__(self, registry: CollectorRegistry, pool: str) -> None:
         r = registry
         self.pool = pool
-        self.queue_size = _Both(Gauge, "flow_control_queue_size", "Requests waiting in flow control.",
-                                _QUEUE_LABELS, r)
-        self.queue_bytes = _Both(Gauge, "flow_control_queue_bytes", "Request bytes waiting in flow control.",
-                                 _QUEUE_LABELS, r)
+        self.queue_size = _Both(Gauge, "flow_control_queue_size", "Requests waiting in flow control.", _QUEUE_LABELS, r)
+        self.queue_bytes = _Both(
+            Gauge, "flow_control_queue_bytes", "Request bytes waiting in flow control.", _QUEUE_LABELS, r
+        )
         self.queue_duration = _Both(
-            Histogram, "flow_control_request_queue_duration_seconds",
+            Histogram,
+            "flow_control_request_queue_duration_seconds",
             "Time from entering flow control to its outcome.",
-            ("fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"), r,
-            buckets=_QUEUE_BUCKETS)
-        self.cycle = _Both(Histogram, "flow_control_dispatch_cycle_duration_seconds",
-                           "One dispatch pass over the bands (all the requests it dispatched).", (), r,
-                           buckets=_CYCLE_BUCKETS)
-        self.saturation = _Both(Gauge, "flow_control_pool_saturation", "Pool saturation flow control last read.",
-                                ("inference_pool",), r)
-        self.requests = _Both(Counter, "flow_control_requests", "Requests by flow-control outcome.",
-                              ("outcome", "priority", "inference_pool"), r)
-        self.waiting = Gauge("epp_flow_control_waiting_requests",
-                             "Requests waiting in the EPP, by why: queued (pool saturated) or prefill-gate.",
-                             ("reason",), registry=r)
-        self.dispatches = Counter("epp_flow_control_dispatches", "Requests flow control dispatched from a queue.",
-                                  registry=r)
+            ("fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"),
+            r,
+            buckets=_QUEUE_BUCKETS,
+        )
+        self.cycle = _Both(
+            Histogram,
+            "flow_control_dispatch_cycle_duration_seconds",
+            "One dispatch pass over the bands (all the requests it dispatched).",
+            (),
+            r,
+            buckets=_CYCLE_BUCKETS,
+        )
+        self.saturation = _Both(
+            Gauge, "flow_control_pool_saturation", "Pool saturation flow control last read.", ("inference_pool",), r
+        )
+        self.requests = _Both(
+            Counter,
+            "flow_control_requests",
+            "Requests by flow-control outcome.",
+            ("outcome", "priority", "inference_pool"),
+            r,
+        )
+        self.waiting = Gauge(
+            "epp_flow_control_waiting_requests",
+            "Requests waiting in the EPP, by why: queued (pool saturated) or prefill-gate.",
+            ("reason",),
+            registry=r,
+        )
+        self.dispatches = Counter(
+            "epp_flow_control_dispatches", "Requests flow control dispatched from a queue.", registry=r
+        )
         self._fairness: set[str] = set()
         self._children: dict[tuple[str, ...], tuple[_Children, _Children]] = {}
         self._outcomes: dict[tuple[str, ...], tuple[_Children, _Children]] = {}
@@ -105,12 +123,14 @@ class FlowMetrics:
         return c
 
     def outcome(self, labels: tuple[str, ...], outcome: str, seconds: float) -> None:
-        key = labels + (outcome,)
+        key = (*labels, outcome)
         c = self._outcomes.get(key)
         if c is None:
             fid, prio, model, target = labels
-            c = self._outcomes[key] = (self.queue_duration.labels(fid, prio, outcome, self.pool, model, target),
-                                       self.requests.labels(outcome, prio, self.pool))
+            c = self._outcomes[key] = (
+                self.queue_duration.labels(fid, prio, outcome, self.pool, model, target),
+                self.requests.labels(outcome, prio, self.pool),
+            )
         c[0].observe(seconds)
         c[1].inc()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -99,16 +99,17 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         self.max_watches = max_watches
         self.watches = 0
 
-    async def Check(self, request, context):  # noqa: N802
+    async def Check(self, request, context):
         if request.service not in KNOWN_SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=self.state.status(request.service))
 
-    async def List(self, request, context):  # noqa: N802
+    async def List(self, request, context):
         return health_pb2.HealthListResponse(
-            statuses={n: health_pb2.HealthCheckResponse(status=self.state.status(n)) for n in sorted(KNOWN_SERVICES)})
+            statuses={n: health_pb2.HealthCheckResponse(status=self.state.status(n)) for n in sorted(KNOWN_SERVICES)}
+        )
 
-    async def Watch(self, request, context):  # noqa: N802
+    async def Watch(self, request, context):
         if self.watches >= self.max_watches:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self.max_watches} watches at a time")
         self.watches += 1

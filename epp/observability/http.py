@@ -19,9 +19,9 @@ import asyncio
 import gzip
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -129,8 +129,14 @@ class MetricsPage:
 
 
 class ObservabilityServer:
-    def __init__(self, registry: CollectorRegistry, health: HealthState, detail: Callable[[], str],
-                 limits: HttpLimits = HttpLimits(), authorize: Authorize | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: HealthState,
+        detail: Callable[[], str],
+        limits: HttpLimits = HttpLimits(),
+        authorize: Authorize | None = None,
+    ) -> None:
         self.health = health
         self.detail = detail
         self.limits = limits
@@ -189,8 +195,9 @@ class ObservabilityServer:
         return await self._metrics(request)
 
     async def _metrics(self, request: web.BaseRequest) -> web.StreamResponse:
-        body, content_type, compressed = await self.page.render(request.headers.get("Accept", ""),
-                                                                request.headers.get("Accept-Encoding", ""))
+        body, content_type, compressed = await self.page.render(
+            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+        )
         resp = web.StreamResponse(headers={"Content-Type": content_type})
         if compressed:
             resp.headers["Content-Encoding"] = "gzip"

@@ -27,9 +27,10 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -67,9 +68,11 @@ def metrics_auth_decision(opts: Options) -> tuple[bool, str | None]:
         return True, None
     if opts.metrics_endpoint_auth is True:
         return True, None  # static mode, asked for explicitly: needs a cluster (checked when the client is made)
-    return False, ("/metrics is served without authentication: static mode has no Kubernetes API to check bearer "
-                   "tokens with (give --metrics-endpoint-auth=true and --kube-api-server or --kubeconfig to "
-                   "enforce it, or --metrics-endpoint-auth=false to silence this)")
+    return False, (
+        "/metrics is served without authentication: static mode has no Kubernetes API to check bearer "
+        "tokens with (give --metrics-endpoint-auth=true and --kube-api-server or --kubeconfig to "
+        "enforce it, or --metrics-endpoint-auth=false to silence this)"
+    )
 
 
 class _TTLCache:
@@ -120,9 +123,11 @@ class KubeReviewer:
             raise ReviewError(f"{what}: {type(exc).__name__}: {exc}") from None
 
     def token_review(self, token: str) -> User | None:
-        doc = self._call(self._authn.create_token_review,
-                         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
-                         "tokenreviews.authentication.k8s.io")
+        doc = self._call(
+            self._authn.create_token_review,
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+            "tokenreviews.authentication.k8s.io",
+        )
         status = doc.get("status") or {}
         if not status.get("authenticated"):
             return None
@@ -131,15 +136,20 @@ class KubeReviewer:
         return User(u.get("username", ""), u.get("uid", ""), tuple(u.get("groups") or ()), extra)
 
     def access_review(self, user: User, verb: str, path: str) -> bool:
-        spec: dict[str, Any] = {"user": user.username, "groups": list(user.groups),
-                                "nonResourceAttributes": {"path": path, "verb": verb}}
+        spec: dict[str, Any] = {
+            "user": user.username,
+            "groups": list(user.groups),
+            "nonResourceAttributes": {"path": path, "verb": verb},
+        }
         if user.uid:
             spec["uid"] = user.uid
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
-        doc = self._call(self._authz.create_subject_access_review,
-                         {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
-                         "subjectaccessreviews.authorization.k8s.io")
+        doc = self._call(
+            self._authz.create_subject_access_review,
+            {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
+            "subjectaccessreviews.authorization.k8s.io",
+        )
         return bool((doc.get("status") or {}).get("allowed"))
 
 
@@ -150,8 +160,7 @@ def _text(status: int, text: str, **headers: str) -> web.Response:
 class MetricsAuth:
     """The authorizer the metrics server calls for /metrics: None lets a request through."""
 
-    def __init__(self, reviewer: KubeReviewer, clock: Callable[[], float] = time.monotonic,
-                 workers: int = 2) -> None:
+    def __init__(self, reviewer: KubeReviewer, clock: Callable[[], float] = time.monotonic, workers: int = 2) -> None:
         self.reviewer = reviewer
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="metrics-auth")
         self._tokens = _TTLCache(CACHE_ENTRIES, clock)
@@ -216,4 +225,3 @@ def build_metrics_auth(opts: Options) -> MetricsAuth:
     from epp.datalayer.kube.client import api_client
 
     return MetricsAuth(KubeReviewer(api_client(opts)))
-

@@ -15,7 +15,7 @@ under `OTHER`. Names that get a label are cached, so this costs one dict lookup 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 OTHER = "other"
 MAX_NAME_LENGTH = 256
@@ -47,8 +47,7 @@ class ModelLabels:
 
     def confirmed(self, name: str) -> None:
         """A server answered a request for `name` with 2xx: the name is real."""
-        if (not name or len(name) > MAX_NAME_LENGTH or name in self._confirmed
-                or len(self._confirmed) >= MAX_CONFIRMED):
+        if not name or len(name) > MAX_NAME_LENGTH or name in self._confirmed or len(self._confirmed) >= MAX_CONFIRMED:
             return
         self._confirmed.add(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -26,13 +27,21 @@ class InflightCollector(Collector):
         self.reachability = reachability
 
     def collect(self):
-        reqs = GaugeMetricFamily("epp_endpoint_inflight_requests",
-                                 "Requests the EPP sent to an endpoint that have not finished.", labels=["endpoint"])
-        toks = GaugeMetricFamily("epp_endpoint_inflight_prompt_tokens",
-                                 "Estimated prompt tokens in flight to an endpoint.", labels=["endpoint"])
-        reach = GaugeMetricFamily("epp_endpoint_reachable",
-                                  "1 while the endpoint may receive picks, 0 while its server looks dead "
-                                  "(docs/reliability.md).", labels=["endpoint"])
+        reqs = GaugeMetricFamily(
+            "epp_endpoint_inflight_requests",
+            "Requests the EPP sent to an endpoint that have not finished.",
+            labels=["endpoint"],
+        )
+        toks = GaugeMetricFamily(
+            "epp_endpoint_inflight_prompt_tokens",
+            "Estimated prompt tokens in flight to an endpoint.",
+            labels=["endpoint"],
+        )
+        reach = GaugeMetricFamily(
+            "epp_endpoint_reachable",
+            "1 while the endpoint may receive picks, 0 while its server looks dead (docs/reliability.md).",
+            labels=["endpoint"],
+        )
         policy = self.reachability
         now = time.monotonic()
         stale = policy.current_stale_after() if policy is not None else 0.0
@@ -50,8 +59,16 @@ class InflightCollector(Collector):
 
 
 class PoolGaugeRefresher:
-    def __init__(self, datastore: Datastore, metrics: EppMetrics, pool: str, interval: float,
-                 staleness: float, config=None, reachability: ReachabilityPolicy | None = None) -> None:
+    def __init__(
+        self,
+        datastore: Datastore,
+        metrics: EppMetrics,
+        pool: str,
+        interval: float,
+        staleness: float,
+        config=None,
+        reachability: ReachabilityPolicy | None = None,
+    ) -> None:
         self.datastore = datastore
         self.metrics = metrics
         self.pool = pool
@@ -87,10 +104,8 @@ class PoolGaugeRefresher:
             m.pool_per_pod_queue.labels(name, pod).set(q)
             current.add(pod)
         for gone in self._known_pods - current:
-            try:
+            with contextlib.suppress(KeyError):
                 m.pool_per_pod_queue.remove(name, gone)
-            except KeyError:
-                pass
         self._known_pods = current
 
     def start(self) -> None:

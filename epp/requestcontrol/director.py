@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import uuid
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
@@ -23,13 +23,13 @@ from epp.flowcontrol.ticket import Outcome, Ticket
 from epp.observability.metrics import EppMetrics
 from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
+from epp.requestcontrol.relay import ResponseRelay
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
 from epp.requests.offload import BodyParser
-from epp.requestcontrol.relay import ResponseRelay
 from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
-from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
 from epp.scheduling.plugins.precise_prefix import TokenProducer
+from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
 from epp.scheduling.scheduler import Scheduler
 from epp.scheduling.types import SchedulingRequest, SchedulingResult
 
@@ -43,9 +43,14 @@ LLMD_OBJECTIVE_HEADER = "x-llm-d-inference-objective"
 LLMD_FAIRNESS_HEADER = "x-llm-d-inference-fairness-id"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 # Control headers are for the EPP only; the model server must not see them.
-CONTROL_HEADERS = (MODEL_REWRITE_HEADER, OBJECTIVE_HEADER, FAIRNESS_HEADER, LLMD_OBJECTIVE_HEADER,
-                   LLMD_FAIRNESS_HEADER,
-                   "x-gateway-destination-endpoint-subset")
+CONTROL_HEADERS = (
+    MODEL_REWRITE_HEADER,
+    OBJECTIVE_HEADER,
+    FAIRNESS_HEADER,
+    LLMD_OBJECTIVE_HEADER,
+    LLMD_FAIRNESS_HEADER,
+    "x-gateway-destination-endpoint-subset",
+)
 CHARS_PER_TOKEN = 4
 
 
@@ -64,10 +69,19 @@ class EndpointSource:
 
 
 class Director:
-    def __init__(self, datastore: EndpointSource, scheduler: Scheduler, metrics: EppMetrics,
-                 admission: LegacyAdmission, flow: FlowController, objectives: ObjectiveStore | None = None,
-                 rewrites: RewriteStore | None = None, parser: str = "openai-parser",
-                 use_subset_hint: bool = True, reachability: ReachabilityPolicy | None = None) -> None:
+    def __init__(
+        self,
+        datastore: EndpointSource,
+        scheduler: Scheduler,
+        metrics: EppMetrics,
+        admission: LegacyAdmission,
+        flow: FlowController,
+        objectives: ObjectiveStore | None = None,
+        rewrites: RewriteStore | None = None,
+        parser: str = "openai-parser",
+        use_subset_hint: bool = True,
+        reachability: ReachabilityPolicy | None = None,
+    ) -> None:
         self.datastore = datastore
         self.scheduler = scheduler
         self.metrics = metrics
@@ -102,7 +116,7 @@ class Director:
             self._tokens_config, self._tokens = config, (found[0] if found else None)
         return self._tokens
 
-    def exchange(self) -> "Exchange":
+    def exchange(self) -> Exchange:
         return Exchange(self)
 
     def _known_models(self) -> set[str]:
@@ -122,10 +136,38 @@ class Director:
 class Exchange:
     """One HTTP request's journey through the EPP."""
 
-    __slots__ = ("d", "start", "parsed", "incoming_model", "target_model", "sched_req", "result",
-                 "endpoint", "tokens", "relay", "closed", "failed", "priority", "request_size", "prefill_pending",
-                 "series", "long", "gate", "held_since", "held_at", "incoming_label", "target_label",
-                 "routed_body", "parsing", "ticket", "admitted", "pending", "req", "token_ids", "tokenizing")
+    __slots__ = (
+        "admitted",
+        "closed",
+        "d",
+        "endpoint",
+        "failed",
+        "gate",
+        "held_at",
+        "held_since",
+        "incoming_label",
+        "incoming_model",
+        "long",
+        "parsed",
+        "parsing",
+        "pending",
+        "prefill_pending",
+        "priority",
+        "relay",
+        "req",
+        "request_size",
+        "result",
+        "routed_body",
+        "sched_req",
+        "series",
+        "start",
+        "target_label",
+        "target_model",
+        "ticket",
+        "token_ids",
+        "tokenizing",
+        "tokens",
+    )
 
     def __init__(self, director: Director) -> None:
         self.d = director
@@ -192,7 +234,7 @@ class Exchange:
                 try:
                     worker_parsed = task.result()
                 except EppError as err:
-                    raise self._fail(err)
+                    raise self._fail(err) from err
                 self._prepare(req, worker_parsed)
             elif may_hold and not d.passthrough and d.body_parser.should_offload(req.body):
                 # Parsed in a worker process while other picks go on; wait_to_route() awaits it.
@@ -215,11 +257,18 @@ class Exchange:
             elif flow.enabled and may_hold:
                 # Before candidates: with no endpoint at all the request waits for one.
                 try:
-                    ticket = self.ticket = flow.submit(self, (headers.get(FAIRNESS_HEADER) or headers.get(LLMD_FAIRNESS_HEADER, "")), self.priority,
-                                                       self.request_size, tokens, headers,
-                                                       self.incoming_label, self.target_label)
+                    ticket = self.ticket = flow.submit(
+                        self,
+                        (headers.get(FAIRNESS_HEADER) or headers.get(LLMD_FAIRNESS_HEADER, "")),
+                        self.priority,
+                        self.request_size,
+                        tokens,
+                        headers,
+                        self.incoming_label,
+                        self.target_label,
+                    )
                 except EppError as err:
-                    raise self._fail(err)
+                    raise self._fail(err) from err
                 if ticket.outcome is not Outcome.DISPATCHED:
                     self.req = req
                     return None
@@ -233,25 +282,32 @@ class Exchange:
                 d.admission.admit(self.priority, candidates)
                 self.admitted = True
             sreq = SchedulingRequest(
-                request_id=headers.get("x-request-id", ""), target_model=target, incoming_model=self.incoming_model,
-                api=parsed.api.value, prefix_input=parsed.prefix_input, cache_salt=parsed.cache_salt,
-                headers=headers, prompt_tokens=tokens, priority=self.priority, stream=parsed.stream,
-                token_ids=token_ids or None)
+                request_id=headers.get("x-request-id", ""),
+                target_model=target,
+                incoming_model=self.incoming_model,
+                api=parsed.api.value,
+                prefix_input=parsed.prefix_input,
+                cache_salt=parsed.cache_salt,
+                headers=headers,
+                prompt_tokens=tokens,
+                priority=self.priority,
+                stream=parsed.stream,
+                token_ids=token_ids or None,
+            )
             t0 = time.perf_counter()
             result, cycle = d.scheduler.schedule(sreq, candidates)
             d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
         except EppError as err:
             d.metrics.scheduler_attempts.labels("failure", target_label, "", "", "").inc()
             self._unhold()
-            raise self._fail(err)
+            raise self._fail(err) from err
         targets = result.targets
         primary = targets[0]
         # Only the part of the prompt the chosen endpoint does not already hold costs prefill.
         uncached = uncached_tokens(cycle, primary, tokens)
         gate = d.gate
         long = gate is not None and gate.is_long(uncached)
-        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start,
-                                             len(candidates)):
+        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start, len(candidates)):
             if self.held_since is None:
                 self.held_since = time.monotonic()
                 d.metrics.prefill_gate_held.inc()
@@ -262,8 +318,9 @@ class Exchange:
             self.req = req
             return None
         self._unhold()
-        d.metrics.scheduler_attempts.labels("success", target_label, primary.pod_name or primary.name,
-                                            primary.namespace, str(primary.port)).inc()
+        d.metrics.scheduler_attempts.labels(
+            "success", target_label, primary.pod_name or primary.name, primary.namespace, str(primary.port)
+        ).inc()
         d.scheduler.pre_request(cycle, sreq, result)
         # Count the load at the moment of the pick: the next request in this burst sees it.
         series = self.series = d.metrics.series(incoming_label, target_label)
@@ -316,7 +373,7 @@ class Exchange:
             try:
                 parsed = passthrough_request(req.body, req.path) if d.passthrough else parse_request(req.body, req.path)
             except EppError as err:
-                raise self._fail(err)
+                raise self._fail(err) from err
         self.parsed = parsed
         headers = req.headers
         incoming = self.parsed.model
@@ -333,7 +390,7 @@ class Exchange:
             try:
                 self.routed_body = replace_model(req.body, target)
             except EppError as err:
-                raise self._fail(err)
+                raise self._fail(err) from err
         self.incoming_model, self.target_model = incoming, target
         self.incoming_label, self.target_label = labels.label(incoming), labels.label(target)
         if rule is not None:
@@ -445,8 +502,9 @@ class Exchange:
             wanted = set(subset)
             eps = tuple(e for e in eps if e.hostport in wanted or e.address in wanted)
         if not eps:
-            raise self._fail(EppError(ErrorCode.SERVICE_UNAVAILABLE,
-                                      "failed to find endpoint candidates for serving the request"))
+            raise self._fail(
+                EppError(ErrorCode.SERVICE_UNAVAILABLE, "failed to find endpoint candidates for serving the request")
+            )
         return list(self.d.reachability.usable(eps, time.monotonic()))
 
     @staticmethod

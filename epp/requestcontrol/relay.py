@@ -22,8 +22,20 @@ _MODEL_PAIR = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"', re.S)
 
 
 class ResponseRelay:
-    __slots__ = ("incoming_model", "target_model", "extra_headers", "status", "streaming", "sse", "json_usage",
-                 "head", "head_size", "usage", "size", "rewrites")
+    __slots__ = (
+        "extra_headers",
+        "head",
+        "head_size",
+        "incoming_model",
+        "json_usage",
+        "rewrites",
+        "size",
+        "sse",
+        "status",
+        "streaming",
+        "target_model",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.incoming_model = ""

@@ -74,8 +74,10 @@ def _prefix_input(api: ApiType, data: dict[str, Any]) -> bytes:
         raise bad_request("invalid completions request: must have prompt field")
     if api is ApiType.CHAT_COMPLETIONS:
         messages = data.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and _valid_content(m.get("content")) for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and _valid_content(m.get("content")) for m in messages)
         ):
             raise bad_request("invalid chat completions request: must have valid messages field")
         return orjson.dumps(messages)

@@ -65,7 +65,7 @@ class JsonUsageTracker:
             if self._size <= self.WHOLE_LIMIT:
                 return
             chunk, self._parts = b"".join(self._parts), None
-        self._tail = (self._tail + chunk)[-self.TAIL:] if len(chunk) < self.TAIL else chunk[-self.TAIL:]
+        self._tail = (self._tail + chunk)[-self.TAIL :] if len(chunk) < self.TAIL else chunk[-self.TAIL :]
 
     def usage(self) -> Usage | None:
         if self._parts is not None:
@@ -80,7 +80,7 @@ def usage_from_json_tail(tail: bytes) -> Usage | None:
     if key < 0:
         return None
     start = tail.find(b"{", key)
-    if start < 0 or tail[key + 7:start].strip(b" \t\r\n:"):
+    if start < 0 or tail[key + 7 : start].strip(b" \t\r\n:"):
         return None
     end = _object_end(tail, start)
     if end < 0:
@@ -122,7 +122,7 @@ class SseUsageScanner:
     mention "usage" are decoded: most token chunks are skipped without a JSON parse.
     """
 
-    __slots__ = ("usage", "_tail")
+    __slots__ = ("_tail", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None

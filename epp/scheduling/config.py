@@ -153,7 +153,8 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         p.type_name == "approx-prefix-cache-producer" for p in plugins.values()
     ):
         plugins["approx-prefix-cache-producer"] = build_plugin(
-            "approx-prefix-cache-producer", "approx-prefix-cache-producer", {})
+            "approx-prefix-cache-producer", "approx-prefix-cache-producer", {}
+        )
 
     profile_specs = spec.scheduling_profiles
     if not profile_specs:
@@ -181,7 +182,8 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
                 prof.picker = plugin
             if not isinstance(plugin, (Filter, Scorer, Picker)):
                 raise ConfigError(
-                    f"{source}: {where}: plugin {r.plugin_ref!r} ({plugin.type_name}) is not a filter, scorer or picker")
+                    f"{source}: {where}: plugin {r.plugin_ref!r} ({plugin.type_name}) is not a filter, scorer or picker"
+                )
         if prof.picker is None:
             prof.picker = first_picker or build_plugin("max-score-picker", "max-score-picker", {})  # type: ignore[assignment]
         profiles[ps.name] = prof
@@ -204,8 +206,10 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         if missing:
             raise ConfigError(f"{source}: disagg-profile-handler needs a scheduling profile named {missing.pop()!r}")
     if handler.type_name == "single-profile-handler" and len(profiles) > 1:
-        raise ConfigError(f"{source}: single-profile-handler cannot run {len(profiles)} profiles; "
-                          "configure a profile handler that chooses between them")
+        raise ConfigError(
+            f"{source}: single-profile-handler cannot run {len(profiles)} profiles; "
+            "configure a profile handler that chooses between them"
+        )
 
     parser = "openai-parser"
     if spec.parser is not None:
@@ -214,9 +218,15 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
             raise ConfigError(f"{source}: parser: {parser_plugin.type_name!r} is not a request parser")
         parser = parser_plugin.type_name
     detectors = [p for p in plugins.values() if hasattr(p, "detector")]
-    flow = build_flow_settings(spec.flow_control, frozenset(spec.feature_gates), spec.api_version,
-                               spec.saturation_detector.plugin_ref if spec.saturation_detector else None,
-                               ref, detectors, source)
+    flow = build_flow_settings(
+        spec.flow_control,
+        frozenset(spec.feature_gates),
+        spec.api_version,
+        spec.saturation_detector.plugin_ref if spec.saturation_detector else None,
+        ref,
+        detectors,
+        source,
+    )
     if spec.data_layer is not None:
         for i, s in enumerate(spec.data_layer.sources):
             ref(f"dataLayer.sources[{i}]", s.plugin_ref)

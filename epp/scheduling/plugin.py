@@ -6,8 +6,9 @@ per-request hot path and list arithmetic is what Python does fastest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -76,7 +77,11 @@ class ResponseComplete(Plugin):
 
 class ProfileHandler(Plugin):
     def pick_profiles(
-        self, cycle: CycleState, req: SchedulingRequest, profiles: dict[str, Any], results: dict[str, ProfileResult | None]
+        self,
+        cycle: CycleState,
+        req: SchedulingRequest,
+        profiles: dict[str, Any],
+        results: dict[str, ProfileResult | None],
     ) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -114,9 +119,7 @@ def build_plugin(type_name: str, name: str, params: dict[str, Any] | None) -> Pl
     try:
         parsed = cls.Params.model_validate(params or {})
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"plugin {name!r} ({type_name}): invalid parameters: {details}") from None
     try:
         return cls(name, parsed)

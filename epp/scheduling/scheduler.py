@@ -39,8 +39,9 @@ class Scheduler:
             plugin.pre_request(cycle, req, result)
 
 
-def run_profile(profile: Profile, cycle: CycleState, req: SchedulingRequest,
-                endpoints: list[Endpoint]) -> ProfileResult | None:
+def run_profile(
+    profile: Profile, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]
+) -> ProfileResult | None:
     for f in profile.filters:
         endpoints = f.filter(cycle, req, endpoints)
         if not endpoints:

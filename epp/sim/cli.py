@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -23,14 +24,20 @@ from epp.sim.server import ReplicaConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="epp-sim", description="vLLM model-server simulator (OpenAI API, metrics, KV events)")
+    ap = argparse.ArgumentParser(
+        prog="epp-sim", description="vLLM model-server simulator (OpenAI API, metrics, KV events)"
+    )
     g = ap.add_argument_group("serving")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    g.add_argument("--port", type=int, default=8000, help="port of replica 0; replica i uses port+i (0 = any free port each)")
+    g.add_argument(
+        "--port", type=int, default=8000, help="port of replica 0; replica i uses port+i (0 = any free port each)"
+    )
     g.add_argument("--replicas", type=int, default=1)
     g.add_argument("--pod-name-prefix", default="sim", help="replica i is named PREFIX-i (x-inference-pod header)")
     g.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
-    g.add_argument("--served-model-name", nargs="+", default=None, help="names the base model answers to (default: --model)")
+    g.add_argument(
+        "--served-model-name", nargs="+", default=None, help="names the base model answers to (default: --model)"
+    )
     g.add_argument("--engine", choices=ENGINES, default="vllm", help="whose metric names /metrics uses")
     g.add_argument("--seed", type=int, default=0, help="generated tokens and fault injection derive from it")
     g.add_argument("--natural-output-len", type=int, default=256, help="mean EOS position when ignore_eos is false")
@@ -47,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lora-modules-per-replica",
         default="",
-        help='per-replica adapters overriding --lora-modules, e.g. "0:a,b;1:c;2:" (unlisted replicas keep --lora-modules)',
+        help='per-replica adapters overriding --lora-modules, e.g. "0:a,b;1:c;2:" '
+        "(unlisted replicas keep --lora-modules)",
     )
     g.add_argument("--max-loras", type=int, default=d.max_loras, help="distinct adapters per batch (GPU slots)")
 
@@ -60,18 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = ap.add_argument_group("faults")
     g.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered with HTTP 500")
-    g.add_argument("--slow-replica", action="append", default=[], metavar="IDX:FACTOR", help="multiply replica IDX step times")
+    g.add_argument(
+        "--slow-replica", action="append", default=[], metavar="IDX:FACTOR", help="multiply replica IDX step times"
+    )
 
     g = ap.add_argument_group("KV events (vLLM ZMQ publisher)")
     g.add_argument("--kv-events-endpoint", default=None, help="tcp://127.0.0.1:PORT; replica i binds PORT+i")
-    g.add_argument("--kv-events-connect", action="store_true", help="connect every replica to the endpoint instead of binding")
-    g.add_argument("--kv-events-topic", default="kv@{host}:{port}@{model}", help="template: {host} {port} {pod} {model}")
+    g.add_argument(
+        "--kv-events-connect", action="store_true", help="connect every replica to the endpoint instead of binding"
+    )
+    g.add_argument(
+        "--kv-events-topic", default="kv@{host}:{port}@{model}", help="template: {host} {port} {pod} {model}"
+    )
     g.add_argument("--kv-events-format", choices=("array", "map"), default="array")
-    g.add_argument("--kv-events-replay-endpoint", default=None,
-                   help="tcp://127.0.0.1:PORT: a ROUTER socket answering replay requests; replica i binds PORT+i")
+    g.add_argument(
+        "--kv-events-replay-endpoint",
+        default=None,
+        help="tcp://127.0.0.1:PORT: a ROUTER socket answering replay requests; replica i binds PORT+i",
+    )
     g.add_argument("--kv-events-buffer-steps", type=int, default=10_000, help="batches kept for replay")
-    ap.add_argument("--tokenizer-file", default=None,
-                    help="a Hugging Face tokenizer.json for prompts (python -m epp.sim.hftokenizer DIR builds one)")
+    ap.add_argument(
+        "--tokenizer-file",
+        default=None,
+        help="a Hugging Face tokenizer.json for prompts (python -m epp.sim.hftokenizer DIR builds one)",
+    )
     ap.add_argument("--log-level", default="WARNING")
     return ap
 
@@ -147,10 +167,8 @@ async def serve(configs: list[ReplicaConfig]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     try:
         await stop.wait()
     finally:

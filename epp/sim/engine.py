@@ -24,9 +24,11 @@ Scheduling, after vllm/v1/core/sched/scheduler.py:
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from epp.sim.costmodel import CostModel
 from epp.sim.kvcache import KVCacheManager, KVEvent, block_hashes
@@ -54,7 +56,10 @@ class EngineConfig:
                 f"max_model_len {self.max_model_len} exceeds the KV cache "
                 f"({self.num_gpu_blocks} blocks x {self.block_size} tokens); a single request could never run"
             )
-        if min(self.max_num_seqs, self.max_num_batched_tokens, self.num_gpu_blocks, self.block_size, self.max_loras) < 1:
+        if (
+            min(self.max_num_seqs, self.max_num_batched_tokens, self.num_gpu_blocks, self.block_size, self.max_loras)
+            < 1
+        ):
             raise ValueError("engine limits must be >= 1")
 
 
@@ -195,7 +200,9 @@ class Engine:
         if req.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
         if n + req.max_tokens > self.config.max_model_len:
-            raise ValueError(f"prompt ({n}) + max_tokens ({req.max_tokens}) exceeds max_model_len {self.config.max_model_len}")
+            raise ValueError(
+                f"prompt ({n}) + max_tokens ({req.max_tokens}) exceeds max_model_len {self.config.max_model_len}"
+            )
         if req.output_len is None or req.output_len > req.max_tokens:
             req.output_len = req.max_tokens
         req.output_len = max(1, req.output_len)
@@ -210,10 +217,8 @@ class Engine:
         if req is None:
             return False
         if req.status == WAITING:
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiting.remove(req)
-            except ValueError:
-                pass
         elif req.status == RUNNING:
             self.running.remove(req)
         self._release(req)
@@ -382,8 +387,15 @@ class Engine:
         full = upto // self.config.block_size
         if full > req.num_registered_blocks:
             self._ensure_hashes(req)
-            self.kv.cache_blocks(req.block_ids, req.block_hashes, req.token_ids, req.num_registered_blocks, full,
-                                 self.lora_id(req.lora), req.lora)
+            self.kv.cache_blocks(
+                req.block_ids,
+                req.block_hashes,
+                req.token_ids,
+                req.num_registered_blocks,
+                full,
+                self.lora_id(req.lora),
+                req.lora,
+            )
             req.num_registered_blocks = full
 
     def _release(self, req: SimRequest) -> None:

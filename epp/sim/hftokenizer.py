@@ -21,7 +21,8 @@ LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{% if message['content'] is string %}{% set content = message['content'] %}"
     "{% elif message['content'] is none %}{% set content = '' %}"
-    "{% else %}{% set content = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}{% endif %}"
+    "{% else %}{% set content = message['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{% endif %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + content | trim + '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
@@ -46,11 +47,36 @@ def _corpus(n_lines: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     syll = [o + v for o in "bcdfghklmnprstvz" for v in "aeiou"]
     words = ["".join(rng.choice(syll) for _ in range(rng.randint(1, 4))) for _ in range(4000)]
-    words += "the of and to in is that for it as with was on be by this are from at or".split()
+    words += [
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "as",
+        "with",
+        "was",
+        "on",
+        "be",
+        "by",
+        "this",
+        "are",
+        "from",
+        "at",
+        "or",
+    ]
     lines = []
     for _ in range(n_lines):
-        lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
-                     + rng.choice([".", "?", "!", ",", ":"]) + " " + str(rng.randint(0, 99999)))
+        lines.append(
+            " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
+            + rng.choice([".", "?", "!", ",", ":"])
+            + " "
+            + str(rng.randint(0, 99999))
+        )
     return lines
 
 
@@ -66,14 +92,26 @@ def build(directory: str | Path, vocab_size: int = 4096, seed: int = 0) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = sorted(SPECIAL_TOKENS, key=SPECIAL_TOKENS.__getitem__)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(20_000, seed), trainer=trainer)
     path = d / "tokenizer.json"
     tok.save(str(path))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_CHAT_TEMPLATE,
-        "add_bos_token": True}, indent=1))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "chat_template": LLAMA3_CHAT_TEMPLATE,
+                "add_bos_token": True,
+            },
+            indent=1,
+        )
+    )
     return path
 
 

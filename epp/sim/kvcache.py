@@ -177,7 +177,13 @@ class KVCacheManager:
             self._emit_stored(new_hashes, hashes, token_ids, first, lora_id, lora_name)
 
     def _emit_stored(
-        self, new: list[int], hashes: list[int], token_ids: list[int], first: int, lora_id: int | None, lora_name: str | None
+        self,
+        new: list[int],
+        hashes: list[int],
+        token_ids: list[int],
+        first: int,
+        lora_id: int | None,
+        lora_name: str | None,
     ) -> None:
         bs = self.block_size
         self.events.append(

@@ -31,6 +31,7 @@ endpoint where a subscriber has bound (the llm-d indexer layout).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -56,8 +57,16 @@ def encode_event(ev: KVEvent, fmt: str = "array") -> Any:
     if isinstance(ev, BlockStored):
         if fmt == "array":
             # vLLM appended lora_name after medium (#27577); trailing defaults are omitted.
-            base = ["BlockStored", ev.block_hashes, ev.parent_block_hash, ev.token_ids, ev.block_size, ev.lora_id, MEDIUM_GPU]
-            return base + [ev.lora_name] if ev.lora_name else base
+            base = [
+                "BlockStored",
+                ev.block_hashes,
+                ev.parent_block_hash,
+                ev.token_ids,
+                ev.block_size,
+                ev.lora_id,
+                MEDIUM_GPU,
+            ]
+            return [*base, ev.lora_name] if ev.lora_name else base
         return {
             "type": "BlockStored",
             "block_hashes": ev.block_hashes,
@@ -99,7 +108,7 @@ def decode_batch(payload: bytes) -> tuple[float, list[dict[str, Any]]]:
         else:
             keys = ()
         d = {"type": tag}
-        d.update(zip(keys, e[1:]))
+        d.update(zip(keys, e[1:], strict=False))
         out.append(d)
     return ts, out
 
@@ -116,8 +125,17 @@ class KVEventPublisher:
     `buffer_steps` batches are kept. `replay_topic` picks the framing: with the topic (vLLM
     >= 0.26) or without."""
 
-    def __init__(self, endpoint: str, topic: str, fmt: str = "array", connect: bool = False, hwm: int = 100_000,
-                 replay_endpoint: str | None = None, buffer_steps: int = 10_000, replay_topic: bool = True) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        topic: str,
+        fmt: str = "array",
+        connect: bool = False,
+        hwm: int = 100_000,
+        replay_endpoint: str | None = None,
+        buffer_steps: int = 10_000,
+        replay_topic: bool = True,
+    ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"kv events format must be one of {FORMATS}")
         self.endpoint = endpoint
@@ -177,10 +195,8 @@ class KVEventPublisher:
     def _reply(self, ident: bytes, seq: bytes, payload: bytes) -> None:
         assert self._router is not None
         frames = [ident, b"", self.topic, seq, payload] if self._replay_topic else [ident, b"", seq, payload]
-        try:
+        with contextlib.suppress(zmq.Again):
             self._router.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def publish(self, events: list[KVEvent], ts: float | None = None) -> None:
         if not events:
@@ -191,10 +207,8 @@ class KVEventPublisher:
             self.drop_next -= 1
             self._seq += 1
             return
-        try:
+        with contextlib.suppress(zmq.Again):
             self._sock.send_multipart((self.topic, self._seq.to_bytes(8, "big"), payload), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
         self._seq += 1
 
     def close(self) -> None:

@@ -25,7 +25,25 @@ import aiohttp
 
 from epp.sim.costmodel import CostModel
 
-WORDS = "the quick brown fox jumps over a lazy dog while routers pick endpoints by load and cache".split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "routers",
+    "pick",
+    "endpoints",
+    "by",
+    "load",
+    "and",
+    "cache",
+]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -35,9 +53,22 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _start_sim(args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, list[str]]:
-    cmd = [sys.executable, "-m", "epp.sim.cli", "--replicas", str(args.replicas), "--port", "0",
-           "--time-scale", str(args.time_scale), "--max-num-seqs", str(args.max_num_seqs)]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "epp.sim.cli",
+        "--replicas",
+        str(args.replicas),
+        "--port",
+        "0",
+        "--time-scale",
+        str(args.time_scale),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     urls = []
     assert proc.stdout is not None
     while True:
@@ -78,8 +109,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
     async def one(session: aiohttp.ClientSession, url: str, prompt: str) -> None:
         nonlocal errors, tokens, done
-        body = {"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": prompt, "max_tokens": args.max_tokens,
-                "ignore_eos": True, "stream": True}
+        body = {
+            "model": "meta-llama/Llama-3.1-8B-Instruct",
+            "prompt": prompt,
+            "max_tokens": args.max_tokens,
+            "ignore_eos": True,
+            "stream": True,
+        }
         t0 = time.perf_counter()
         first = last = 0.0
         n = 0
@@ -176,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals (bounded)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=200)
-    ap.add_argument("--scrape-interval", type=float, default=0.05, help="GET /metrics on every replica this often (0 = off)")
+    ap.add_argument(
+        "--scrape-interval", type=float, default=0.05, help="GET /metrics on every replica this often (0 = off)"
+    )
     ap.add_argument("--max-num-seqs", type=int, default=256)
     args = ap.parse_args(argv)
     if args.duration > 300 or args.rate * args.duration > 100_000:

@@ -69,7 +69,7 @@ class _Writer:
         self.family(name, "histogram", help_)
         sep = "," if labels else ""
         cum = h.cumulative()
-        for bound, c in zip(h.bounds, cum):
+        for bound, c in zip(h.bounds, cum[:-1], strict=True):  # the last count is the +Inf bucket
             self.lines.append(f'{name}_bucket{{{labels}{sep}le="{_num(bound)}"}} {_num(c)}')
         self.lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {_num(h.count)}')
         self.lines.append(f"{name}_count{{{labels}}} {_num(h.count)}")
@@ -112,7 +112,12 @@ class MetricsRenderer:
         w.gauge("vllm:num_requests_running", lab, e.num_running, "Number of requests in model execution batches.")
         w.gauge("vllm:num_requests_waiting", lab, e.num_waiting, "Number of requests waiting to be processed.")
         w.gauge("vllm:kv_cache_usage_perc", lab, e.kv_usage, "KV-cache usage. 1 means 100 percent usage.")
-        w.gauge("vllm:gpu_cache_usage_perc", lab, e.kv_usage, "GPU KV-cache usage (deprecated name). 1 means 100 percent usage.")
+        w.gauge(
+            "vllm:gpu_cache_usage_perc",
+            lab,
+            e.kv_usage,
+            "GPU KV-cache usage (deprecated name). 1 means 100 percent usage.",
+        )
         w.gauge(
             "vllm:cache_config_info",
             _labels(
@@ -141,12 +146,26 @@ class MetricsRenderer:
             "Running stats on lora requests.",
         )
         w.counter("vllm:num_preemptions_total", lab, s.preemptions, "Cumulative number of preemption from the engine.")
-        w.counter("epp_sim:lora_adapter_loads_total", lab, s.lora_loads,
-                  "Adapters loaded into a GPU slot (simulator only: vLLM does not export this).")
+        w.counter(
+            "epp_sim:lora_adapter_loads_total",
+            lab,
+            s.lora_loads,
+            "Adapters loaded into a GPU slot (simulator only: vLLM does not export this).",
+        )
         w.counter("vllm:prompt_tokens_total", lab, s.prompt_tokens, "Number of prefill tokens processed.")
         w.counter("vllm:generation_tokens_total", lab, s.generation_tokens, "Number of generation tokens processed.")
-        w.counter("vllm:prefix_cache_queries_total", lab, s.prefix_cache_queries, "Prefix cache queries, in terms of number of queried tokens.")
-        w.counter("vllm:prefix_cache_hits_total", lab, s.prefix_cache_hits, "Prefix cache hits, in terms of number of cached tokens.")
+        w.counter(
+            "vllm:prefix_cache_queries_total",
+            lab,
+            s.prefix_cache_queries,
+            "Prefix cache queries, in terms of number of queried tokens.",
+        )
+        w.counter(
+            "vllm:prefix_cache_hits_total",
+            lab,
+            s.prefix_cache_hits,
+            "Prefix cache hits, in terms of number of cached tokens.",
+        )
         w.family("vllm:request_success", "counter", "Count of successfully processed requests.")
         for reason in ("stop", "length", "abort"):
             w.sample("vllm:request_success_total", f'{lab},finished_reason="{reason}"', s.finished.get(reason, 0))
@@ -155,13 +174,33 @@ class MetricsRenderer:
             [
                 ("vllm:time_to_first_token_seconds", s.ttft, "Histogram of time to first token in seconds."),
                 ("vllm:inter_token_latency_seconds", s.itl, "Histogram of inter-token latency in seconds."),
-                ("vllm:time_per_output_token_seconds", s.itl, "Histogram of time per output token in seconds (deprecated name)."),
+                (
+                    "vllm:time_per_output_token_seconds",
+                    s.itl,
+                    "Histogram of time per output token in seconds (deprecated name).",
+                ),
                 ("vllm:e2e_request_latency_seconds", s.e2e, "Histogram of e2e request latency in seconds."),
-                ("vllm:request_queue_time_seconds", s.queue_time, "Histogram of time spent in WAITING phase for request."),
-                ("vllm:request_prefill_time_seconds", s.prefill_time, "Histogram of time spent in PREFILL phase for request."),
-                ("vllm:request_decode_time_seconds", s.decode_time, "Histogram of time spent in DECODE phase for request."),
+                (
+                    "vllm:request_queue_time_seconds",
+                    s.queue_time,
+                    "Histogram of time spent in WAITING phase for request.",
+                ),
+                (
+                    "vllm:request_prefill_time_seconds",
+                    s.prefill_time,
+                    "Histogram of time spent in PREFILL phase for request.",
+                ),
+                (
+                    "vllm:request_decode_time_seconds",
+                    s.decode_time,
+                    "Histogram of time spent in DECODE phase for request.",
+                ),
                 ("vllm:request_prompt_tokens", s.request_prompt_tokens, "Number of prefill tokens processed."),
-                ("vllm:request_generation_tokens", s.request_generation_tokens, "Number of generation tokens processed."),
+                (
+                    "vllm:request_generation_tokens",
+                    s.request_generation_tokens,
+                    "Number of generation tokens processed.",
+                ),
             ],
             lab,
         )
@@ -176,7 +215,9 @@ class MetricsRenderer:
         w.gauge("sglang:token_usage", lab, e.kv_usage, "The token usage.")
         w.gauge(
             "sglang:cache_config_info",
-            _labels({"model_name": self.model_name, "page_size": str(cfg.block_size), "num_pages": str(cfg.num_gpu_blocks)}),
+            _labels(
+                {"model_name": self.model_name, "page_size": str(cfg.block_size), "num_pages": str(cfg.num_gpu_blocks)}
+            ),
             1,
             "Cache configuration.",
         )
@@ -205,14 +246,23 @@ class MetricsRenderer:
         w.gauge("trtllm_kv_cache_utilization", lab, e.kv_usage, "KV cache utilization (0..1).")
         w.gauge("trtllm_kv_cache_tokens_per_block", lab, cfg.block_size, "Tokens per KV cache block.")
         w.gauge("trtllm_kv_cache_max_blocks", lab, cfg.num_gpu_blocks, "Maximum number of KV cache blocks.")
-        w.counter("trtllm_request_success_total", lab, sum(v for k, v in s.finished.items() if k != "abort"), "Count of successfully processed requests.")
+        w.counter(
+            "trtllm_request_success_total",
+            lab,
+            sum(v for k, v in s.finished.items() if k != "abort"),
+            "Count of successfully processed requests.",
+        )
         self._histograms(
             w,
             [
                 ("trtllm_time_to_first_token_seconds", s.ttft, "Histogram of time to first token in seconds."),
                 ("trtllm_time_per_output_token_seconds", s.itl, "Histogram of time per output token in seconds."),
                 ("trtllm_e2e_request_latency_seconds", s.e2e, "Histogram of end to end request latency in seconds."),
-                ("trtllm_request_queue_time_seconds", s.queue_time, "Histogram of time spent in WAITING phase for request."),
+                (
+                    "trtllm_request_queue_time_seconds",
+                    s.queue_time,
+                    "Histogram of time spent in WAITING phase for request.",
+                ),
             ],
             lab,
         )
@@ -248,7 +298,13 @@ class MetricsRenderer:
         w.sample("nv_inference_request_success", lab, sum(v for k, v in s.finished.items() if k != "abort"))
         self._histograms(
             w,
-            [("nv_inference_first_response_histogram_ms", s.ttft, "Duration from request to first response (engine seconds in the simulator)")],
+            [
+                (
+                    "nv_inference_first_response_histogram_ms",
+                    s.ttft,
+                    "Duration from request to first response (engine seconds in the simulator)",
+                )
+            ],
             lab,
         )
         return w.text()

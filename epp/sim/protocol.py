@@ -26,7 +26,9 @@ class ApiError(Exception):
         self.param = param
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}})
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}}
+        )
 
 
 @dataclass(slots=True)
@@ -92,7 +94,9 @@ def parse_request(raw: bytes, chat: bool) -> ParsedRequest:
             prompt = prompt[0]
         if isinstance(prompt, str):
             prompt_text = prompt
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        elif (
+            isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        ):
             prompt_ids = prompt
         elif isinstance(prompt, list) and len(prompt) > 1:
             raise ApiError(400, "the simulator supports one prompt per request", param="prompt")
@@ -113,7 +117,7 @@ def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -
 class ResponseWriter:
     """Bytes for one request's responses."""
 
-    __slots__ = ("chat", "rid", "created", "model_json", "_head", "_tail", "_obj")
+    __slots__ = ("_head", "_obj", "_tail", "chat", "created", "model_json", "rid")
 
     def __init__(self, chat: bool, request_id: str, model: str, created: int | None = None) -> None:
         self.chat = chat
@@ -144,15 +148,26 @@ class ResponseWriter:
 
     def token_chunk(self, text_json: bytes, finish_reason: str | None) -> bytes:
         if finish_reason is None:
-            end = b"null,\"stop_reason\":null}]}\n\n" if not self.chat else b"null}]}\n\n"
+            end = b'null,"stop_reason":null}]}\n\n' if not self.chat else b"null}]}\n\n"
         else:
             end = (b'"%s","stop_reason":null}]}\n\n' if not self.chat else b'"%s"}]}\n\n') % finish_reason.encode()
         return self._head + text_json + self._tail + end
 
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
-        return b"data: " + orjson.dumps(
-            {"id": self.rid, "object": self._obj, "created": self.created, "model": orjson.loads(self.model_json), "choices": [], "usage": usage}
-        ) + b"\n\n"
+        return (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": self.rid,
+                    "object": self._obj,
+                    "created": self.created,
+                    "model": orjson.loads(self.model_json),
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+            + b"\n\n"
+        )
 
     def full(self, text: str, finish_reason: str, usage: dict[str, Any]) -> bytes:
         model = orjson.loads(self.model_json)
@@ -166,9 +181,25 @@ class ResponseWriter:
             }
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None, "prompt_logprobs": None}
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
             obj = "text_completion"
-        return orjson.dumps({"id": self.rid, "object": obj, "created": self.created, "model": model, "choices": [choice], "usage": usage})
+        return orjson.dumps(
+            {
+                "id": self.rid,
+                "object": obj,
+                "created": self.created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
 
 
 DONE = b"data: [DONE]\n\n"

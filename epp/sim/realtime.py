@@ -11,8 +11,9 @@ instead of hiding it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from epp.sim.engine import Engine, SimRequest, StepResult
 
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class RealtimeDriver:
-    def __init__(self, engine: Engine, time_scale: float = 1.0, on_step: Callable[[StepResult], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, time_scale: float = 1.0, on_step: Callable[[StepResult], None] | None = None
+    ) -> None:
         self.engine = engine
         self.time_scale = time_scale
         self.on_step = on_step
@@ -52,10 +55,8 @@ class RealtimeDriver:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         engine, loop, scale = self.engine, self._loop, self.time_scale

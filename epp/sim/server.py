@@ -19,8 +19,8 @@ import orjson
 from aiohttp import web
 
 from epp.sim.costmodel import CostModel
-from epp.sim.hftokenizer import HFTokenizer
 from epp.sim.engine import FINISHED, Engine, EngineConfig, SimRequest, StepResult, TokenEvent
+from epp.sim.hftokenizer import HFTokenizer
 from epp.sim.kvevents import KVEventPublisher, offset_endpoint
 from epp.sim.metrics import CONTENT_TYPE, MetricsRenderer
 from epp.sim.protocol import DONE, ApiError, ParsedRequest, ResponseWriter, parse_request, usage_dict
@@ -89,8 +89,13 @@ class TokenSink:
 
 
 class SimServer:
-    def __init__(self, cfg: ReplicaConfig, tokenizer: Tokenizer | None = None, vocab: OutputVocab | None = None,
-                 prompt_tokenizer: PromptTokenizer | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ReplicaConfig,
+        tokenizer: Tokenizer | None = None,
+        vocab: OutputVocab | None = None,
+        prompt_tokenizer: PromptTokenizer | None = None,
+    ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer or Tokenizer()
         self.vocab = vocab or OutputVocab(self.tokenizer)
@@ -148,8 +153,14 @@ class SimServer:
             replay = self.cfg.kv_events_replay_endpoint
             if replay:
                 replay = offset_endpoint(replay, self.cfg.index)
-            self.publisher = KVEventPublisher(ep, topic, self.cfg.kv_events_format, connect=self.cfg.kv_events_connect,
-                                              replay_endpoint=replay, buffer_steps=self.cfg.kv_events_buffer_steps)
+            self.publisher = KVEventPublisher(
+                ep,
+                topic,
+                self.cfg.kv_events_format,
+                connect=self.cfg.kv_events_connect,
+                replay_endpoint=replay,
+                buffer_steps=self.cfg.kv_events_buffer_steps,
+            )
             if replay:
                 self._replay_task = asyncio.create_task(self._serve_replays())
         self.driver.start()
@@ -201,17 +212,46 @@ class SimServer:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def models(self, request: web.Request) -> web.Response:
-        perm = [{"id": "modelperm-sim", "object": "model_permission", "created": self.created, "allow_create_engine": False,
-                 "allow_sampling": True, "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                 "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False}]
+        perm = [
+            {
+                "id": "modelperm-sim",
+                "object": "model_permission",
+                "created": self.created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ]
         data = [
-            {"id": n, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.cfg.model,
-             "parent": None, "max_model_len": self.cfg.engine.max_model_len, "permission": perm}
+            {
+                "id": n,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "vllm",
+                "root": self.cfg.model,
+                "parent": None,
+                "max_model_len": self.cfg.engine.max_model_len,
+                "permission": perm,
+            }
             for n in self.cfg.names
         ]
         data += [
-            {"id": a, "object": "model", "created": self.created, "owned_by": "vllm", "root": f"/adapters/{a}",
-             "parent": self.cfg.names[0], "max_model_len": None, "permission": perm}
+            {
+                "id": a,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "vllm",
+                "root": f"/adapters/{a}",
+                "parent": self.cfg.names[0],
+                "max_model_len": None,
+                "permission": perm,
+            }
             for a in self.cfg.lora_modules
         ]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
@@ -239,7 +279,8 @@ class SimServer:
             if n >= limit:
                 raise ApiError(
                     400,
-                    f"This model's maximum context length is {limit} tokens. However, your request has {n} input tokens. "
+                    f"This model's maximum context length is {limit} tokens. "
+                    f"However, your request has {n} input tokens. "
                     "Please reduce the length of the input messages.",
                 )
             max_tokens = limit - n
@@ -248,8 +289,10 @@ class SimServer:
             if n + max_tokens > limit:
                 raise ApiError(
                     400,
-                    f"This model's maximum context length is {limit} tokens. However, you requested {n + max_tokens} tokens "
-                    f"({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                    f"This model's maximum context length is {limit} tokens. "
+                    f"However, you requested {n + max_tokens} tokens "
+                    f"({n} in the messages, {max_tokens} in the completion). "
+                    "Please reduce the length of the messages or completion.",
                 )
         key = request_key(cfg.seed, ids)
         if p.ignore_eos:
@@ -286,8 +329,12 @@ class SimServer:
             ids = self._render_ids(raw, chat)
         except ApiError as e:
             return self._error(e)
-        return web.Response(body=orjson.dumps({"count": len(ids), "max_model_len": self.cfg.engine.max_model_len,
-                                               "tokens": ids, "token_strs": None}), content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(
+                {"count": len(ids), "max_model_len": self.cfg.engine.max_model_len, "tokens": ids, "token_strs": None}
+            ),
+            content_type="application/json",
+        )
 
     async def render_completion(self, request: web.Request) -> web.Response:
         return await self._render(request, chat=False)
@@ -340,7 +387,9 @@ class SimServer:
                 if evs[-1].finished:
                     break
             usage = usage_dict(req.num_prompt_tokens, req.num_output_tokens, max(0, req.num_cached_tokens))
-            return web.Response(body=writer.full("".join(texts), req.finish_reason, usage), content_type="application/json")
+            return web.Response(
+                body=writer.full("".join(texts), req.finish_reason, usage), content_type="application/json"
+            )
         finally:
             if submitted and req.status != FINISHED:
                 driver.abort(req.request_id)
@@ -348,7 +397,9 @@ class SimServer:
     async def _stream(
         self, request: web.Request, p: ParsedRequest, req: SimRequest, sink: TokenSink, writer: ResponseWriter
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         by_id = self._by_id
         first = True
@@ -361,10 +412,16 @@ class SimServer:
             done = evs[-1].finished
             last = len(evs) - 1
             for i, ev in enumerate(evs):
-                parts.append(writer.token_chunk(by_id[ev.token_id].json, req.finish_reason if (done and i == last) else None))
+                parts.append(
+                    writer.token_chunk(by_id[ev.token_id].json, req.finish_reason if (done and i == last) else None)
+                )
             if done:
                 if p.include_usage:
-                    parts.append(writer.usage_chunk(usage_dict(req.num_prompt_tokens, req.num_output_tokens, max(0, req.num_cached_tokens))))
+                    parts.append(
+                        writer.usage_chunk(
+                            usage_dict(req.num_prompt_tokens, req.num_output_tokens, max(0, req.num_cached_tokens))
+                        )
+                    )
                 parts.append(DONE)
             try:
                 await resp.write(b"".join(parts))

@@ -11,8 +11,9 @@ first, so the special tokens and role headers cost tokens as they do on a real s
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import xxhash
 
@@ -137,8 +138,8 @@ def render_chat(messages: Iterable[dict[str, Any]], add_generation_prompt: bool 
 # back to exactly one token each (" " + word, at most _MAX_WORD chars), so a client that
 # sends a generated answer back in the next turn re-tokenizes it to the same ids and gets
 # prefix-cache hits, as with a real model.
-_ONSETS = "b c d f g h k l m n p r s t v z".split()
-_VOWELS = "a e i o u".split()
+_ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z"]
+_VOWELS = ["a", "e", "i", "o", "u"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from epp.sim.engine import Engine, SimRequest, StepResult
 
@@ -60,7 +60,9 @@ _ARRIVE, _ADD, _STEP_END, _CALL = 0, 1, 2, 3
 
 
 class VirtualFleet:
-    def __init__(self, engines: list[Engine], frontend_latency: float | None = None, keep_token_times: bool = False) -> None:
+    def __init__(
+        self, engines: list[Engine], frontend_latency: float | None = None, keep_token_times: bool = False
+    ) -> None:
         self.engines = engines
         self.frontend_latency = frontend_latency
         self.keep_token_times = keep_token_times
@@ -85,7 +87,9 @@ class VirtualFleet:
     def call_at(self, t: float, fn: Callable[[], None]) -> None:
         self._push(t, _CALL, fn)
 
-    def run_trace(self, trace: list[TraceItem], route: Route | None = None, until: float | None = None) -> list[RequestRecord]:
+    def run_trace(
+        self, trace: list[TraceItem], route: Route | None = None, until: float | None = None
+    ) -> list[RequestRecord]:
         self._route = route
         for item in trace:
             self.submit(item)
@@ -117,7 +121,7 @@ class VirtualFleet:
             before = len(self._parked)
             self._arrive(item, None, arrival)
             if until_placed and len(self._parked) == before:
-                self._parked.extend(parked[k + 1:])
+                self._parked.extend(parked[k + 1 :])
                 return
 
     @property

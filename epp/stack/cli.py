@@ -34,12 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epp-health-port", type=int, default=9003)
     p.add_argument("--epp-metrics-port", type=int, default=9090)
     p.add_argument("--config-file", default="", help="EndpointPickerConfig for the EPP")
-    p.add_argument("--nginx-picker", choices=("bridge", "epp"), default="bridge",
-                   help="nginx: ask epp-bridge (ext_proc to the EPP) or the EPP's own HTTP picker port")
+    p.add_argument(
+        "--nginx-picker",
+        choices=("bridge", "epp"),
+        default="bridge",
+        help="nginx: ask epp-bridge (ext_proc to the EPP) or the EPP's own HTTP picker port",
+    )
     p.add_argument("--bridge-port", type=int, default=54800, help="nginx: epp-bridge port")
     p.add_argument("--picker-port", type=int, default=9004, help="nginx: the EPP's HTTP picker port")
-    p.add_argument("--failure-mode", choices=("close", "open"), default="close",
-                   help="nginx: without a pick, answer 5xx (close) or use any pool server (open)")
+    p.add_argument(
+        "--failure-mode",
+        choices=("close", "open"),
+        default="close",
+        help="nginx: without a pick, answer 5xx (close) or use any pool server (open)",
+    )
     args = p.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="epp-stack-"))
@@ -52,16 +60,38 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
     try:
-        sim = Proc("epp-sim", [bin_path("epp-sim"), "--replicas", str(args.replicas), "--port", str(sim_ports[0]),
-                               "--model", MODEL, "--time-scale", args.time_scale], workdir / "sim.log").start()
+        sim = Proc(
+            "epp-sim",
+            [
+                bin_path("epp-sim"),
+                "--replicas",
+                str(args.replicas),
+                "--port",
+                str(sim_ports[0]),
+                "--model",
+                MODEL,
+                "--time-scale",
+                args.time_scale,
+            ],
+            workdir / "sim.log",
+        ).start()
         procs.append(sim)
         for port in sim_ports:
             wait_port(port, proc=sim.popen)
         print(f"epp-sim: {args.replicas} servers on 127.0.0.1:{sim_ports[0]}-{sim_ports[-1]}", flush=True)
 
-        epp_args = [bin_path("epp"), "--static-endpoints", ",".join(f"127.0.0.1:{q}" for q in sim_ports),
-                    "--grpc-port", str(args.epp_port), "--grpc-health-port", str(args.epp_health_port),
-                    "--metrics-port", str(args.epp_metrics_port), "--health-checking"]
+        epp_args = [
+            bin_path("epp"),
+            "--static-endpoints",
+            ",".join(f"127.0.0.1:{q}" for q in sim_ports),
+            "--grpc-port",
+            str(args.epp_port),
+            "--grpc-health-port",
+            str(args.epp_health_port),
+            "--metrics-port",
+            str(args.epp_metrics_port),
+            "--health-checking",
+        ]
         if args.config_file:
             epp_args += ["--config-file", args.config_file]
         if args.gateway == "nginx" and args.nginx_picker == "epp":
@@ -69,16 +99,22 @@ def main(argv: list[str] | None = None) -> None:
         epp = Proc("epp", epp_args, workdir / "epp.log").start()
         procs.append(epp)
         wait_port(args.epp_port, proc=epp.popen)
-        print(f"epp: ext_proc on 127.0.0.1:{args.epp_port} (TLS), metrics http://127.0.0.1:{args.epp_metrics_port}"
-              "/metrics", flush=True)
+        print(
+            f"epp: ext_proc on 127.0.0.1:{args.epp_port} (TLS), metrics http://127.0.0.1:{args.epp_metrics_port}"
+            "/metrics",
+            flush=True,
+        )
 
         if args.gateway == "nginx":
             start_nginx(args, sim_ports, workdir, procs)
         else:
             start_envoy(args, sim_ports, workdir, procs)
-        print("Try:\n  curl -s http://127.0.0.1:%d/v1/chat/completions -H 'content-type: application/json' \\\n"
-              "    -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],"
-              "\"max_tokens\":16}' -i\n\nCtrl-C stops everything." % (args.port, MODEL), flush=True)
+        print(
+            f"Try:\n  curl -s http://127.0.0.1:{args.port}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            f'    -d \'{{"model":"{MODEL}","messages":[{{"role":"user","content":"Hello!"}}],'
+            '"max_tokens":16}\' -i\n\nCtrl-C stops everything.',
+            flush=True,
+        )
         while all(proc.alive for proc in procs):
             time.sleep(0.5)
         dead = next(proc for proc in procs if not proc.alive)
@@ -99,11 +135,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def start_envoy(args: argparse.Namespace, sim_ports: list[int], workdir: Path, procs: list[Proc]) -> None:
-    conf = envoyconf.render(args.envoy_config, listen_port=args.port, admin_port=free_admin_port(),
-                            epp_port=args.epp_port, pool=[("127.0.0.1", q) for q in sim_ports])
+    conf = envoyconf.render(
+        args.envoy_config,
+        listen_port=args.port,
+        admin_port=free_admin_port(),
+        epp_port=args.epp_port,
+        pool=[("127.0.0.1", q) for q in sim_ports],
+    )
     conf_path = envoyconf.write(conf, workdir / "envoy.yaml")
-    envoy = Proc("envoy", [bin_path("envoy"), "-c", str(conf_path), "--concurrency", "1",
-                           "--log-level", "warn"], workdir / "envoy.log").start()
+    envoy = Proc(
+        "envoy",
+        [bin_path("envoy"), "-c", str(conf_path), "--concurrency", "1", "--log-level", "warn"],
+        workdir / "envoy.log",
+    ).start()
     procs.append(envoy)
     wait_port(args.port, proc=envoy.popen)
     print(f"envoy: gateway on http://127.0.0.1:{args.port} ({args.envoy_config}); logs in {workdir}\n")
@@ -114,22 +158,37 @@ def start_nginx(args: argparse.Namespace, sim_ports: list[int], workdir: Path, p
         wait_port(args.picker_port, proc=procs[-1].popen)
         picker_url = f"http://127.0.0.1:{args.picker_port}/"
     else:
-        bridge = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(args.bridge_port),
-                                     "--metrics-port", str(args.bridge_port + 1)], workdir / "bridge.log").start()
+        bridge = Proc(
+            "epp-bridge",
+            [bin_path("epp-bridge"), "--port", str(args.bridge_port), "--metrics-port", str(args.bridge_port + 1)],
+            workdir / "bridge.log",
+        ).start()
         procs.append(bridge)
         wait_port(args.bridge_port, proc=bridge.popen)
         picker_url = f"http://127.0.0.1:{args.bridge_port}/"
-        print(f"epp-bridge: http://127.0.0.1:{args.bridge_port}, metrics http://127.0.0.1:{args.bridge_port + 1}"
-              "/metrics", flush=True)
+        print(
+            f"epp-bridge: http://127.0.0.1:{args.bridge_port}, metrics http://127.0.0.1:{args.bridge_port + 1}/metrics",
+            flush=True,
+        )
     prefix = workdir / "nginx"
-    nginxconf.write(nginxconf.NginxSettings(listen_port=args.port, picker_url=picker_url, epp_port=args.epp_port,
-                                            pool=[f"127.0.0.1:{q}" for q in sim_ports],
-                                            failure_mode=args.failure_mode), prefix)
+    nginxconf.write(
+        nginxconf.NginxSettings(
+            listen_port=args.port,
+            picker_url=picker_url,
+            epp_port=args.epp_port,
+            pool=[f"127.0.0.1:{q}" for q in sim_ports],
+            failure_mode=args.failure_mode,
+        ),
+        prefix,
+    )
     nginx = Proc("nginx", nginxconf.command(prefix), workdir / "nginx.out").start()
     procs.append(nginx)
     wait_port(args.port, proc=nginx.popen)
-    print(f"nginx: gateway on http://127.0.0.1:{args.port} (picker {picker_url}, fail-{args.failure_mode}); "
-          f"access log {prefix / 'access.log'}\n", flush=True)
+    print(
+        f"nginx: gateway on http://127.0.0.1:{args.port} (picker {picker_url}, fail-{args.failure_mode}); "
+        f"access log {prefix / 'access.log'}\n",
+        flush=True,
+    )
 
 
 def free_admin_port() -> int:

@@ -19,9 +19,18 @@ def _socket(port: int, host: str = "127.0.0.1") -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def render(kind: str, *, listen_port: int, admin_port: int, epp_port: int, pool: list[tuple[str, int]] = (),
-           epp_tls: bool = True, failure_mode_allow: bool | None = None,
-           lb: str | None = None, more_epp_ports: tuple[int, ...] = ()) -> dict[str, Any]:
+def render(
+    kind: str,
+    *,
+    listen_port: int,
+    admin_port: int,
+    epp_port: int,
+    pool: list[tuple[str, int]] = (),
+    epp_tls: bool = True,
+    failure_mode_allow: bool | None = None,
+    lb: str | None = None,
+    more_epp_ports: tuple[int, ...] = (),
+) -> dict[str, Any]:
     """Load deploy/envoy/<kind>.yaml and point it at the given ports.
 
     `lb` ("round_robin" / "least_request") turns the file into a no-EPP baseline: the ext_proc
@@ -48,7 +57,8 @@ def render(kind: str, *, listen_port: int, admin_port: int, epp_port: int, pool:
         extproc["typed_config"]["failure_mode_allow"] = failure_mode_allow
     if "pool" in clusters and pool:
         clusters["pool"]["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
-            {"endpoint": {"address": _socket(p, h)}} for h, p in pool]
+            {"endpoint": {"address": _socket(p, h)}} for h, p in pool
+        ]
     if lb is not None:
         filters.remove(extproc)
         route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
@@ -63,10 +73,13 @@ def _baseline_cluster(pool: list[tuple[str, int]], lb: str) -> dict[str, Any]:
         "type": "STATIC",
         "connect_timeout": "5s",
         "lb_policy": {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST"}[lb],
-        "circuit_breakers": {"thresholds": [{"max_connections": 40000, "max_pending_requests": 40000,
-                                             "max_requests": 40000}]},
-        "load_assignment": {"cluster_name": "baseline", "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": _socket(p, h)}} for h, p in pool]}]},
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": 40000, "max_pending_requests": 40000, "max_requests": 40000}]
+        },
+        "load_assignment": {
+            "cluster_name": "baseline",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(p, h)}} for h, p in pool]}],
+        },
     }
 
 

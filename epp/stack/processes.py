@@ -80,11 +80,18 @@ class Proc:
     env: dict[str, str] | None = None
     popen: subprocess.Popen | None = field(default=None, init=False)
 
-    def start(self) -> "Proc":
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+    def start(self) -> Proc:
         env = dict(os.environ, **(self.env or {}))
-        self.popen = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env=env)
+        if not self.log_path:
+            self.popen = subprocess.Popen(
+                self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+            return self
+        # The child keeps its own copy of the descriptor; ours is closed once it has started.
+        with open(self.log_path, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         return self
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 TOKEN_TYPECODE = "I" if array("I").itemsize == 4 else "L"
 

@@ -27,8 +27,13 @@ class TokenizerLoadError(ValueError):
 
 
 class LocalTokenizer:
-    def __init__(self, path: str | Path, chat_template: str | None = None, add_bos: bool | None = None,
-                 segment_cache_tokens: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        chat_template: str | None = None,
+        add_bos: bool | None = None,
+        segment_cache_tokens: int = 2_000_000,
+    ) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -64,8 +69,11 @@ class LocalTokenizer:
             except Exception as exc:
                 raise TokenizerLoadError(f"chat template: {exc}") from None
         specials = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")") \
-            if specials else None
+        self._split = (
+            re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")")
+            if specials
+            else None
+        )
         self._special_ids = {s: self._tok.token_to_id(s) for s in specials}
         self._bos_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         self.segments = TokenCache(segment_cache_tokens)
@@ -73,8 +81,9 @@ class LocalTokenizer:
     def render(self, messages: list[dict[str, Any]]) -> str:
         if self._template is None:
             raise TokenizerLoadError("this tokenizer has no chat template (tokenizer_config.json chat_template)")
-        return self._template.render(messages=messages, add_generation_prompt=True, bos_token=self.bos_token,
-                                     eos_token=self.eos_token)
+        return self._template.render(
+            messages=messages, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
+        )
 
     def encode_text(self, text: str) -> list[int]:
         if self._split is None:

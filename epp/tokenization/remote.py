@@ -54,8 +54,9 @@ class RemoteTokenizer:
         try:
             resp = await asyncio.wait_for(
                 self._http().post(url, content=orjson.dumps(body), headers={"content-type": "application/json"}),
-                self.timeout_s)
-        except (httpx.HTTPError, asyncio.TimeoutError, OSError) as exc:
+                self.timeout_s,
+            )
+        except (TimeoutError, httpx.HTTPError, OSError) as exc:
             raise RemoteTokenizeError(f"{url}: {type(exc).__name__} {exc}") from None
         if resp.status_code != 200:
             raise RemoteTokenizeError(f"{url}: HTTP {resp.status_code}")

@@ -126,8 +126,21 @@ class DecisionServer:
                     except EppError as err:
                         send(ipc.encode([ipc.ERROR, rid, err.code.value, err.message]))
                         continue
-                    send(ipc.encode([ipc.DECISION, rid, decision.destination, None, decision.set_headers,
-                                     decision.remove_headers, [], "", ""]))
+                    send(
+                        ipc.encode(
+                            [
+                                ipc.DECISION,
+                                rid,
+                                decision.destination,
+                                None,
+                                decision.set_headers,
+                                decision.remove_headers,
+                                [],
+                                "",
+                                "",
+                            ]
+                        )
+                    )
                 elif kind == ipc.STREAMS:
                     if not streams.ready:
                         streams.index, streams.ready = m[1], True
@@ -151,11 +164,23 @@ class DecisionServer:
         self.routed += 1
         relay = ex.relay
         body = d.body if d.body is not req.body else None  # unchanged: the worker has it
-        return ipc.encode([ipc.DECISION, rid, d.destination, body, d.set_headers, d.remove_headers,
-                           relay.extra_headers, relay.incoming_model, relay.target_model])
+        return ipc.encode(
+            [
+                ipc.DECISION,
+                rid,
+                d.destination,
+                body,
+                d.set_headers,
+                d.remove_headers,
+                relay.extra_headers,
+                relay.incoming_model,
+                relay.target_model,
+            ]
+        )
 
-    async def _settle(self, rid: int, ex: Exchange, req: IncomingRequest, writer: asyncio.StreamWriter,
-                      holds: dict[int, asyncio.Task]) -> None:
+    async def _settle(
+        self, rid: int, ex: Exchange, req: IncomingRequest, writer: asyncio.StreamWriter, holds: dict[int, asyncio.Task]
+    ) -> None:
         """A held request: answered once the gate lets it go."""
         try:
             decision = await ex.route_when_released(req, held=True)

@@ -3,8 +3,9 @@
 Each worker listens on its own SO_REUSEPORT socket on the ext_proc port and the kernel spreads
 new connections over them by a hash of the connection's addresses. The decision process holds
 a bound, non-listening socket in the same group for as long as it runs: the port stays taken
-(a second EPP's start-up check still fails) and a restarted worker can join again. A worker that dies is started again at once (then at most once a
-second); its connection to the decision process ends with it, which releases every request
+(a second EPP's start-up check still fails) and a restarted worker can join again. A worker
+that dies is started again at once (then at most once a second); its connection to the decision
+process ends with it, which releases every request
 it had in flight (decisions.py).
 """
 
@@ -17,8 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Callable
 
 from epp.workers.decisions import DecisionServer
 from epp.workers.worker import WorkerSpec
@@ -30,8 +31,9 @@ START_TIMEOUT_SECONDS = 30.0
 
 
 class WorkerPool:
-    def __init__(self, count: int, spec: WorkerSpec, decisions: DecisionServer,
-                 on_restart: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, count: int, spec: WorkerSpec, decisions: DecisionServer, on_restart: Callable[[], None] | None = None
+    ) -> None:
         self.count = count
         self.on_restart = on_restart
         self.spec = spec
@@ -44,8 +46,11 @@ class WorkerPool:
 
     def _spawn(self, i: int) -> None:
         spec = replace(self.spec, index=i)
-        self.procs[i] = subprocess.Popen([sys.executable, "-m", "epp.workers.worker", json.dumps(asdict(spec))],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, "-m", "epp.workers.worker", json.dumps(asdict(spec))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
         self._last_start[i] = time.monotonic()
 
     async def start(self) -> None:
@@ -57,8 +62,10 @@ class WorkerPool:
                 if p is not None and p.poll() is not None:
                     raise RuntimeError(f"ext_proc worker {i} exited at start-up with status {p.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {self.decisions.ready_workers} of {self.count} ext_proc workers started "
-                                   f"within {START_TIMEOUT_SECONDS:g}s")
+                raise RuntimeError(
+                    f"only {self.decisions.ready_workers} of {self.count} ext_proc workers started "
+                    f"within {START_TIMEOUT_SECONDS:g}s"
+                )
             await asyncio.sleep(0.02)
         self._monitor = asyncio.create_task(self._watch())
 
@@ -71,8 +78,9 @@ class WorkerPool:
                 wait = RESTART_BACKOFF_SECONDS - (time.monotonic() - self._last_start[i])
                 if wait > 0 and self.restarts:
                     continue  # it died soon after its last start: try again a little later
-                log.warning("ext_proc worker %d (pid %d) exited with status %s; starting it again", i, p.pid,
-                            p.returncode)
+                log.warning(
+                    "ext_proc worker %d (pid %d) exited with status %s; starting it again", i, p.pid, p.returncode
+                )
                 self.restarts += 1
                 if self.on_restart is not None:
                     self.on_restart()

@@ -10,19 +10,20 @@ its streams have finished, at most the grace it is given).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from epp.errors import EppError, ErrorCode
 from epp.observability import logs
-from epp.observability.health import NOT_SERVING, UNKNOWN, KNOWN_SERVICES
+from epp.observability.health import KNOWN_SERVICES, NOT_SERVING, UNKNOWN
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requestcontrol.relay import ResponseRelay
 from epp.workers import ipc
@@ -65,10 +66,8 @@ class RemoteHealth:
         return self.statuses.get(service, UNKNOWN)
 
     async def changed(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 class DecisionClient:
@@ -79,7 +78,7 @@ class DecisionClient:
         self._ids = itertools.count(1)
         self.send = writer.write
 
-    def exchange(self) -> "RemoteExchange":
+    def exchange(self) -> RemoteExchange:
         return RemoteExchange(self, next(self._ids))
 
     async def run(self) -> None:
@@ -106,7 +105,7 @@ class RemoteExchange:
     response relayed here. Asking is a hold in the protocol's terms: `route()` answers None
     until the decision has come, `wait_to_route()` waits for it."""
 
-    __slots__ = ("client", "id", "relay", "decision", "error", "waiter", "prefill_pending", "closed", "asked")
+    __slots__ = ("asked", "client", "closed", "decision", "error", "id", "prefill_pending", "relay", "waiter")
 
     def __init__(self, client: DecisionClient, rid: int) -> None:
         self.client = client

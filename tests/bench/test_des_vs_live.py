@@ -78,8 +78,11 @@ def test_same_ranking_and_ttft_ratio_within_tolerance(pairs, same_code) -> None:
         compared += 1
         assert (live_ratio < 1) == (des_ratio < 1), (epp_live["load"], live_ratio, des_ratio)
         if same_code:
-            assert abs(math.log(des_ratio / live_ratio)) <= math.log(TTFT_RATIO_FACTOR), \
-                (epp_live["load"], live_ratio, des_ratio)
+            assert abs(math.log(des_ratio / live_ratio)) <= math.log(TTFT_RATIO_FACTOR), (
+                epp_live["load"],
+                live_ratio,
+                des_ratio,
+            )
     assert compared >= 1
 
 

@@ -24,23 +24,36 @@ def replay(w: Workload, load: float, seed: int) -> list[float]:
     ids = [token_ids(r) for r in w.requests]
     arrivals = poisson_arrivals(len(ids), load * fleet_capacity(w), seed)
     lora_ids = {a: k + 1 for k, a in enumerate(w.fleet.lora_modules)}
-    cfg = EngineConfig(num_gpu_blocks=w.fleet.num_gpu_blocks, max_model_len=min(131_072, w.fleet.num_gpu_blocks * 16),
-                       max_loras=w.fleet.max_loras)
+    cfg = EngineConfig(
+        num_gpu_blocks=w.fleet.num_gpu_blocks,
+        max_model_len=min(131_072, w.fleet.num_gpu_blocks * 16),
+        max_loras=w.fleet.max_loras,
+    )
     engines = [Engine(cfg, CostModel(), lora_ids=lora_ids) for _ in range(w.fleet.replicas)]
-    trace = [TraceItem(arrivals[i], ids[i], r.max_tokens, lora=None if r.model == MODEL else r.model,
-                       request_id=str(i), replica=i % len(engines)) for i, r in enumerate(w.requests)]
+    trace = [
+        TraceItem(
+            arrivals[i],
+            ids[i],
+            r.max_tokens,
+            lora=None if r.model == MODEL else r.model,
+            request_id=str(i),
+            replica=i % len(engines),
+        )
+        for i, r in enumerate(w.requests)
+    ]
     recs = VirtualFleet(engines).run_trace(trace)
     ttft = {int(r.request_id): r.ttft for r in recs}
     return [ttft[i] for i in range(len(w.requests))]
 
 
-@pytest.mark.parametrize("name,load", [("shared-prefix", 0.9), ("hot-prefix", 0.6), ("multi-turn", 0.6),
-                                       ("multi-lora", 0.3)])
+@pytest.mark.parametrize(
+    "name,load", [("shared-prefix", 0.9), ("hot-prefix", 0.6), ("multi-turn", 0.6), ("multi-lora", 0.3)]
+)
 def test_no_request_beats_its_floor_and_the_first_one_meets_it(name, load):
     w = make(name, 1002)
     floors = request_floors(w, [token_ids(r) for r in w.requests])
     ttfts = replay(w, load, 1002)
-    assert all(t >= f - 1e-9 for t, f in zip(ttfts, floors))
+    assert all(t >= f - 1e-9 for t, f in zip(ttfts, floors, strict=True))
     if name != "multi-lora":  # the first adapter request also pays the adapter load, which the floor leaves out
         assert ttfts[0] == pytest.approx(floors[0])  # an idle server gives exactly the floor
 

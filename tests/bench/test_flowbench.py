@@ -18,17 +18,20 @@ SHED = Flow("sheddable", 1.15, objective="sheddable")
 def test_a_flow_is_the_same_requests_alone_and_beside_a_flood() -> None:
     alone = mix((CRIT,), 100.0, 3.0, seed=1, text_seed="alone")
     flooded = mix((CRIT, SHED), 100.0, 3.0, seed=1, text_seed="flooded")
-    crit = [(a, r) for a, r, f in zip(flooded.arrivals, flooded.requests, flooded.flows) if f == "critical"]
+    crit = [
+        (a, r) for a, r, f in zip(flooded.arrivals, flooded.requests, flooded.flows, strict=True) if f == "critical"
+    ]
     assert [a for a, _ in crit] == alone.arrivals
     assert [r.max_tokens for _, r in crit] == [r.max_tokens for r in alone.requests]
     assert [len(r.prompt.split()) for _, r in crit] == [len(r.prompt.split()) for r in alone.requests]
     # ... but not the same text: the second run cannot hit the first one's prefix cache.
-    assert all(r1.prompt != r2.prompt for (_, r1), r2 in zip(crit, alone.requests))
+    assert all(r1.prompt != r2.prompt for (_, r1), r2 in zip(crit, alone.requests, strict=True))
     assert flooded.arrivals == sorted(flooded.arrivals) and flooded.arrivals[-1] < 3.0
     n_shed = flooded.flows.count("sheddable")
     assert 0.8 * 345 < n_shed < 1.2 * 345  # 1.15 x 100 req/s for 3 s
-    assert {r.headers for r, f in zip(flooded.requests, flooded.flows) if f == "sheddable"} == {
-        ((OBJECTIVE_HEADER, "sheddable"),)}
+    assert {r.headers for r, f in zip(flooded.requests, flooded.flows, strict=True) if f == "sheddable"} == {
+        ((OBJECTIVE_HEADER, "sheddable"),)
+    }
     tenant = mix((Flow("tenant-b", 0.1, fairness_id="tenant-b"),), 100.0, 1.0, seed=1)
     assert tenant.requests and all(r.headers == ((FAIRNESS_HEADER, "tenant-b"),) for r in tenant.requests)
     capped = mix((SHED,), 100.0, 3.0, seed=1, max_per_flow=50)
@@ -48,41 +51,109 @@ def test_every_config_variant_is_one_the_epp_accepts() -> None:
 
 
 def _flow(sent: int, ok: int, p90: float, tok: float, **kw) -> dict:
-    return {"sent": sent, "ok": ok, "http_429": kw.get("e429", 0), "http_503": 0, "other_errors": 0, "errors": {},
-            "ttft_p50": p90 / 2, "ttft_p90": p90, "ttft_p99": p90 * 1.5, "e2e_p90": 1.0, "output_tokens": 0,
-            "output_tokens_per_s": tok, "completed_per_s": 0.0}
+    return {
+        "sent": sent,
+        "ok": ok,
+        "http_429": kw.get("e429", 0),
+        "http_503": 0,
+        "other_errors": 0,
+        "errors": {},
+        "ttft_p50": p90 / 2,
+        "ttft_p90": p90,
+        "ttft_p99": p90 * 1.5,
+        "e2e_p90": 1.0,
+        "output_tokens": 0,
+        "output_tokens_per_s": tok,
+        "completed_per_s": 0.0,
+    }
 
 
 def test_report_headlines_compare_each_variant_with_its_own_baseline() -> None:
     rows = []
     for variant, flooded_p90, shed429 in (("epp-default", 0.4, 30), ("flowcontrol", 0.22, 0)):
-        rows.append({"scenario": "priority", "variant": variant, "run": "alone", "seed": 1, "wall_s": 1,
-                     "flows": {"critical": _flow(100, 100, 0.2, 500.0)}, "fleet_output_tokens_per_s": 500.0})
-        rows.append({"scenario": "priority", "variant": variant, "run": "flooded", "seed": 1, "wall_s": 1,
-                     "flows": {"critical": _flow(100, 100, flooded_p90, 500.0),
-                               "sheddable": _flow(300, 300 - shed429, 0.9, 1500.0, e429=shed429)},
-                     "fleet_output_tokens_per_s": 2000.0})
+        rows.append(
+            {
+                "scenario": "priority",
+                "variant": variant,
+                "run": "alone",
+                "seed": 1,
+                "wall_s": 1,
+                "flows": {"critical": _flow(100, 100, 0.2, 500.0)},
+                "fleet_output_tokens_per_s": 500.0,
+            }
+        )
+        rows.append(
+            {
+                "scenario": "priority",
+                "variant": variant,
+                "run": "flooded",
+                "seed": 1,
+                "wall_s": 1,
+                "flows": {
+                    "critical": _flow(100, 100, flooded_p90, 500.0),
+                    "sheddable": _flow(300, 300 - shed429, 0.9, 1500.0, e429=shed429),
+                },
+                "fleet_output_tokens_per_s": 2000.0,
+            }
+        )
     for variant, tput in (("fc-global-strict", 2000.0), ("fc-round-robin", 1800.0)):
-        rows.append({"scenario": "fairness", "variant": variant, "run": "alone", "seed": 1, "wall_s": 1,
-                     "flows": {"tenant-b": _flow(20, 20, 0.2, 100.0)}, "fleet_output_tokens_per_s": 100.0})
-        rows.append({"scenario": "fairness", "variant": variant, "run": "mixed", "seed": 1, "wall_s": 1,
-                     "flows": {"tenant-a": _flow(200, 200, 0.5, 1700.0), "tenant-b": _flow(20, 20, 0.25, 100.0)},
-                     "fleet_output_tokens_per_s": tput})
-    meta = {"scenarios": {"priority": {"variants": ["epp-default", "flowcontrol"], "runs": [
-        {"label": "flooded", "flows": [{"name": "critical", "load": 0.35}, {"name": "sheddable", "load": 1.15}]}]},
-        "fairness": {"variants": ["fc-global-strict", "fc-round-robin"], "runs": [
-            {"label": "mixed", "flows": [{"name": "tenant-a", "load": 1.18}, {"name": "tenant-b", "load": 0.12}]}]}},
-        "fairness_baseline": "fc-global-strict", "configs": {"flowcontrol": "kind: EndpointPickerConfig\n"}}
+        rows.append(
+            {
+                "scenario": "fairness",
+                "variant": variant,
+                "run": "alone",
+                "seed": 1,
+                "wall_s": 1,
+                "flows": {"tenant-b": _flow(20, 20, 0.2, 100.0)},
+                "fleet_output_tokens_per_s": 100.0,
+            }
+        )
+        rows.append(
+            {
+                "scenario": "fairness",
+                "variant": variant,
+                "run": "mixed",
+                "seed": 1,
+                "wall_s": 1,
+                "flows": {"tenant-a": _flow(200, 200, 0.5, 1700.0), "tenant-b": _flow(20, 20, 0.25, 100.0)},
+                "fleet_output_tokens_per_s": tput,
+            }
+        )
+    meta = {
+        "scenarios": {
+            "priority": {
+                "variants": ["epp-default", "flowcontrol"],
+                "runs": [
+                    {
+                        "label": "flooded",
+                        "flows": [{"name": "critical", "load": 0.35}, {"name": "sheddable", "load": 1.15}],
+                    }
+                ],
+            },
+            "fairness": {
+                "variants": ["fc-global-strict", "fc-round-robin"],
+                "runs": [
+                    {
+                        "label": "mixed",
+                        "flows": [{"name": "tenant-a", "load": 1.18}, {"name": "tenant-b", "load": 0.12}],
+                    }
+                ],
+            },
+        },
+        "fairness_baseline": "fc-global-strict",
+        "configs": {"flowcontrol": "kind: EndpointPickerConfig\n"},
+    }
     rows[3]["time_scale"] = 2.0
     rows[3]["epp_flow_control_metrics"] = {
-        "dispatches_total": 40.0, "requests_total{outcome=Dispatched,priority=-1}": 300.0,
+        "dispatches_total": 40.0,
+        "requests_total{outcome=Dispatched,priority=-1}": 300.0,
         "request_queue_duration_seconds_sum{fairness_id=default-flow,outcome=Dispatched,priority=-1}": 120.0,
-        "request_queue_duration_seconds_count{fairness_id=default-flow,outcome=Dispatched,priority=-1}": 300.0}
+        "request_queue_duration_seconds_count{fairness_id=default-flow,outcome=Dispatched,priority=-1}": 300.0,
+    }
     md = render({"meta": meta, "rows": rows})
     assert md == render({"meta": meta, "rows": rows})
     # 120 wall s over 300 requests at time scale 2: 0.2 simulated s each.
-    assert ("| priority | flowcontrol | flooded | 40 | -1: Dispatched 300 | default-flow/-1/Dispatched: 0.200 |"
-            in md)
+    assert "| priority | flowcontrol | flooded | 40 | -1: Dispatched 300 | default-flow/-1/Dispatched: 0.200 |" in md
     assert "| priority | epp-default | flooded |" not in md.split("## Was flow control engaged?")[1]
     assert "| epp-default | 1 | 0.200 | 0.400 | 2.00 | **no** | 100/100 | 300 | 270 | 30 |" in md
     assert "| flowcontrol | 1 | 0.200 | 0.220 | 1.10 | yes | 100/100 | 300 | 300 | 0 |" in md
@@ -92,16 +163,18 @@ def test_report_headlines_compare_each_variant_with_its_own_baseline() -> None:
 
 
 def test_flow_control_counters_are_read_by_outcome_and_priority() -> None:
-    page = "\n".join([
-        "# TYPE inference_extension_flow_control_requests_total counter",
-        'inference_extension_flow_control_requests_total{outcome="Dispatched",priority="100",inference_pool=""} 5.0',
-        'inference_extension_flow_control_requests_created{outcome="Dispatched",priority="100"} 1.7e9',
-        'llm_d_epp_flow_control_requests_total{outcome="Dispatched",priority="100",inference_pool=""} 5.0',
-        "# TYPE inference_extension_flow_control_queue_size gauge",
-        'inference_extension_flow_control_queue_size{fairness_id="a",priority="0"} 3.0',
-        'inference_extension_flow_control_request_queue_duration_seconds_bucket{le="1",priority="0"} 2.0',
-        "epp_flow_control_dispatches_total 7.0",
-    ])
+    page = "\n".join(
+        [
+            "# TYPE inference_extension_flow_control_requests_total counter",
+            'inference_extension_flow_control_requests_total{outcome="Dispatched",priority="100",inference_pool=""} 5.0',
+            'inference_extension_flow_control_requests_created{outcome="Dispatched",priority="100"} 1.7e9',
+            'llm_d_epp_flow_control_requests_total{outcome="Dispatched",priority="100",inference_pool=""} 5.0',
+            "# TYPE inference_extension_flow_control_queue_size gauge",
+            'inference_extension_flow_control_queue_size{fairness_id="a",priority="0"} 3.0',
+            'inference_extension_flow_control_request_queue_duration_seconds_bucket{le="1",priority="0"} 2.0',
+            "epp_flow_control_dispatches_total 7.0",
+        ]
+    )
     assert _metric_sums(page) == {"requests_total{outcome=Dispatched,priority=100}": 5.0, "dispatches_total": 7.0}
 
 
@@ -113,7 +186,9 @@ def test_flows_reach_the_epp_under_their_objectives(tmp_path: Path) -> None:
     try:
         router = _start("flowcontrol", CONFIGS["flowcontrol"], fleet, tmp_path)
         try:
-            run = Run("flooded", (Flow("critical", 0.2, objective="critical"), Flow("sheddable", 0.2, objective="sheddable")))
+            run = Run(
+                "flooded", (Flow("critical", 0.2, objective="critical"), Flow("sheddable", 0.2, objective="sheddable"))
+            )
             row = run_flow_mix(run, "priority", "flowcontrol", router, fleet, 25.0, 1.0, 1, opts, lambda _: None)
         finally:
             router.stop()

@@ -48,26 +48,51 @@ def test_no_request_of_a_warm_stage_beats_its_carried_floor_in_virtual_time():
     joined = Workload("hot-prefix", warm.requests + stage.requests, warm.fleet)
     floors = request_floors(joined, [token_ids(r) for r in joined.requests])
     ttfts = replay(joined, 0.5, 3)
-    assert all(t >= f - 1e-9 for t, f in zip(ttfts, floors))
-    assert min(t - f for t, f in zip(ttfts, floors)) < 0.005  # and some request meets it
+    assert all(t >= f - 1e-9 for t, f in zip(ttfts, floors, strict=True))
+    assert min(t - f for t, f in zip(ttfts, floors, strict=True)) < 0.005  # and some request meets it
 
 
-def _row(router: str, stage: str, load: float, seed: int, p90: float, tput: float, shape: str = "shared-prefix",
-         floor: float = 0.1, ok: float = 1.0) -> dict:
-    return {"router": router, "stage": stage, "load": load, "seed": seed, "ttft_p90": p90, "floor_p90": floor,
-            "excess_p90": round(p90 - floor, 4), "output_tokens_per_s": tput, "success_rate": ok,
-            "prefix_cache_hit_rate": 0.8, "shape": shape, "resident_share": 0.183, "capacity": 31.0}
+def _row(
+    router: str,
+    stage: str,
+    load: float,
+    seed: int,
+    p90: float,
+    tput: float,
+    shape: str = "shared-prefix",
+    floor: float = 0.1,
+    ok: float = 1.0,
+) -> dict:
+    return {
+        "router": router,
+        "stage": stage,
+        "load": load,
+        "seed": seed,
+        "ttft_p90": p90,
+        "floor_p90": floor,
+        "excess_p90": round(p90 - floor, 4),
+        "output_tokens_per_s": tput,
+        "success_rate": ok,
+        "prefix_cache_hit_rate": 0.8,
+        "shape": shape,
+        "resident_share": 0.183,
+        "capacity": 31.0,
+    }
 
 
 def test_report_compares_excess_over_the_floor_not_raw_p90(tmp_path):
     rows = []
     for seed in (1, 2):
-        rows += [_row("epp", "s1", 0.5, seed, 0.15, 1000), _row("epp", "s2", 1.1, seed, 0.20, 2300),
-                 _row("smg-cache_aware", "s1", 0.5, seed, 0.30, 1000), _row("smg-cache_aware", "s2", 1.1, seed, 0.40,
-                                                                            2000),
-                 _row("vllm-router-cache_aware", "s1", 0.5, seed, 0.25, 990),
-                 _row("vllm-router-cache_aware", "s2", 1.1, seed, 0.5, 1900),
-                 _row("envoy-rr", "s1", 0.5, seed, 1.0, 900), _row("envoy-rr", "s2", 1.1, seed, 3.1, 1000)]
+        rows += [
+            _row("epp", "s1", 0.5, seed, 0.15, 1000),
+            _row("epp", "s2", 1.1, seed, 0.20, 2300),
+            _row("smg-cache_aware", "s1", 0.5, seed, 0.30, 1000),
+            _row("smg-cache_aware", "s2", 1.1, seed, 0.40, 2000),
+            _row("vllm-router-cache_aware", "s1", 0.5, seed, 0.25, 990),
+            _row("vllm-router-cache_aware", "s2", 1.1, seed, 0.5, 1900),
+            _row("envoy-rr", "s1", 0.5, seed, 1.0, 900),
+            _row("envoy-rr", "s2", 1.1, seed, 3.1, 1000),
+        ]
     summ = ladderreport.stage_summary(rows, "shared-prefix")
     # Raw p90 0.15 vs 0.25 would be 0.6x; above the floor it is 0.05 / 0.15 = 0.33x.
     assert summ[0]["best_peer"] == "vllm-router-cache_aware"

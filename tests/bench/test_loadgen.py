@@ -55,8 +55,16 @@ def test_failed_requests_lower_the_success_rate(tmp_path: Path) -> None:
         samples = asyncio.run(run_open_loop(fleet.urls[0], reqs, [k * 0.02 for k in range(30)], deadline=20))
     finally:
         fleet.stop()
-    row = summarize(_outcomes(samples), router="failing", workload="w", qps=50, load=None, servers=["sim-0"],
-                    prefix_hits=None, prefix_queries=None)
+    row = summarize(
+        _outcomes(samples),
+        router="failing",
+        workload="w",
+        qps=50,
+        load=None,
+        servers=["sim-0"],
+        prefix_hits=None,
+        prefix_queries=None,
+    )
     failed = sum(1 for s in samples if s.status == 500)
     assert 0 < failed < 30
     assert row["success_rate"] == pytest.approx((30 - failed) / 30, abs=1e-4)
@@ -67,8 +75,16 @@ def test_unreachable_router_is_all_failures() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens
     reqs = [BenchRequest("completions", 4, model=MODEL, prompt="hello")] * 3
     samples = asyncio.run(run_open_loop(url, reqs, [0.0, 0.01, 0.02], deadline=5))
-    row = summarize(_outcomes(samples), router="down", workload="w", qps=100, load=None, servers=[],
-                    prefix_hits=None, prefix_queries=None)
+    row = summarize(
+        _outcomes(samples),
+        router="down",
+        workload="w",
+        qps=100,
+        load=None,
+        servers=[],
+        prefix_hits=None,
+        prefix_queries=None,
+    )
     assert row["success_rate"] == 0.0 and row["ttft_p90"] is None
     assert all(s.error for s in samples)
 

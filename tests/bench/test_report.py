@@ -14,10 +14,23 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def _row(router: str, load: float, ttft: float, tps: float) -> dict:
-    return {"router": router, "workload": "shared-prefix", "qps": 10 * load, "load": load, "requests": 100,
-            "success_rate": 1.0, "ttft_p50": ttft / 2, "ttft_p90": ttft, "ttft_p99": ttft * 1.5, "itl_p50": 0.011,
-            "e2e_p90": ttft + 1, "output_tokens_per_s": tps, "prefix_cache_hit_rate": 0.5,
-            "per_server_share": {"sim-0": 0.75, "sim-1": 0.25}, "mode": "live"}
+    return {
+        "router": router,
+        "workload": "shared-prefix",
+        "qps": 10 * load,
+        "load": load,
+        "requests": 100,
+        "success_rate": 1.0,
+        "ttft_p50": ttft / 2,
+        "ttft_p90": ttft,
+        "ttft_p99": ttft * 1.5,
+        "itl_p50": 0.011,
+        "e2e_p90": ttft + 1,
+        "output_tokens_per_s": tps,
+        "prefix_cache_hit_rate": 0.5,
+        "per_server_share": {"sim-0": 0.75, "sim-1": 0.25},
+        "mode": "live",
+    }
 
 
 def test_committed_report_regenerates_byte_for_byte() -> None:
@@ -27,8 +40,12 @@ def test_committed_report_regenerates_byte_for_byte() -> None:
 
 
 def test_report_is_deterministic_and_shows_every_point(tmp_path: Path) -> None:
-    rows = [_row("epp", 0.5, 0.2, 300.0), _row("envoy-rr", 0.5, 2.0, 150.0), _row("epp", 1.0, 0.4, 500.0),
-            _row("envoy-rr", 1.0, 4.0, 200.0)]
+    rows = [
+        _row("epp", 0.5, 0.2, 300.0),
+        _row("envoy-rr", 0.5, 2.0, 150.0),
+        _row("epp", 1.0, 0.4, 500.0),
+        _row("envoy-rr", 1.0, 4.0, 200.0),
+    ]
     meta = {"machine": {"cpu": "test cpu", "cores": 2, "python": "3.11"}, "skipped": {"smg-x": "pip failed"}}
     (tmp_path / "live.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     first = write_report(tmp_path).read_bytes()

@@ -39,7 +39,12 @@ class Fleet:
 class EppProc:
     def __init__(self, proc: Proc, grpc_port: int, health_port: int, metrics_port: int, args: list[str]) -> None:
         self.proc, self.grpc_port, self.health_port, self.metrics_port, self.args = (
-            proc, grpc_port, health_port, metrics_port, args)
+            proc,
+            grpc_port,
+            health_port,
+            metrics_port,
+            args,
+        )
 
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
@@ -78,8 +83,22 @@ def sim_fleet(procs):
 
     def start(n: int = 2, *args: str, time_scale: str = "0.1") -> Fleet:
         ports = free_ports(n, consecutive=True)
-        p = Proc("epp-sim", [bin_path("epp-sim"), "--replicas", str(n), "--port", str(ports[0]), "--model", MODEL,
-                             "--time-scale", time_scale, *args], tmp / f"sim-{ports[0]}.log").start()
+        p = Proc(
+            "epp-sim",
+            [
+                bin_path("epp-sim"),
+                "--replicas",
+                str(n),
+                "--port",
+                str(ports[0]),
+                "--model",
+                MODEL,
+                "--time-scale",
+                time_scale,
+                *args,
+            ],
+            tmp / f"sim-{ports[0]}.log",
+        ).start()
         started.append(p)
         for port in ports:
             wait_port(port, proc=p.popen)
@@ -94,9 +113,21 @@ def epp_server(procs):
 
     def start(endpoints: list[str], *args: str, tls: bool = True) -> EppProc:
         g, h, m = free_port(), free_port(), free_port()
-        argv = [bin_path("epp"), "--static-endpoints", ",".join(endpoints), "--grpc-port", str(g),
-                "--grpc-health-port", str(h), "--metrics-port", str(m), f"--secure-serving={str(tls).lower()}",
-                "--health-checking", "-v=3", *args]
+        argv = [
+            bin_path("epp"),
+            "--static-endpoints",
+            ",".join(endpoints),
+            "--grpc-port",
+            str(g),
+            "--grpc-health-port",
+            str(h),
+            "--metrics-port",
+            str(m),
+            f"--secure-serving={str(tls).lower()}",
+            "--health-checking",
+            "-v=3",
+            *args,
+        ]
         p = Proc("epp", argv, tmp / f"epp-{g}.log").start()
         started.append(p)
         wait_port(g, proc=p.popen)
@@ -109,20 +140,38 @@ def epp_server(procs):
 def envoy(procs):
     started, tmp = procs
 
-    def start(kind: str, epp: EppProc | None, pool: list[str] = (), *, epp_tls: bool = True,
-              failure_mode_allow: bool | None = None, lb: str | None = None, mutate=None,
-              wait: bool = True, more_epps: tuple[EppProc, ...] = ()) -> Gateway:
+    def start(
+        kind: str,
+        epp: EppProc | None,
+        pool: list[str] = (),
+        *,
+        epp_tls: bool = True,
+        failure_mode_allow: bool | None = None,
+        lb: str | None = None,
+        mutate=None,
+        wait: bool = True,
+        more_epps: tuple[EppProc, ...] = (),
+    ) -> Gateway:
         port, admin = free_port(), free_port()
-        conf = envoyconf.render(kind, listen_port=port, admin_port=admin,
-                                epp_port=epp.grpc_port if epp else free_port(),
-                                pool=[(hp.split(":")[0], int(hp.split(":")[1])) for hp in pool], epp_tls=epp_tls,
-                                failure_mode_allow=failure_mode_allow, lb=lb,
-                                more_epp_ports=tuple(e.grpc_port for e in more_epps))
+        conf = envoyconf.render(
+            kind,
+            listen_port=port,
+            admin_port=admin,
+            epp_port=epp.grpc_port if epp else free_port(),
+            pool=[(hp.split(":")[0], int(hp.split(":")[1])) for hp in pool],
+            epp_tls=epp_tls,
+            failure_mode_allow=failure_mode_allow,
+            lb=lb,
+            more_epp_ports=tuple(e.grpc_port for e in more_epps),
+        )
         if mutate is not None:
             mutate(conf)
         path = envoyconf.write(conf, tmp / f"envoy-{port}.yaml")
-        p = Proc("envoy", [bin_path("envoy"), "-c", str(path), "--concurrency", "1", "--log-level", "warn",
-                           "--base-id", str(port)], tmp / f"envoy-{port}.log").start()
+        p = Proc(
+            "envoy",
+            [bin_path("envoy"), "-c", str(path), "--concurrency", "1", "--log-level", "warn", "--base-id", str(port)],
+            tmp / f"envoy-{port}.log",
+        ).start()
         started.append(p)
         wait_port(port, proc=p.popen)
         wait_port(admin, proc=p.popen)
@@ -140,8 +189,9 @@ def _wait_routable(gw: Gateway, timeout: float = 20.0) -> None:
     last = None
     while time.monotonic() < deadline:
         try:
-            r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "warm up", "max_tokens": 1},
-                           timeout=5)
+            r = httpx.post(
+                f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": "warm up", "max_tokens": 1}, timeout=5
+            )
             if r.status_code == 200:
                 return
             last = r.status_code

@@ -18,8 +18,9 @@ def _load(url: str, stop: threading.Event, out: list[tuple[float, int]], lock: t
         while not stop.is_set():
             t = time.monotonic()
             try:
-                status = c.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hello there",
-                                                                "max_tokens": 4}).status_code
+                status = c.post(
+                    f"{url}/v1/completions", json={"model": MODEL, "prompt": "hello there", "max_tokens": 4}
+                ).status_code
             except httpx.HTTPError:
                 status = 0
             with lock:
@@ -27,8 +28,11 @@ def _load(url: str, stop: threading.Event, out: list[tuple[float, int]], lock: t
 
 
 def _requests_total(epp) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in epp.metrics().splitlines()
-               if line.startswith("inference_objective_request_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in epp.metrics().splitlines()
+        if line.startswith("inference_objective_request_total{")
+    )
 
 
 def test_two_replicas_serve_and_one_dies_without_a_gap(sim_fleet, epp_server, envoy):

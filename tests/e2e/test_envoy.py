@@ -15,7 +15,7 @@ KINDS = ["original-dst", "override-host"]
 
 
 def sse_events(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
 
 
 @pytest.fixture(params=KINDS)
@@ -27,7 +27,7 @@ def stack(request, sim_fleet, epp_server, envoy):
 
 
 def test_completions_and_chat_streaming_and_not(stack):
-    fleet, epp, gw = stack
+    _fleet, epp, gw = stack
     pods = set()
     with httpx.Client(base_url=gw.url, timeout=30) as c:
         r = c.post("/v1/completions", json={"model": MODEL, "prompt": "Say hi", "max_tokens": 5, "ignore_eos": True})
@@ -37,15 +37,29 @@ def test_completions_and_chat_streaming_and_not(stack):
         assert body["usage"]["completion_tokens"] == 5
         pods.add(r.headers["x-inference-pod"])
 
-        r = c.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
-                                                 "messages": [{"role": "user", "content": "Hello there"}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello there"}]},
+        )
         assert r.status_code == 200 and r.json()["object"] == "chat.completion"
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
 
-        for path, payload in [("/v1/completions", {"prompt": "Stream me"}),
-                              ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Stream me"}]})]:
-            with c.stream("POST", path, json={"model": MODEL, "max_tokens": 6, "stream": True, "ignore_eos": True,
-                                              "stream_options": {"include_usage": True}, **payload}) as s:
+        for path, payload in [
+            ("/v1/completions", {"prompt": "Stream me"}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Stream me"}]}),
+        ]:
+            with c.stream(
+                "POST",
+                path,
+                json={
+                    "model": MODEL,
+                    "max_tokens": 6,
+                    "stream": True,
+                    "ignore_eos": True,
+                    "stream_options": {"include_usage": True},
+                    **payload,
+                },
+            ) as s:
                 assert s.status_code == 200
                 assert s.headers["content-type"].startswith("text/event-stream")
                 events = sse_events(s.read().decode())
@@ -58,20 +72,28 @@ def test_completions_and_chat_streaming_and_not(stack):
 
 
 def test_4mb_body_passes_intact(stack):
-    fleet, epp, gw = stack
+    fleet, _epp, gw = stack
     blob = "".join(f"{i:08d}" for i in range(512 * 1024))  # 4 MiB of distinct digits
     payload = {"model": MODEL, "prompt": "short prompt", "max_tokens": 2, "user": blob}
-    r = httpx.post(f"{gw.url}/v1/completions", content=orjson.dumps(payload),
-                   headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{gw.url}/v1/completions",
+        content=orjson.dumps(payload),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text[:300]
     direct = httpx.post(f"http://{fleet.hostports[0]}/v1/completions", json=payload, timeout=60).json()
     assert r.json()["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
 
 
 def test_model_rewrite_is_seen_by_the_server_and_undone_for_the_client(stack):
-    fleet, epp, gw = stack
-    r = httpx.post(f"{gw.url}/v1/completions", json={"model": "my-alias", "prompt": "hi", "max_tokens": 2},
-                   headers={"x-gateway-model-name-rewrite": MODEL}, timeout=30)
+    _fleet, _epp, gw = stack
+    r = httpx.post(
+        f"{gw.url}/v1/completions",
+        json={"model": "my-alias", "prompt": "hi", "max_tokens": 2},
+        headers={"x-gateway-model-name-rewrite": MODEL},
+        timeout=30,
+    )
     # The simulator 404s unknown models, so a 200 proves it received the rewritten name.
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "my-alias"
@@ -80,9 +102,13 @@ def test_model_rewrite_is_seen_by_the_server_and_undone_for_the_client(stack):
 
 
 def test_invalid_json_is_400_at_the_client(stack):
-    fleet, epp, gw = stack
-    r = httpx.post(f"{gw.url}/v1/completions", content=b'{"model": "x", "prompt": ',
-                   headers={"content-type": "application/json"}, timeout=30)
+    _fleet, _epp, gw = stack
+    r = httpx.post(
+        f"{gw.url}/v1/completions",
+        content=b'{"model": "x", "prompt": ',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 400
     assert r.text.startswith("inference error: BadRequest - ")
 
@@ -93,19 +119,36 @@ def test_subset_metadata_is_honoured(sim_fleet, epp_server, envoy):
 
     def add_subset_filter(conf):
         hcm = conf["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["http_filters"].insert(0, {
-            "name": "envoy.filters.http.header_to_metadata",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
-                "request_rules": [{"header": "x-subset", "remove": True, "on_header_present": {
-                    "metadata_namespace": "envoy.lb.subset_hint",
-                    "key": "x-gateway-destination-endpoint-subset", "type": "STRING"}}]}})
+        hcm["http_filters"].insert(
+            0,
+            {
+                "name": "envoy.filters.http.header_to_metadata",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                    "request_rules": [
+                        {
+                            "header": "x-subset",
+                            "remove": True,
+                            "on_header_present": {
+                                "metadata_namespace": "envoy.lb.subset_hint",
+                                "key": "x-gateway-destination-endpoint-subset",
+                                "type": "STRING",
+                            },
+                        }
+                    ],
+                },
+            },
+        )
 
     gw = envoy("override-host", epp, fleet.hostports, mutate=add_subset_filter)
     target = fleet.hostports[2]
     for i in range(8):
-        r = httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": f"p{i}", "max_tokens": 1},
-                       headers={"x-subset": target}, timeout=30)
+        r = httpx.post(
+            f"{gw.url}/v1/completions",
+            json={"model": MODEL, "prompt": f"p{i}", "max_tokens": 1},
+            headers={"x-subset": target},
+            timeout=30,
+        )
         assert r.status_code == 200 and r.headers["x-inference-port"] == target.split(":")[1]
 
 
@@ -116,16 +159,25 @@ def test_routing_follows_load(sim_fleet, epp_server, envoy):
     busy, idle = fleet.ports
     # Make server 0 busy from outside the gateway: long generations queue behind 2 slots.
     pool = concurrent.futures.ThreadPoolExecutor(8)
-    hogs = [pool.submit(httpx.post, f"http://127.0.0.1:{busy}/v1/completions",
-                        json={"model": MODEL, "prompt": f"hog {i}", "max_tokens": 3000, "ignore_eos": True},
-                        timeout=120) for i in range(6)]
+    hogs = [
+        pool.submit(
+            httpx.post,
+            f"http://127.0.0.1:{busy}/v1/completions",
+            json={"model": MODEL, "prompt": f"hog {i}", "max_tokens": 3000, "ignore_eos": True},
+            timeout=120,
+        )
+        for i in range(6)
+    ]
     deadline = time.monotonic() + 10
     while fleet.metric(0, "vllm:num_requests_waiting") < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # a few scrape intervals
-    ports = [httpx.post(f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": f"question {i}",
-                                                          "max_tokens": 2}, timeout=30).headers["x-inference-port"]
-             for i in range(10)]
+    ports = [
+        httpx.post(
+            f"{gw.url}/v1/completions", json={"model": MODEL, "prompt": f"question {i}", "max_tokens": 2}, timeout=30
+        ).headers["x-inference-port"]
+        for i in range(10)
+    ]
     assert ports == [str(idle)] * 10
     for h in hogs:
         h.cancel()

@@ -39,8 +39,11 @@ flowControl:
 
 
 def total(metrics: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
 
 
 def until(cond, timeout: float = 20.0, what: str = "condition") -> None:
@@ -50,17 +53,29 @@ def until(cond, timeout: float = 20.0, what: str = "condition") -> None:
         time.sleep(0.05)
 
 
-def complete(url: str, prompt: str, max_tokens: int = 1, headers: dict | None = None,
-             timeout: float = 60) -> httpx.Response:
-    return httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens},
-                      headers=headers or {}, timeout=timeout)
+def complete(
+    url: str, prompt: str, max_tokens: int = 1, headers: dict | None = None, timeout: float = 60
+) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens},
+        headers=headers or {},
+        timeout=timeout,
+    )
 
 
 def test_a_critical_request_overtakes_queued_sheddable_ones_and_a_full_queue_is_429(sim_fleet, epp_server, envoy):
     fleet = sim_fleet(1, time_scale="1")
     flow = "  defaultRequestTTL: 60s\n  priorityBands: [{priority: 100}, {priority: -1, maxRequests: 3}]"
-    epp = epp_server(fleet.hostports, "--config-text", fc_config(flow), "--workers", "2",
-                     "--static-objectives", "critical=100,batch=-1")
+    epp = epp_server(
+        fleet.hostports,
+        "--config-text",
+        fc_config(flow),
+        "--workers",
+        "2",
+        "--static-objectives",
+        "critical=100,batch=-1",
+    )
     gw = envoy("original-dst", epp)
     done: list[str] = []
     lock = threading.Lock()
@@ -86,8 +101,10 @@ def test_a_critical_request_overtakes_queued_sheddable_ones_and_a_full_queue_is_
     assert sorted(done[2:]) == ["batch0", "batch1", "batch2"]
     m = epp.metrics()
     assert total(m, QUEUE_SIZE) == 0 and total(m, INFLIGHT) == 0
-    assert 'inference_extension_flow_control_request_queue_duration_seconds_count{fairness_id="default-flow",' \
-           'inference_pool="static",model_name="' + MODEL + '",outcome="RejectedCapacity",priority="-1"' in m
+    assert (
+        'inference_extension_flow_control_request_queue_duration_seconds_count{fairness_id="default-flow",'
+        'inference_pool="static",model_name="' + MODEL + '",outcome="RejectedCapacity",priority="-1"' in m
+    )
 
 
 def test_ttl_in_queue_is_503_and_a_client_that_leaves_costs_nothing(sim_fleet, epp_server, envoy):
@@ -120,9 +137,25 @@ def kubeapi():
 def kube_epp(kubeapi, procs, config: str) -> EppProc:
     started, tmp = procs
     g, h, m = free_port(), free_port(), free_port()
-    argv = [bin_path("epp"), "--pool-name", "pool", "--pool-namespace", NS, "--kube-api-server", kubeapi.url,
-            "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m), "-v=3",
-            "--metrics-endpoint-auth=false", "--config-text", config]
+    argv = [
+        bin_path("epp"),
+        "--pool-name",
+        "pool",
+        "--pool-namespace",
+        NS,
+        "--kube-api-server",
+        kubeapi.url,
+        "--grpc-port",
+        str(g),
+        "--grpc-health-port",
+        str(h),
+        "--metrics-port",
+        str(m),
+        "-v=3",
+        "--metrics-endpoint-auth=false",
+        "--config-text",
+        config,
+    ]
     proc = Proc("epp-kube", argv, tmp / f"epp-{g}.log").start()
     started.append(proc)
     wait_port(g, proc=proc.popen)
@@ -133,16 +166,22 @@ def kube_epp(kubeapi, procs, config: str) -> EppProc:
 def test_scale_from_zero_requests_wait_for_endpoints_within_their_ttl(kubeapi, sim_fleet, procs, envoy, ttl, expect):
     fleet = sim_fleet(2)
     p0, p1 = fleet.ports
-    kubeapi.create(POOL_V1, {"metadata": {"name": "pool", "namespace": NS},
-                             "spec": {"selector": {"matchLabels": {"app": "sim"}},
-                                      "targetPorts": [{"number": p0}, {"number": p1}]}})
+    kubeapi.create(
+        POOL_V1,
+        {
+            "metadata": {"name": "pool", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": p0}, {"number": p1}]},
+        },
+    )
     utilization = "- type: utilization-detector\n  parameters: {queueDepthThreshold: 5}"
     epp = kube_epp(kubeapi, procs, fc_config(f"  defaultRequestTTL: {ttl}", utilization))
     gw = envoy("original-dst", epp, wait=False)  # nothing is routable yet: the pool has no pod
     with ThreadPoolExecutor(50) as pool:
         answers = [pool.submit(complete, gw.url, f"cold {i}", 2) for i in range(50)]
-        until(lambda: total(epp.metrics(), QUEUE_SIZE) + sum(a.done() for a in answers) == 50,
-              what="all 50 requests waiting in the EPP")
+        until(
+            lambda: total(epp.metrics(), QUEUE_SIZE) + sum(a.done() for a in answers) == 50,
+            what="all 50 requests waiting in the EPP",
+        )
         if expect == 200:
             assert total(epp.metrics(), QUEUE_SIZE) == 50
             kubeapi.create(PODS, sim_pod("sim-a", p0))
@@ -151,5 +190,7 @@ def test_scale_from_zero_requests_wait_for_endpoints_within_their_ttl(kubeapi, s
     assert statuses == [expect] * 50
     if expect == 503:
         assert b"request timed out in queue" in answers[0].result().content
-    until(lambda: total(epp.metrics(), QUEUE_SIZE) == 0 and total(epp.metrics(), INFLIGHT) == 0,
-          what="queue and in-flight back to 0")
+    until(
+        lambda: total(epp.metrics(), QUEUE_SIZE) == 0 and total(epp.metrics(), INFLIGHT) == 0,
+        what="queue and in-flight back to 0",
+    )

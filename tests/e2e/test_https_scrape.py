@@ -42,7 +42,7 @@ def _cert_for_localhost() -> tuple[bytes, bytes]:
     it makes hostname verification pass too."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "epp-test model server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -51,13 +51,13 @@ def _cert_for_localhost() -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -71,7 +71,7 @@ class PageServer:
         self.hits += 1
         return web.Response(body=PAGE, content_type="text/plain")
 
-    async def start(self, ssl_context: ssl.SSLContext | None) -> "PageServer":
+    async def start(self, ssl_context: ssl.SSLContext | None) -> PageServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
@@ -108,19 +108,29 @@ async def servers():
 
 
 def _epp(port: int, *flags: str) -> Epp:
-    opts, warnings = parse_options([
-        "--static-endpoints", f"127.0.0.1:{port}", "--grpc-port", str(free_port()),
-        "--grpc-health-port", str(free_port()), "--metrics-port", str(free_port()),
-        "--secure-serving=false", *flags,
-    ])
+    opts, warnings = parse_options(
+        [
+            "--static-endpoints",
+            f"127.0.0.1:{port}",
+            "--grpc-port",
+            str(free_port()),
+            "--grpc-health-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--secure-serving=false",
+            *flags,
+        ]
+    )
     assert not [w for w in warnings if "metrics-scheme" in w or "skip-verify" in w]  # no longer ignored
     return Epp(opts, load_config(None), parse_static_endpoints(opts.static_endpoints))
 
 
 async def test_https_with_skip_verify_scrapes_the_page(servers, tmp_path):
     server = await servers(_server_tls(tmp_path, *tls.self_signed()))  # untrusted, no SAN
-    async with serving(_epp(server.port, "--model-server-metrics-scheme", "https",
-                            "--model-server-metrics-https-insecure-skip-verify")) as (epp, _):
+    async with serving(
+        _epp(server.port, "--model-server-metrics-scheme", "https", "--model-server-metrics-https-insecure-skip-verify")
+    ) as (epp, _):
         ep = epp.datastore.endpoints()[0]
         await wait_until(lambda: ep.metrics.waiting_queue_size == 5, timeout=10)
         m = ep.metrics
@@ -139,8 +149,14 @@ async def test_https_skip_verify_is_the_reference_default(servers, tmp_path):
 async def test_https_verified_against_an_untrusted_certificate_fails_clearly(servers, tmp_path, caplog):
     server = await servers(_server_tls(tmp_path, *tls.self_signed()))
     caplog.set_level(logging.WARNING, logger="epp.datalayer.scraper")
-    async with serving(_epp(server.port, "--model-server-metrics-scheme", "https",
-                            "--model-server-metrics-https-insecure-skip-verify=false")) as (epp, _):
+    async with serving(
+        _epp(
+            server.port,
+            "--model-server-metrics-scheme",
+            "https",
+            "--model-server-metrics-https-insecure-skip-verify=false",
+        )
+    ) as (epp, _):
         ep = epp.datastore.endpoints()[0]
         await wait_until(lambda: epp.collector.stats()[ep.name].failed >= 3, timeout=10)
         stats = epp.collector.stats()[ep.name]
@@ -157,8 +173,14 @@ async def test_https_verified_against_a_trusted_certificate_scrapes(servers, tmp
     server = await servers(_server_tls(tmp_path, key_pem, cert_pem))
     (tmp_path / "ca.pem").write_bytes(cert_pem)
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # OpenSSL's trust store override
-    async with serving(_epp(server.port, "--model-server-metrics-scheme", "https",
-                            "--model-server-metrics-https-insecure-skip-verify=false")) as (epp, _):
+    async with serving(
+        _epp(
+            server.port,
+            "--model-server-metrics-scheme",
+            "https",
+            "--model-server-metrics-https-insecure-skip-verify=false",
+        )
+    ) as (epp, _):
         ep = epp.datastore.endpoints()[0]
         await wait_until(lambda: ep.metrics.waiting_queue_size == 5, timeout=10)
         assert epp.collector.stats()[ep.name].failed == 0

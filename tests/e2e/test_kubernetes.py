@@ -20,9 +20,15 @@ NS = "default"
 
 
 def sim_pod(name: str, port: int, ready: bool = True) -> dict:
-    return {"metadata": {"name": name, "namespace": NS, "labels": {"app": "sim"},
-                         "annotations": {"inference.networking.k8s.io/active-ports": str(port)}},
-            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"app": "sim"},
+            "annotations": {"inference.networking.k8s.io/active-ports": str(port)},
+        },
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
 
 
 @pytest.fixture
@@ -36,8 +42,9 @@ def served_by(gw_url: str, n: int, headers: dict[str, str] | None = None) -> dic
     seen: dict[str, int] = {}
     with httpx.Client(base_url=gw_url, timeout=30) as c:
         for i in range(n):
-            r = c.post("/v1/completions", json={"model": MODEL, "prompt": f"hello {i}", "max_tokens": 1},
-                       headers=headers or {})
+            r = c.post(
+                "/v1/completions", json={"model": MODEL, "prompt": f"hello {i}", "max_tokens": 1}, headers=headers or {}
+            )
             key = r.headers.get("x-inference-port", str(r.status_code)) if r.status_code == 200 else str(r.status_code)
             seen[key] = seen.get(key, 0) + 1
     return seen
@@ -47,18 +54,38 @@ def test_envoy_routes_to_pods_discovered_from_the_api_server(kubeapi, sim_fleet,
     started, tmp = procs
     fleet = sim_fleet(2)
     p0, p1 = fleet.ports
-    kubeapi.create(POOL_V1, {"metadata": {"name": "pool", "namespace": NS},
-                             "spec": {"selector": {"matchLabels": {"app": "sim"}},
-                                      "targetPorts": [{"number": p0}, {"number": p1}]}})
+    kubeapi.create(
+        POOL_V1,
+        {
+            "metadata": {"name": "pool", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": p0}, {"number": p1}]},
+        },
+    )
     kubeapi.create(PODS, sim_pod("sim-a", p0))
     kubeapi.create(PODS, sim_pod("sim-b", p1))
-    kubeapi.create(OBJECTIVES, {"metadata": {"name": "batch", "namespace": NS},
-                                "spec": {"priority": -1, "poolRef": {"name": "pool"}}})
+    kubeapi.create(
+        OBJECTIVES,
+        {"metadata": {"name": "batch", "namespace": NS}, "spec": {"priority": -1, "poolRef": {"name": "pool"}}},
+    )
 
     g, h, m = free_port(), free_port(), free_port()
-    argv = [bin_path("epp"), "--pool-name", "pool", "--pool-namespace", NS, "--kube-api-server", kubeapi.url,
-            "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m), "-v=3",
-            "--metrics-endpoint-auth=false"]  # this test reads /metrics without a token (tests/e2e/test_security.py has auth)
+    argv = [
+        bin_path("epp"),
+        "--pool-name",
+        "pool",
+        "--pool-namespace",
+        NS,
+        "--kube-api-server",
+        kubeapi.url,
+        "--grpc-port",
+        str(g),
+        "--grpc-health-port",
+        str(h),
+        "--metrics-port",
+        str(m),
+        "-v=3",
+        "--metrics-endpoint-auth=false",
+    ]  # this test reads /metrics without a token (tests/e2e/test_security.py has auth)
     proc = Proc("epp-kube", argv, tmp / f"epp-{g}.log").start()
     started.append(proc)
     wait_port(g, proc=proc.popen)

@@ -20,7 +20,7 @@ from tests.support import extproc_client as xc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-BODY = ('{"model": "%s", "prompt": "hello", "max_tokens": 1}' % MODEL).encode()
+BODY = f'{{"model": "{MODEL}", "prompt": "hello", "max_tokens": 1}}'.encode()
 
 
 def routed_to(responses) -> str | None:
@@ -98,8 +98,7 @@ def test_sigterm_drains_not_ready_first_new_streams_answered_in_flight_finish_ex
             assert [x.WhichOneof("response") for x in await finish(late)] == ["response_headers", "response_body"]
             assert popen.poll() is None, "exited with a stream still in flight"
             # The stream that was in flight at SIGTERM completes.
-            assert [x.WhichOneof("response") for x in await finish(in_flight)] == ["response_headers",
-                                                                                  "response_body"]
+            assert [x.WhichOneof("response") for x in await finish(in_flight)] == ["response_headers", "response_body"]
 
     asyncio.run(scenario())
     assert popen.wait(timeout=15) == 0
@@ -121,8 +120,10 @@ def test_streams_still_open_at_the_drain_deadline_are_cut_and_the_exit_is_clean(
 
     asyncio.run(scenario())
     assert popen.wait(timeout=15) == 0
-    assert "drain deadline (--graceful-shutdown-timeout 1s) reached: 1 streams in flight are cut" in \
-        epp.proc.log_path.read_text()
+    assert (
+        "drain deadline (--graceful-shutdown-timeout 1s) reached: 1 streams in flight are cut"
+        in epp.proc.log_path.read_text()
+    )
 
 
 def test_an_idle_epp_stops_at_once_on_sigterm(sim_fleet, epp_server):

@@ -56,8 +56,11 @@ def metric_value(text: str, series: str) -> float:
 
 
 def inflight(epp) -> list[float]:
-    return [float(line.rsplit(" ", 1)[1]) for line in epp.metrics().splitlines()
-            if line.startswith("epp_endpoint_inflight_requests{")]
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in epp.metrics().splitlines()
+        if line.startswith("epp_endpoint_inflight_requests{")
+    ]
 
 
 @pytest.fixture
@@ -66,8 +69,11 @@ def bridge(procs):
 
     def start(*args: str) -> Bridge:
         port, mport = free_port(), free_port()
-        p = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(port), "--metrics-port", str(mport), *args],
-                 tmp / f"bridge-{port}.log").start()
+        p = Proc(
+            "epp-bridge",
+            [bin_path("epp-bridge"), "--port", str(port), "--metrics-port", str(mport), *args],
+            tmp / f"bridge-{port}.log",
+        ).start()
         started.append(p)
         wait_port(port, proc=p.popen)
         return Bridge(p, port, mport)
@@ -82,8 +88,12 @@ def nginx(procs):
     def start(picker_url: str, epp_port: int, pool: list[str], failure_mode: str = "close") -> Nginx:
         port = free_port()
         prefix = tmp / f"nginx-{port}"
-        nginxconf.write(nginxconf.NginxSettings(listen_port=port, picker_url=picker_url, epp_port=epp_port,
-                                                pool=pool, failure_mode=failure_mode), prefix)
+        nginxconf.write(
+            nginxconf.NginxSettings(
+                listen_port=port, picker_url=picker_url, epp_port=epp_port, pool=pool, failure_mode=failure_mode
+            ),
+            prefix,
+        )
         p = Proc("nginx", nginxconf.command(prefix), tmp / f"nginx-{port}.out").start()
         started.append(p)
         wait_port(port, proc=p.popen)
@@ -94,8 +104,13 @@ def nginx(procs):
 
 def post(url: str, path: str, payload: dict, **kw) -> httpx.Response:
     rid = str(uuid.uuid4())
-    r = httpx.post(url + path, content=orjson.dumps(payload),
-                   headers={"content-type": "application/json", "x-request-id": rid}, timeout=60, **kw)
+    r = httpx.post(
+        url + path,
+        content=orjson.dumps(payload),
+        headers={"content-type": "application/json", "x-request-id": rid},
+        timeout=60,
+        **kw,
+    )
     r.rid = rid  # type: ignore[attr-defined]
     return r
 
@@ -111,8 +126,10 @@ def assert_served_by_pick(gw: Nginx, r: httpx.Response) -> str:
 def exercise_apis(gw: Nginx) -> set[str]:
     """Completions and chat, streaming and not; each served by the endpoint the EPP picked."""
     picked = set()
-    for path, payload in [("/v1/completions", {"prompt": "Say hi"}),
-                          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Say hi"}]})]:
+    for path, payload in [
+        ("/v1/completions", {"prompt": "Say hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Say hi"}]}),
+    ]:
         base = {"model": MODEL, "max_tokens": 4, "ignore_eos": True, **payload}
         r = post(gw.url, path, base)
         assert r.status_code == 200, r.text
@@ -140,19 +157,22 @@ def bridged(sim_fleet, epp_server, bridge, nginx):
 
 
 def test_apis_through_nginx_bridge_epp_are_served_by_the_picked_pod(bridged):
-    fleet, epp, br, gw = bridged
+    fleet, _epp, br, gw = bridged
     picked = exercise_apis(gw)
     assert picked <= set(fleet.hostports)
     assert br.metric('epp_bridge_requests_total{code="200",mode="bridge"}') == 4
     # A query string and the original path reach the model server / the EPP unchanged.
-    r = post(gw.url, "/v1/chat/completions?api-version=1", {"model": MODEL, "max_tokens": 1,
-                                                            "messages": [{"role": "user", "content": "q"}]})
+    r = post(
+        gw.url,
+        "/v1/chat/completions?api-version=1",
+        {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "q"}]},
+    )
     assert r.status_code == 200
     assert_served_by_pick(gw, r)
 
 
 def test_1mb_prompt_reaches_the_epp_and_the_server(bridged):
-    fleet, epp, br, gw = bridged
+    fleet, epp, _br, gw = bridged
     blob = "".join(f"{i:08d}" for i in range(128 * 1024))  # 1 MiB, kept out of the token count
     payload = {"model": MODEL, "prompt": "short prompt", "max_tokens": 2, "user": blob}
     r = post(gw.url, "/v1/completions", payload)
@@ -166,7 +186,7 @@ def test_1mb_prompt_reaches_the_epp_and_the_server(bridged):
 
 
 def test_epp_immediate_response_reaches_the_client(bridged):
-    fleet, epp, br, gw = bridged
+    _fleet, _epp, _br, gw = bridged
     # The original path reaches the EPP: a chat body on the completions path is a bad completions request.
     r = post(gw.url, "/v1/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400
@@ -205,8 +225,9 @@ def test_epp_down_fail_open_serves_and_fail_close_answers_5xx(sim_fleet, bridge,
 
 
 async def _hammer(url: str, n: int, concurrency: int, headers: dict[str, str]) -> list[int]:
-    bodies = [orjson.dumps({"model": MODEL, "prompt": f"request {i} " * (i % 7 + 1), "max_tokens": 1})
-              for i in range(n)]
+    bodies = [
+        orjson.dumps({"model": MODEL, "prompt": f"request {i} " * (i % 7 + 1), "max_tokens": 1}) for i in range(n)
+    ]
     statuses: list[int] = []
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
         queue = iter(bodies)
@@ -224,8 +245,12 @@ def test_2000_picks_through_the_bridge_leave_no_inflight_load(sim_fleet, epp_ser
     fleet = sim_fleet(2)
     epp = epp_server(fleet.hostports)
     br = bridge()
-    headers = {"x-epp-host": "127.0.0.1", "x-epp-port": str(epp.grpc_port), "x-original-path": "/v1/completions",
-               "content-type": "application/json"}
+    headers = {
+        "x-epp-host": "127.0.0.1",
+        "x-epp-port": str(epp.grpc_port),
+        "x-original-path": "/v1/completions",
+        "content-type": "application/json",
+    }
     statuses = asyncio.run(_hammer(br.url, 2000, 16, headers))
     assert statuses == [200] * 2000
     assert inflight(epp) == [0.0, 0.0]
@@ -238,32 +263,43 @@ def test_2000_picks_through_the_bridge_leave_no_inflight_load(sim_fleet, epp_ser
 
 def _cert_for_localhost(directory: Path) -> Path:
     """A CA-less self-signed certificate valid for 127.0.0.1, for --ca-file verification."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "epp-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     directory.mkdir()
-    (directory / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return directory
 
 
 def _pick(br: Bridge, epp_port: int) -> httpx.Response:
-    return httpx.post(br.url, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-                      headers={"x-epp-host": "127.0.0.1", "x-epp-port": str(epp_port)}, timeout=30)
+    return httpx.post(
+        br.url,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-epp-host": "127.0.0.1", "x-epp-port": str(epp_port)},
+        timeout=30,
+    )
 
 
 def test_bridge_tls_plaintext_verified_and_epp_restart(sim_fleet, epp_server, bridge, tmp_path):
@@ -303,8 +339,9 @@ def test_epp_http_picker_port_behind_nginx(sim_fleet, epp_server, nginx):
     r = post(gw.url, "/v1/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and "must have prompt field" in r.text
 
-    statuses = asyncio.run(_hammer(f"http://127.0.0.1:{picker_port}/v1/completions", 500, 8,
-                                   {"content-type": "application/json"}))
+    statuses = asyncio.run(
+        _hammer(f"http://127.0.0.1:{picker_port}/v1/completions", 500, 8, {"content-type": "application/json"})
+    )
     assert statuses == [200] * 500
     assert inflight(epp) == [0.0, 0.0]
     text = epp.metrics()

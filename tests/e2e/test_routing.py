@@ -17,9 +17,14 @@ SYSTEM = "You are a careful assistant. " * 60
 # Long enough (256 tokens, real time) that all 100 are in flight together, as in a real burst.
 async def burst(url: str, prompts: list[str]) -> Counter:
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as c:
-        rs = await asyncio.gather(*(c.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": p,
-                                                                           "max_tokens": 256, "ignore_eos": True})
-                                    for p in prompts))
+        rs = await asyncio.gather(
+            *(
+                c.post(
+                    f"{url}/v1/completions", json={"model": MODEL, "prompt": p, "max_tokens": 256, "ignore_eos": True}
+                )
+                for p in prompts
+            )
+        )
     assert [r.status_code for r in rs] == [200] * len(prompts)
     return Counter(r.headers["x-inference-pod"] for r in rs)
 

@@ -16,16 +16,24 @@ from epp.stack.processes import Proc, bin_path, free_port, wait_port
 from tests.support.kubeapi import PODS, POOL_V1, KubeApiServer
 
 NS = "default"
-PROMETHEUS = {"username": "system:serviceaccount:monitoring:prometheus", "uid": "u-1",
-              "groups": ["system:serviceaccounts", "system:serviceaccounts:monitoring"]}
+PROMETHEUS = {
+    "username": "system:serviceaccount:monitoring:prometheus",
+    "uid": "u-1",
+    "groups": ["system:serviceaccounts", "system:serviceaccounts:monitoring"],
+}
 ALICE = {"username": "alice", "uid": "u-2", "groups": ["system:authenticated"]}
 
 
 @pytest.fixture
 def kubeapi():
     server = KubeApiServer().start()
-    server.tokens.update({"prom-token": PROMETHEUS, "alice-token": ALICE, "group-token": {
-        "username": "bob", "groups": ["metrics-readers"]}})
+    server.tokens.update(
+        {
+            "prom-token": PROMETHEUS,
+            "alice-token": ALICE,
+            "group-token": {"username": "bob", "groups": ["metrics-readers"]},
+        }
+    )
     server.grants.update({(PROMETHEUS["username"], "get", "/metrics"), ("group:metrics-readers", "get", "/metrics")})
     yield server
     server.close()
@@ -34,8 +42,18 @@ def kubeapi():
 def start_epp(procs, *args: str) -> tuple[Proc, int]:
     started, tmp = procs
     g, h, m = free_port(), free_port(), free_port()
-    argv = [bin_path("epp"), "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
-            "--secure-serving=false", "-v=3", *args]
+    argv = [
+        bin_path("epp"),
+        "--grpc-port",
+        str(g),
+        "--grpc-health-port",
+        str(h),
+        "--metrics-port",
+        str(m),
+        "--secure-serving=false",
+        "-v=3",
+        *args,
+    ]
     p = Proc("epp", argv, tmp / f"epp-{g}.log").start()
     started.append(p)
     wait_port(m, proc=p.popen)
@@ -43,10 +61,20 @@ def start_epp(procs, *args: str) -> tuple[Proc, int]:
 
 
 def kube_epp(procs, kubeapi: KubeApiServer, *args: str) -> tuple[Proc, int]:
-    kubeapi.create(POOL_V1, {"metadata": {"name": "pool", "namespace": NS},
-                             "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": 1}]}})
-    kubeapi.create(PODS, {"metadata": {"name": "p", "namespace": NS, "labels": {"app": "sim"}},
-                          "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}})
+    kubeapi.create(
+        POOL_V1,
+        {
+            "metadata": {"name": "pool", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": 1}]},
+        },
+    )
+    kubeapi.create(
+        PODS,
+        {
+            "metadata": {"name": "p", "namespace": NS, "labels": {"app": "sim"}},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        },
+    )
     return start_epp(procs, "--pool-name", "pool", "--pool-namespace", NS, "--kube-api-server", kubeapi.url, *args)
 
 
@@ -76,10 +104,14 @@ def test_review_answers_are_cached_so_a_scrape_storm_costs_one_review(procs, kub
     before_t, before_a = kubeapi.reviews("token"), kubeapi.reviews("access")
     with httpx.Client(timeout=10) as c:
         for _ in range(30):
-            assert c.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer prom-token"}
-                         ).status_code == 200
-            assert c.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer not-a-token"}
-                         ).status_code == 401
+            assert (
+                c.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer prom-token"}).status_code
+                == 200
+            )
+            assert (
+                c.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer not-a-token"}).status_code
+                == 401
+            )
     assert kubeapi.reviews("token") - before_t == 2  # one per distinct token
     assert kubeapi.reviews("access") - before_a == 1  # only the authenticated one is asked about
 
@@ -97,8 +129,9 @@ def test_static_mode_serves_metrics_openly_and_says_so(procs):
 
 
 def test_static_mode_with_auth_asked_for_and_a_cluster_enforces_it(procs, kubeapi):
-    _proc, port = start_epp(procs, "--static-endpoints", "127.0.0.1:1", "--metrics-endpoint-auth",
-                            "--kube-api-server", kubeapi.url)
+    _proc, port = start_epp(
+        procs, "--static-endpoints", "127.0.0.1:1", "--metrics-endpoint-auth", "--kube-api-server", kubeapi.url
+    )
     assert scrape(port).status_code == 401
     assert scrape(port, "alice-token").status_code == 403
     assert scrape(port, "prom-token").status_code == 200
@@ -115,9 +148,24 @@ def test_auth_asked_for_without_any_cluster_is_a_start_up_error(tmp_path):
     import subprocess
 
     env = {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([bin_path("epp"), "--static-endpoints", "127.0.0.1:1", "--metrics-endpoint-auth=true",
-                        "--grpc-port", "0", "--grpc-health-port", "0", "--metrics-port", "0"],
-                       capture_output=True, text=True, timeout=30, env=env)
+    r = subprocess.run(
+        [
+            bin_path("epp"),
+            "--static-endpoints",
+            "127.0.0.1:1",
+            "--metrics-endpoint-auth=true",
+            "--grpc-port",
+            "0",
+            "--grpc-health-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("epp: error:")]
     assert lines and "--metrics-endpoint-auth needs a Kubernetes API to check tokens with" in lines[0]
@@ -125,6 +173,7 @@ def test_auth_asked_for_without_any_cluster_is_a_start_up_error(tmp_path):
 
 
 # ---- --enable-cert-reload: rotation without a restart, open streams untouched ----
+
 
 def make_cert(common_name: str) -> tuple[bytes, bytes]:
     """(key PEM, cert PEM) valid for 127.0.0.1, so a client can verify it."""
@@ -138,15 +187,22 @@ def make_cert(common_name: str) -> tuple[bytes, bytes]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()), cert.public_bytes(serialization.Encoding.PEM))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        cert.public_bytes(serialization.Encoding.PEM),
+    )
 
 
 def publish(cert_dir, key: bytes, cert: bytes) -> None:
@@ -199,7 +255,7 @@ def der(cert_pem: bytes) -> bytes:
 
 def test_rotated_certificate_is_used_for_new_connections_and_open_streams_continue(procs, sim_fleet, tmp_path):
     import asyncio
-    
+
     import grpc
 
     from tests.e2e.test_lifecycle import finish, open_routed_stream
@@ -212,9 +268,25 @@ def test_rotated_certificate_is_used_for_new_connections_and_open_streams_contin
     publish(certs, key_a, cert_a)
     started, tmp = procs
     g, h, m = free_port(), free_port(), free_port()
-    proc = Proc("epp", [bin_path("epp"), "--static-endpoints", fleet.hostports[0], "--grpc-port", str(g),
-                        "--grpc-health-port", str(h), "--metrics-port", str(m), "--cert-path", str(certs),
-                        "--enable-cert-reload", "-v=3"], tmp / "epp-reload.log").start()
+    proc = Proc(
+        "epp",
+        [
+            bin_path("epp"),
+            "--static-endpoints",
+            fleet.hostports[0],
+            "--grpc-port",
+            str(g),
+            "--grpc-health-port",
+            str(h),
+            "--metrics-port",
+            str(m),
+            "--cert-path",
+            str(certs),
+            "--enable-cert-reload",
+            "-v=3",
+        ],
+        tmp / "epp-reload.log",
+    ).start()
     started.append(proc)
     wait_port(g, proc=proc.popen)
     assert served_certificate(g) == der(cert_a)
@@ -228,8 +300,9 @@ def test_rotated_certificate_is_used_for_new_connections_and_open_streams_contin
             publish(certs, key_b, cert_b)
             assert await asyncio.to_thread(served_certificate_becomes, g, der(cert_b)) == der(cert_b)
             # A new connection with the new certificate routes too.
-            async with grpc.aio.secure_channel(f"127.0.0.1:{g}", creds,
-                                               options=[("grpc.use_local_subchannel_pool", 1)]) as ch_b:
+            async with grpc.aio.secure_channel(
+                f"127.0.0.1:{g}", creds, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch_b:
                 other, other_where = await open_routed_stream(g, ch_b)
                 assert other_where == fleet.hostports[0]
                 await finish(other)

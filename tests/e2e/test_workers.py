@@ -47,16 +47,27 @@ def test_a_burst_spreads_over_an_idle_fleet_as_with_one_process(sim_fleet, epp_s
     text = epp.metrics()
     inflight = metric(text, "epp_endpoint_inflight_requests{")
     assert len(inflight) == 8 and all(line.endswith(" 0.0") for line in inflight), inflight
-    per_worker = {line.split('"')[1]: float(line.split()[-1]) for line in metric(text, "epp_extproc_worker_requests_total{")}
+    per_worker = {
+        line.split('"')[1]: float(line.split()[-1]) for line in metric(text, "epp_extproc_worker_requests_total{")
+    }
     assert sum(per_worker.values()) >= 100, per_worker  # every request was routed by the one decision process
 
 
 async def streams(url: str, n: int, tokens: int) -> Counter:
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n + 10)) as c:
+
         async def one(i: int) -> int:
-            async with c.stream("POST", f"{url}/v1/completions",
-                                json={"model": MODEL, "prompt": f"tell me a story {i}", "max_tokens": tokens,
-                                      "ignore_eos": True, "stream": True}) as r:
+            async with c.stream(
+                "POST",
+                f"{url}/v1/completions",
+                json={
+                    "model": MODEL,
+                    "prompt": f"tell me a story {i}",
+                    "max_tokens": tokens,
+                    "ignore_eos": True,
+                    "stream": True,
+                },
+            ) as r:
                 async for _ in r.aiter_bytes():
                     pass
                 return r.status_code
@@ -79,8 +90,10 @@ def test_a_killed_worker_is_replaced_and_its_requests_are_released(sim_fleet, ep
     async def scenario():
         load = asyncio.ensure_future(streams(gw.url, 24, 400))  # ~4 s each at real time
         await asyncio.sleep(1.5)
-        per_worker = {line.split('"')[1]: int(float(line.split()[-1]))
-                      for line in metric(epp.metrics(), "epp_extproc_worker_requests_total{")}
+        per_worker = {
+            line.split('"')[1]: int(float(line.split()[-1]))
+            for line in metric(epp.metrics(), "epp_extproc_worker_requests_total{")
+        }
         victim = max(before, key=lambda p: per_worker.get(index_of(p), 0))  # one that holds streams
         survivors.extend(n for i, n in per_worker.items() if i != index_of(victim))
         os.kill(victim, signal.SIGKILL)  # mid-stream: its streams fail, the others carry on

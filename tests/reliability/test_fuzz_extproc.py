@@ -37,14 +37,27 @@ def _completion(raw: bytes | None = None) -> bytes:
 
 
 # The orders and bodies issue 13 found, always among the examples.
-RESPONSE_BEFORE_REQUEST = FuzzStream(_wire(
-    response_headers({":status": "200"}), response_body(b"{}", eos=True), request_headers(),
-    request_body(_completion())), None, False)
-DUPLICATE_MODEL_UNDER_REWRITE = FuzzStream(_wire(
-    request_headers(extra={"x-gateway-model-name-rewrite": "other-model"}),
-    request_body(b'{"model":"a","prompt":"hi","model":"b"}')), None, False)
-CANCELLED_AFTER_THE_PICK = FuzzStream(_wire(request_headers(), request_body(_completion()),
-                                            response_headers({":status": "200"})), 2, True)
+RESPONSE_BEFORE_REQUEST = FuzzStream(
+    _wire(
+        response_headers({":status": "200"}),
+        response_body(b"{}", eos=True),
+        request_headers(),
+        request_body(_completion()),
+    ),
+    None,
+    False,
+)
+DUPLICATE_MODEL_UNDER_REWRITE = FuzzStream(
+    _wire(
+        request_headers(extra={"x-gateway-model-name-rewrite": "other-model"}),
+        request_body(b'{"model":"a","prompt":"hi","model":"b"}'),
+    ),
+    None,
+    False,
+)
+CANCELLED_AFTER_THE_PICK = FuzzStream(
+    _wire(request_headers(), request_body(_completion()), response_headers({":status": "200"})), 2, True
+)
 GARBAGE_FIRST = FuzzStream((b"\xff" * 16, *_wire(request_headers(), request_body(_completion()))), None, False)
 
 
@@ -68,8 +81,15 @@ def test_fuzzed_streams_end_cleanly_and_leave_nothing_counted(fleet_and_epp):
     @example(DUPLICATE_MODEL_UNDER_REWRITE)
     @example(CANCELLED_AFTER_THE_PICK)
     @example(GARBAGE_FIRST)
-    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck), print_blob=False)
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
     @given(fuzz_streams())
     def one(stream: FuzzStream) -> None:
         out = target.run(stream, BOUND_S)
@@ -81,8 +101,12 @@ def test_fuzzed_streams_end_cleanly_and_leave_nothing_counted(fleet_and_epp):
     assert tally.streams >= 2000, tally
     # The fuzz reached both the routing path (picks add in-flight load) and the edges.
     assert target.picks() > 300 and tally.cancelled > 200 and tally.grpc_codes.get("INVALID_ARGUMENT", 0) > 20, (
-        target.picks(), tally)
-    print(f"{tally.streams} streams, {target.picks()} picks, codes {tally.grpc_codes}, immediate {tally.immediate}, slowest {tally.slowest_s:.2f} s")
+        target.picks(),
+        tally,
+    )
+    print(
+        f"{tally.streams} streams, {target.picks()} picks, codes {tally.grpc_codes}, immediate {tally.immediate}, slowest {tally.slowest_s:.2f} s"
+    )
     acc = target.settled()
     assert acc.clean, f"load still counted after every stream ended: {acc}"
     assert target.errors() == []

@@ -23,8 +23,11 @@ MAX_SHARE = 0.05
 BACK_WITHIN_S = 2.0
 
 
-@pytest.mark.parametrize("mode,config", [("static", None), ("static", "reference-default"), ("kubernetes", None)],
-                         ids=["static-default", "static-reference-default", "kubernetes-pod-still-ready"])
+@pytest.mark.parametrize(
+    "mode,config",
+    [("static", None), ("static", "reference-default"), ("kubernetes", None)],
+    ids=["static-default", "static-reference-default", "kubernetes-pod-still-ready"],
+)
 def test_killed_server_gets_no_picks_and_is_picked_again_when_back(stack, kubeapi, mode, config):
     survivor, victim = stack.sims(4), stack.sims(4)
     args = ["--config-name", config] if config else []
@@ -34,11 +37,13 @@ def test_killed_server_gets_no_picks_and_is_picked_again_when_back(stack, kubeap
         epp = stack.epp(*args, static_endpoints=survivor.hostports + victim.hostports)
     gw = stack.envoy(epp)
 
-    r = asyncio.run(run_server_fault(gw, epp, victim, fault="kill", clients=16, warmup_s=2.0, window_s=WINDOW_S,
-                                     after_s=1.5))
+    r = asyncio.run(
+        run_server_fault(gw, epp, victim, fault="kill", clients=16, warmup_s=2.0, window_s=WINDOW_S, after_s=1.5)
+    )
 
     assert r.picks_total >= 100, r  # enough load for the share to mean something
     assert r.picks_to_victim <= MAX_SHARE * r.picks_total, (
-        f"{r.picks_to_victim} of {r.picks_total} picks went to the dead server's endpoints: {r}")
+        f"{r.picks_to_victim} of {r.picks_total} picks went to the dead server's endpoints: {r}"
+    )
     assert r.back_all_s is not None and r.back_all_s <= BACK_WITHIN_S, f"not back in rotation in time: {r}"
     assert r.failures_after_back == 0, r

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+
 import pytest
 
 from epp.sim.engine import EngineConfig
@@ -16,7 +17,9 @@ def free_port() -> int:
 
 def replica(i: int = 0, **kw) -> ReplicaConfig:
     engine = kw.pop("engine", EngineConfig(num_gpu_blocks=2048, max_model_len=8192))
-    return ReplicaConfig(index=i, port=0, pod_name=f"sim-{i}", engine=engine, time_scale=kw.pop("time_scale", 0.05), **kw)
+    return ReplicaConfig(
+        index=i, port=0, pod_name=f"sim-{i}", engine=engine, time_scale=kw.pop("time_scale", 0.05), **kw
+    )
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
+from collections import Counter as _Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from epp.sim.costmodel import CostModel
 from epp.sim.engine import Engine, EngineConfig, SimRequest
@@ -90,7 +94,7 @@ def test_kv_usage_rises_with_load_and_waiting_grows_past_capacity():
         eng.add_request(SimRequest(f"r{i}", prompt(256, i), max_tokens=200), eng.now)
         eng.step()
         usage.append(eng.kv_usage)
-    assert all(b >= a for a, b in zip(usage, usage[1:8]))
+    assert all(b >= a for a, b in itertools.pairwise(usage))
     assert usage[7] > 4 * usage[0]
     assert eng.num_running == 8
     assert eng.num_waiting == 4  # sequence slots full: the rest queue
@@ -186,20 +190,18 @@ def test_a_request_the_router_holds_keeps_its_arrival_time():
         return 0
 
     fleet.call_at(1.0, fleet.retry_parked)
-    recs = {r.request_id: r for r in fleet.run_trace(
-        [TraceItem(0.0, prompt(64, 1), 2, request_id="held"), TraceItem(0.5, prompt(64, 2), 2, request_id="free")],
-        route=route)}
+    recs = {
+        r.request_id: r
+        for r in fleet.run_trace(
+            [TraceItem(0.0, prompt(64, 1), 2, request_id="held"), TraceItem(0.5, prompt(64, 2), 2, request_id="free")],
+            route=route,
+        )
+    }
     assert calls == ["held", "free", "held"]
     assert recs["held"].arrival == 0.0
     assert recs["held"].ttft > 1.0 + cost.frontend_latency  # the wait in the router counts
     assert recs["free"].ttft < 0.5
     assert fleet.parked == 0
-
-
-from collections import Counter as _Counter
-
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 
 def _check_invariants(eng: Engine) -> None:
@@ -233,7 +235,16 @@ def _check_invariants(eng: Engine) -> None:
     budget=st.integers(16, 256),
 )
 def test_engine_invariants_hold_under_random_load(reqs, blocks, seqs, budget):
-    eng = Engine(EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=budget, num_gpu_blocks=blocks, block_size=8, max_model_len=160, max_loras=2))
+    eng = Engine(
+        EngineConfig(
+            max_num_seqs=seqs,
+            max_num_batched_tokens=budget,
+            num_gpu_blocks=blocks,
+            block_size=8,
+            max_model_len=160,
+            max_loras=2,
+        )
+    )
     expect = {}
     aborts = []
     done: dict[str, int] = {}

@@ -28,7 +28,12 @@ async def test_openai_client_parses_stream_and_usage(start_fleet, make_replica):
     try:
         msgs = [{"role": "user", "content": "Write a haiku about routers."}]
         stream = await client.chat.completions.create(
-            model=MODEL, messages=msgs, max_tokens=12, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
+            model=MODEL,
+            messages=msgs,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
         )
         content, finish, usage, roles = [], None, None, []
         async for chunk in stream:
@@ -48,7 +53,9 @@ async def test_openai_client_parses_stream_and_usage(start_fleet, make_replica):
         assert usage.prompt_tokens_details.cached_tokens == 0
 
         # Completions, streamed without include_usage: no usage chunk at all.
-        stream = await client.completions.create(model="sql", prompt="SELECT", max_tokens=5, stream=True, extra_body={"ignore_eos": True})
+        stream = await client.completions.create(
+            model="sql", prompt="SELECT", max_tokens=5, stream=True, extra_body={"ignore_eos": True}
+        )
         chunks = [c async for c in stream]
         assert len(chunks) == 5 and all(c.usage is None for c in chunks)
         assert chunks[-1].choices[0].finish_reason == "length"
@@ -80,11 +87,19 @@ async def test_errors_are_openai_objects_and_server_survives(start_fleet, make_r
         assert status == 400 and "maximum context length is 100" in body["error"]["message"]
         status, _, body = await _post(s, url + "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 99})
         assert status == 400
-        for bad in ({"model": MODEL}, {"model": MODEL, "prompt": [1, -5]}, {"model": MODEL, "prompt": "x", "max_tokens": "3"},
-                    {"model": MODEL, "messages": "hi"}, [], {"model": MODEL, "prompt": "x", "stream_options": {}}):
+        for bad in (
+            {"model": MODEL},
+            {"model": MODEL, "prompt": [1, -5]},
+            {"model": MODEL, "prompt": "x", "max_tokens": "3"},
+            {"model": MODEL, "messages": "hi"},
+            [],
+            {"model": MODEL, "prompt": "x", "stream_options": {}},
+        ):
             status, _, body = await _post(s, url + "/v1/completions", bad)
             assert status == 400, bad
-        status, _, body = await _post(s, url + "/v1/completions", {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2})
+        status, _, body = await _post(
+            s, url + "/v1/completions", {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 2}
+        )
         assert status == 200 and body["usage"]["prompt_tokens"] == 3
         async with s.get(url + "/health") as r:
             assert r.status == 200 and r.headers["x-inference-port"] == url.rsplit(":", 1)[1]
@@ -93,13 +108,22 @@ async def test_errors_are_openai_objects_and_server_survives(start_fleet, make_r
 async def test_fail_rate_injects_500(start_fleet, make_replica):
     fleet = await start_fleet(make_replica(0, fail_rate=1.0))
     async with aiohttp.ClientSession() as s:
-        status, _, body = await _post(s, fleet.urls[0] + "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        status, _, body = await _post(
+            s, fleet.urls[0] + "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        )
     assert status == 500 and body["error"]["code"] == 500
 
 
 async def _ttft(session, url, prompt_ids):
     t0 = time.perf_counter()
-    body = {"model": MODEL, "prompt": prompt_ids, "max_tokens": 2, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": prompt_ids,
+        "max_tokens": 2,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     async with session.post(url + "/v1/completions", json=body) as r:
         first = None
         usage = None
@@ -143,7 +167,11 @@ async def test_metrics_under_load_and_disconnect_frees_sequence(start_fleet, mak
     async with aiohttp.ClientSession() as s:
 
         async def one(i):
-            return await _post(s, url + "/v1/completions", {"model": MODEL, "prompt": [i + 1] * 200, "max_tokens": 60, "ignore_eos": True})
+            return await _post(
+                s,
+                url + "/v1/completions",
+                {"model": MODEL, "prompt": [i + 1] * 200, "max_tokens": 60, "ignore_eos": True},
+            )
 
         idle = await (await s.get(url + "/metrics")).text()
         tasks = [asyncio.create_task(one(i)) for i in range(10)]
@@ -190,18 +218,22 @@ async def test_lora_metrics_show_running_and_waiting_adapters(start_fleet, make_
     url = fleet.urls[0]
     async with aiohttp.ClientSession() as s:
         tasks = [
-            asyncio.create_task(_post(s, url + "/v1/completions", {"model": m, "prompt": "x y z", "max_tokens": 80, "ignore_eos": True}))
+            asyncio.create_task(
+                _post(s, url + "/v1/completions", {"model": m, "prompt": "x y z", "max_tokens": 80, "ignore_eos": True})
+            )
             for m in ("a", "b")
         ]
         line = ""
         for _ in range(200):
             await asyncio.sleep(0.01)
             text = await (await s.get(url + "/metrics")).text()
-            line = next(l for l in text.splitlines() if l.startswith("vllm:lora_requests_info{"))
+            line = next(ln for ln in text.splitlines() if ln.startswith("vllm:lora_requests_info{"))
             if 'running_lora_adapters="a"' in line or 'running_lora_adapters="b"' in line:
                 break
         assert 'max_lora="1"' in line
-        assert ('running_lora_adapters="a",waiting_lora_adapters="b"' in line) or ('running_lora_adapters="b",waiting_lora_adapters="a"' in line)
+        assert ('running_lora_adapters="a",waiting_lora_adapters="b"' in line) or (
+            'running_lora_adapters="b",waiting_lora_adapters="a"' in line
+        )
         assert all(r[0] == 200 for r in await asyncio.gather(*tasks))
 
 
@@ -210,7 +242,15 @@ async def test_lora_metrics_show_running_and_waiting_adapters(start_fleet, make_
     [
         ("sglang", ["sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:token_usage", 'page_size="16"']),
         ("trtllm-serve", ["trtllm_num_requests_waiting", "trtllm_kv_cache_utilization", "trtllm_kv_cache_max_blocks"]),
-        ("triton-tensorrt-llm", ['request_type="waiting"', 'request_type="scheduled"', 'kv_cache_block_type="fraction"', 'kv_cache_block_type="tokens_per"']),
+        (
+            "triton-tensorrt-llm",
+            [
+                'request_type="waiting"',
+                'request_type="scheduled"',
+                'kv_cache_block_type="fraction"',
+                'kv_cache_block_type="tokens_per"',
+            ],
+        ),
     ],
 )
 async def test_other_engines_metric_names(start_fleet, make_replica, kind, names):

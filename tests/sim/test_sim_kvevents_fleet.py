@@ -42,7 +42,9 @@ async def test_kv_events_arrive_on_sub_socket_and_describe_stored_blocks(start_f
         await asyncio.sleep(0.2)  # PUB/SUB slow-joiner: let the subscription propagate
         prompt = [(i * 31) % 5000 + 1 for i in range(70)]  # 4 full blocks + 6 tokens
         async with aiohttp.ClientSession() as s:
-            r = await s.post(fleet.urls[0] + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1})
+            r = await s.post(
+                fleet.urls[0] + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1}
+            )
             assert r.status == 200
         topic, seq, payload = await _recv(sub)
         assert topic == f"kv@127.0.0.1:{port}@{MODEL}".encode()
@@ -77,9 +79,28 @@ async def test_kv_events_arrive_on_sub_socket_and_describe_stored_blocks(start_f
 
 def test_cli_builds_heterogeneous_fleet_configs():
     args = build_parser().parse_args(
-        ["--replicas", "3", "--port", "9000", "--lora-modules", "a,b", "--lora-modules-per-replica", "1:c;2:",
-         "--slow-replica", "2:3.5", "--prefill-ms-per-token", "0.2", "--lora-load-time", "80", "--engine", "sglang",
-         "--num-gpu-blocks", "100", "--kv-events-endpoint", "tcp://127.0.0.1:5557"]
+        [
+            "--replicas",
+            "3",
+            "--port",
+            "9000",
+            "--lora-modules",
+            "a,b",
+            "--lora-modules-per-replica",
+            "1:c;2:",
+            "--slow-replica",
+            "2:3.5",
+            "--prefill-ms-per-token",
+            "0.2",
+            "--lora-load-time",
+            "80",
+            "--engine",
+            "sglang",
+            "--num-gpu-blocks",
+            "100",
+            "--kv-events-endpoint",
+            "tcp://127.0.0.1:5557",
+        ]
     )
     cfgs = configs_from_args(args)
     assert [c.port for c in cfgs] == [9000, 9001, 9002]
@@ -95,8 +116,18 @@ def test_cli_builds_heterogeneous_fleet_configs():
 async def test_cli_process_announces_every_replica_then_ready():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "epp.sim.cli", "--replicas", "3", "--port", "0", "--time-scale", "0.01",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "epp.sim.cli",
+        "--replicas",
+        "3",
+        "--port",
+        "0",
+        "--time-scale",
+        "0.01",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         lines = []
@@ -107,8 +138,8 @@ async def test_cli_process_announces_every_replica_then_ready():
                 break
             lines.append(line)
         assert line == "epp-sim ready: 3 replicas"
-        assert [l.rsplit(" as ", 1)[1] for l in lines] == ["sim-0", "sim-1", "sim-2"]
-        urls = [l.split()[2] for l in lines]
+        assert [ln.rsplit(" as ", 1)[1] for ln in lines] == ["sim-0", "sim-1", "sim-2"]
+        urls = [ln.split()[2] for ln in lines]
         async with aiohttp.ClientSession() as s:
             for i, u in enumerate(urls):
                 async with s.get(u + "/health") as r:
@@ -133,7 +164,9 @@ async def test_virtual_and_real_time_agree_on_tokens_and_cache_hits(start_fleet,
         max_tokens = 30
         natural = natural_output_len(key, mean)
         out = max_tokens if ignore_eos else min(natural, max_tokens)
-        trace.append((TraceItem(0.25 * i, ids, max_tokens, output_len=out, request_id=f"r{i}", output_key=key), ignore_eos))
+        trace.append(
+            (TraceItem(0.25 * i, ids, max_tokens, output_len=out, request_id=f"r{i}", output_key=key), ignore_eos)
+        )
 
     virtual = VirtualFleet([Engine(cfg)]).run_trace([t for t, _ in trace])
     vres = {r.request_id: (r.completion_tokens, r.cached_tokens) for r in virtual}
@@ -147,7 +180,12 @@ async def test_virtual_and_real_time_agree_on_tokens_and_cache_hits(start_fleet,
 
         async def send(item, ignore_eos):
             await asyncio.sleep(max(0.0, t0 + item.arrival * scale - loop.time()))
-            body = {"model": MODEL, "prompt": item.prompt_token_ids, "max_tokens": item.max_tokens, "ignore_eos": ignore_eos}
+            body = {
+                "model": MODEL,
+                "prompt": item.prompt_token_ids,
+                "max_tokens": item.max_tokens,
+                "ignore_eos": ignore_eos,
+            }
             async with s.post(url + "/v1/completions", json=body) as r:
                 u = (await r.json())["usage"]
             return item.request_id, (u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from google.protobuf import struct_pb2
 
 FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -15,13 +15,21 @@ BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 
 def header_map(headers: dict[str, str], raw: bool = True) -> base_pb2.HeaderMap:
     if raw:
-        return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])
+        return base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+        )
     return base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, value=v) for k, v in headers.items()])
 
 
-def request_headers(path: str = "/v1/completions", eos: bool = False, extra: dict[str, str] | None = None,
-                    mode: int | None = FULL_DUPLEX, subset: list[str] | str | None = None, raw: bool = True,
-                    method: str = "POST") -> pb.ProcessingRequest:
+def request_headers(
+    path: str = "/v1/completions",
+    eos: bool = False,
+    extra: dict[str, str] | None = None,
+    mode: int | None = FULL_DUPLEX,
+    subset: list[str] | str | None = None,
+    raw: bool = True,
+    method: str = "POST",
+) -> pb.ProcessingRequest:
     h = {":method": method, ":path": path, ":authority": "gw", ":scheme": "http", "content-type": "application/json"}
     h.update(extra or {})
     req = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=header_map(h, raw), end_of_stream=eos))
@@ -63,8 +71,9 @@ def body_chunks(body: bytes, size: int) -> list[pb.ProcessingRequest]:
     return [request_body(c, eos=(i == len(chunks) - 1)) for i, c in enumerate(chunks)]
 
 
-async def run_stream(channel: grpc.aio.Channel, messages: list[pb.ProcessingRequest],
-                     timeout: float = 10.0) -> list[pb.ProcessingResponse]:
+async def run_stream(
+    channel: grpc.aio.Channel, messages: list[pb.ProcessingRequest], timeout: float = 10.0
+) -> list[pb.ProcessingResponse]:
     """Send every message, half-close, collect every response until the server ends the stream."""
     stub = pb_grpc.ExternalProcessorStub(channel)
     call = stub.Process(timeout=timeout)

@@ -15,8 +15,15 @@ from epp.stack.processes import free_port
 
 @contextlib.asynccontextmanager
 async def running_epp(endpoints: list[Endpoint], config_text: str | None = None, **opts):
-    o = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
-                secure_serving=False, static_endpoints="x", refresh_metrics_interval=3600, **opts)
+    o = Options(
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        secure_serving=False,
+        static_endpoints="x",
+        refresh_metrics_interval=3600,
+        **opts,
+    )
     async with serving(Epp(o, load_config(config_text), endpoints)) as running:
         yield running
 

@@ -73,12 +73,19 @@ ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def status(code: int, reason: str, message: str) -> Obj:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _dig(obj: Obj, dotted: str) -> str:
@@ -108,17 +115,17 @@ def label_matcher(selector: str):
             neg = " notin " in raw
             key, _, values = raw.partition(" notin " if neg else " in ")
             vals = {v.strip() for v in values.strip().strip("()").split(",")}
-            reqs.append(lambda l, k=key.strip(), vs=vals, n=neg: (l.get(k) in vs) != n)
+            reqs.append(lambda lab, k=key.strip(), vs=vals, n=neg: (lab.get(k) in vs) != n)
         elif "!=" in raw:
             k, v = raw.split("!=", 1)
-            reqs.append(lambda l, k=k.strip(), v=v.strip(): l.get(k) != v)
+            reqs.append(lambda lab, k=k.strip(), v=v.strip(): lab.get(k) != v)
         elif "=" in raw:
             k, v = raw.replace("==", "=").split("=", 1)
-            reqs.append(lambda l, k=k.strip(), v=v.strip(): l.get(k) == v)
+            reqs.append(lambda lab, k=k.strip(), v=v.strip(): lab.get(k) == v)
         elif raw.startswith("!"):
-            reqs.append(lambda l, k=raw[1:].strip(): k not in l)
+            reqs.append(lambda lab, k=raw[1:].strip(): k not in lab)
         else:
-            reqs.append(lambda l, k=raw: k in l)
+            reqs.append(lambda lab, k=raw: k in lab)
     return lambda labels: all(r(labels) for r in reqs)
 
 
@@ -203,12 +210,13 @@ class KubeApiServer:
     def _call(self, fn, *args):
         async def run():
             return fn(*args)
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
     def _await(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-    def start(self) -> "KubeApiServer":
+    def start(self) -> KubeApiServer:
         self._await(self._start())
         return self
 
@@ -221,7 +229,7 @@ class KubeApiServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def __enter__(self) -> "KubeApiServer":
+    def __enter__(self) -> KubeApiServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -269,23 +277,32 @@ class KubeApiServer:
         return copy.deepcopy(found)
 
     def list(self, resource: Resource, namespace: str | None = None) -> list[Obj]:
-        return self._call(lambda: [copy.deepcopy(o) for (ns, _), o in self._objects[resource].items()
-                                   if namespace is None or ns == namespace])
+        return self._call(
+            lambda: [
+                copy.deepcopy(o)
+                for (ns, _), o in self._objects[resource].items()
+                if namespace is None or ns == namespace
+            ]
+        )
 
     def compact(self) -> int:
         """Forget history up to now: a watch from any older resourceVersion gets 410 Gone."""
+
         def run():
             self._compacted = self._rv
             self._history.clear()
             return self._rv
+
         return self._call(run)
 
     def stall_watches(self) -> int:
         """Every open watch stops delivering (events and bookmarks) but stays connected."""
+
         def run():
             for w in self._watchers:
                 w.stalled = True
             return len(self._watchers)
+
         return self._call(run)
 
     def watch_count(self, resource: Resource | None = None) -> int:
@@ -315,8 +332,12 @@ class KubeApiServer:
             raise _ApiError(409, "AlreadyExists", f'{resource.plural} "{key[1]}" already exists')
         obj["apiVersion"], obj["kind"] = resource.group_version, resource.kind
         md = obj["metadata"]
-        md.update(uid=str(uuid.uuid4()), creationTimestamp=md.get("creationTimestamp") or _now(),
-                  resourceVersion=self._bump(), generation=1)
+        md.update(
+            uid=str(uuid.uuid4()),
+            creationTimestamp=md.get("creationTimestamp") or _now(),
+            resourceVersion=self._bump(),
+            generation=1,
+        )
         self._objects[resource][key] = obj
         self._record(resource, "ADDED", obj)
         return copy.deepcopy(obj)
@@ -328,9 +349,13 @@ class KubeApiServer:
             raise _ApiError(404, "NotFound", f'{resource.plural} "{key[1]}" not found')
         sent_rv = obj["metadata"].get("resourceVersion")
         if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
-            raise _ApiError(409, "Conflict", f'Operation cannot be fulfilled on {resource.plural} "{key[1]}": '
-                                             "the object has been modified; please apply your changes to the "
-                                             "latest version and try again")
+            raise _ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource.plural} "{key[1]}": '
+                "the object has been modified; please apply your changes to the "
+                "latest version and try again",
+            )
         obj["apiVersion"], obj["kind"] = resource.group_version, resource.kind
         md = obj["metadata"]
         for k in ("uid", "creationTimestamp"):
@@ -373,11 +398,23 @@ class KubeApiServer:
         if request.method == "GET" and parts in (["version"], ["version", ""]):
             return _json({"major": "1", "minor": "32", "gitVersion": "v1.32.0-epp-test", "platform": "linux/amd64"})
         if request.method == "GET" and parts == ["api"]:
-            return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}]})
+            return _json(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}
+                    ],
+                }
+            )
         if request.method == "GET" and parts == ["apis"]:
-            return _json({"kind": "APIGroupList", "apiVersion": "v1",
-                          "groups": [self._group_doc(g) for g in self._groups() if g]})
+            return _json(
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [self._group_doc(g) for g in self._groups() if g],
+                }
+            )
         if parts[:1] == ["api"]:
             gv, rest = ("", parts[1]), parts[2:] if len(parts) > 1 else []
             if len(parts) < 2:
@@ -394,11 +431,24 @@ class KubeApiServer:
         if not served:
             raise _ApiError(404, "NotFound", "the server could not find the requested resource")
         if not rest:
-            return _json({"kind": "APIResourceList", "apiVersion": "v1",
-                          "groupVersion": served[0].group_version,
-                          "resources": [{"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-                                         "kind": r.kind, "verbs": VERBS, "shortNames": list(r.short_names)}
-                                        for r in served]})
+            return _json(
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": served[0].group_version,
+                    "resources": [
+                        {
+                            "name": r.plural,
+                            "singularName": r.singular,
+                            "namespaced": r.namespaced,
+                            "kind": r.kind,
+                            "verbs": VERBS,
+                            "shortNames": list(r.short_names),
+                        }
+                        for r in served
+                    ],
+                }
+            )
         namespace = None
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
@@ -415,8 +465,11 @@ class KubeApiServer:
         spec = body.get("spec") or {}
         if request.path.rstrip("/") == TOKEN_REVIEWS:
             user = self.tokens.get(spec.get("token", ""))
-            result: Obj = ({"authenticated": True, "user": user, "audiences": spec.get("audiences") or []}
-                           if user is not None else {"authenticated": False, "error": "invalid bearer token"})
+            result: Obj = (
+                {"authenticated": True, "user": user, "audiences": spec.get("audiences") or []}
+                if user is not None
+                else {"authenticated": False, "error": "invalid bearer token"}
+            )
             kind, api_version = "TokenReview", "authentication.k8s.io/v1"
         else:
             attrs = spec.get("nonResourceAttributes") or {}
@@ -424,8 +477,16 @@ class KubeApiServer:
             allowed = any((w, attrs.get("verb"), attrs.get("path")) in self.grants for w in who)
             result = {"allowed": allowed} | ({} if allowed else {"reason": "no RBAC rule allows it"})
             kind, api_version = "SubjectAccessReview", "authorization.k8s.io/v1"
-        return _json({"kind": kind, "apiVersion": api_version, "metadata": {"creationTimestamp": None},
-                      "spec": spec, "status": result}, 201)
+        return _json(
+            {
+                "kind": kind,
+                "apiVersion": api_version,
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": result,
+            },
+            201,
+        )
 
     def reviews(self, kind: str) -> int:
         """How many TokenReviews ("token") or SubjectAccessReviews ("access") were posted."""
@@ -446,8 +507,9 @@ class KubeApiServer:
                 versions.append({"groupVersion": r.group_version, "version": r.version})
         return {"name": group, "versions": versions, "preferredVersion": versions[0]}
 
-    async def _serve(self, request: web.Request, resource: Resource, namespace: str | None,
-                     name: str | None) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, resource: Resource, namespace: str | None, name: str | None
+    ) -> web.StreamResponse:
         q = request.query
         method = request.method
         if method == "GET" and name is None:
@@ -455,13 +517,19 @@ class KubeApiServer:
             fields = field_matcher(q.get("fieldSelector", ""))
             if q.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, _Watcher(resource, namespace, labels, fields, asyncio.Queue()))
-            items = [o for (ns, _), o in self._objects[resource].items()
-                     if (namespace is None or ns == namespace) and labels((o["metadata"].get("labels") or {}))
-                     and fields(o)]
-            return _json({"kind": f"{resource.kind}List", "apiVersion": resource.group_version,
-                          "metadata": {"resourceVersion": str(self._rv)},
-                          "items": sorted(items, key=lambda o: (o["metadata"].get("namespace", ""),
-                                                                 o["metadata"]["name"]))})
+            items = [
+                o
+                for (ns, _), o in self._objects[resource].items()
+                if (namespace is None or ns == namespace) and labels(o["metadata"].get("labels") or {}) and fields(o)
+            ]
+            return _json(
+                {
+                    "kind": f"{resource.kind}List",
+                    "apiVersion": resource.group_version,
+                    "metadata": {"resourceVersion": str(self._rv)},
+                    "items": sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])),
+                }
+            )
         if method == "GET":
             obj = self._objects[resource].get((namespace or "", name))
             if obj is None:
@@ -493,16 +561,22 @@ class KubeApiServer:
         w.transport = request.transport
         # Replay is computed and the watcher registered without an await in between, so no event is lost.
         if rv_text in ("", "0"):
-            backlog = [("ADDED", o) for o in sorted(self._objects[w.resource].values(),
-                                                  key=lambda o: int(o["metadata"]["resourceVersion"]))
-                       if (w.namespace is None or o["metadata"].get("namespace") == w.namespace) and w.wants(o)]
+            backlog = [
+                ("ADDED", o)
+                for o in sorted(self._objects[w.resource].values(), key=lambda o: int(o["metadata"]["resourceVersion"]))
+                if (w.namespace is None or o["metadata"].get("namespace") == w.namespace) and w.wants(o)
+            ]
         elif int(rv_text) < self._compacted:
-            await _send(resp, "ERROR", status(410, "Expired", f"too old resource version: {rv_text} "
-                                                              f"({self._compacted})"))
+            await _send(
+                resp, "ERROR", status(410, "Expired", f"too old resource version: {rv_text} ({self._compacted})")
+            )
             return resp
         else:
-            backlog = [(e.type, e.obj) for e in self._history
-                       if e.rv > int(rv_text) and e.resource == w.resource and w.wants(e.obj)]
+            backlog = [
+                (e.type, e.obj)
+                for e in self._history
+                if e.rv > int(rv_text) and e.resource == w.resource and w.wants(e.obj)
+            ]
         self._watchers.append(w)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -518,11 +592,18 @@ class KubeApiServer:
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 try:
                     item = await asyncio.wait_for(w.queue.get(), max(wait, 0.001))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if bookmarks and loop.time() >= next_bookmark and not w.stalled:
                         next_bookmark = loop.time() + self.bookmark_interval
-                        await _send(resp, "BOOKMARK", {"kind": w.resource.kind, "apiVersion": w.resource.group_version,
-                                                       "metadata": {"resourceVersion": str(self._rv)}})
+                        await _send(
+                            resp,
+                            "BOOKMARK",
+                            {
+                                "kind": w.resource.kind,
+                                "apiVersion": w.resource.group_version,
+                                "metadata": {"resourceVersion": str(self._rv)},
+                            },
+                        )
                     continue
                 if item is None:
                     cut = True

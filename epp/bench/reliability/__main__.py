@@ -1,8 +1,8 @@
 """`python -m epp.bench.reliability` (`make bench-reliability`, `epp-bench reliability`): every stage, then the report.
 
-    python -m epp.bench.reliability                      # all stages, full length (~25 min)
-    python -m epp.bench.reliability --quick              # all stages, shortened (development)
-    python -m epp.bench.reliability --only soak --soak-minutes 2
+python -m epp.bench.reliability                      # all stages, full length (~25 min)
+python -m epp.bench.reliability --quick              # all stages, shortened (development)
+python -m epp.bench.reliability --only soak --soak-minutes 2
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ OUT = Path("bench/results/reliability.md")
 def _progress(t0: float):
     def say(text: str) -> None:
         print(f"[{time.monotonic() - t0:6.0f} s] {text}", flush=True)
+
     return say
 
 
@@ -47,17 +48,23 @@ def _load(path: Path) -> tuple[dict[str, StageResult], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="epp-bench reliability", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="epp-bench reliability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", default="", help=f"comma-separated stages ({', '.join(STAGES)}); default all")
-    ap.add_argument("--quick", action="store_true",
-                    help="short stages: 1,000 fuzzed streams, 5 s fault windows, a 1-minute soak")
+    ap.add_argument(
+        "--quick", action="store_true", help="short stages: 1,000 fuzzed streams, 5 s fault windows, a 1-minute soak"
+    )
     ap.add_argument("--soak-minutes", type=float, default=None, help="soak length (default 10, quick 1)")
     ap.add_argument("--fuzz-streams", type=int, default=None, help="fuzzed streams (default 20,000, quick 1,000)")
     ap.add_argument("--seed", type=int, default=13, help="hypothesis seed for the fuzz")
-    ap.add_argument("--out", type=Path, default=None,
-                    help=f"report path (default {OUT}, figures also in .json beside it; with --quick a temporary "
-                         "file, so the committed figures stay). With --only, other stages keep their last figures.")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"report path (default {OUT}, figures also in .json beside it; with --quick a temporary "
+        "file, so the committed figures stay). With --only, other stages keep their last figures.",
+    )
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(STAGES)
     unknown = [n for n in names if n not in STAGES]
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         fuzz_streams=args.fuzz_streams or (1000 if args.quick else 20_000),
         fault_window_s=5.0 if args.quick else 20.0,
         soak_s=60.0 * (args.soak_minutes if args.soak_minutes is not None else 1 if args.quick else 10),
-        seed=args.seed)
+        seed=args.seed,
+    )
 
     out = args.out or (Path(tempfile.gettempdir()) / "reliability-quick.md" if args.quick else OUT)
 
@@ -76,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     say = _progress(t0)
-    meta = {"machine": machine(), "commit": git_commit(), "date": date.today().isoformat(), "quick": cfg.quick,
-            "command": "python -m epp.bench.reliability " + shlex.join(argv if argv is not None else sys.argv[1:])}
+    meta = {
+        "machine": machine(),
+        "commit": git_commit(),
+        "date": date.today().isoformat(),
+        "quick": cfg.quick,
+        "command": "python -m epp.bench.reliability " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    }
     sidecar = out.with_suffix(".json")
     # With --only, the other stages keep the figures of the run that last measured them.
     kept, before = _load(sidecar) if args.only and sidecar.exists() else ({}, {})
@@ -85,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if kept and before:
         meta["full_run"] = before.get("full_run") or (
             f"stages not rerun are from {before['date']} (`{before['command']}`, commit `{before['commit']}`, "
-            f"{before['wall_s'] / 60:.1f} minutes)")
+            f"{before['wall_s'] / 60:.1f} minutes)"
+        )
     results: list[StageResult] = []
 
     def save() -> Path:
@@ -108,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             r.seconds = time.monotonic() - s0
             r.run = {"date": meta["date"], "commit": meta["commit"]}
             results.append(r)
-            say(f"stage {name}: {'error: ' + r.error if r.error else 'met' if r.passed else 'MISSED a bound'} "
-                f"({r.seconds:.0f} s)")
+            say(
+                f"stage {name}: {'error: ' + r.error if r.error else 'met' if r.passed else 'MISSED a bound'} "
+                f"({r.seconds:.0f} s)"
+            )
             for row in r.rows:
-                say(f"    {row.what}: {row.value}" + (f"  [{row.bound}: {'ok' if row.ok else 'MISSED'}]"
-                                                         if row.ok is not None else ""))
+                say(
+                    f"    {row.what}: {row.value}"
+                    + (f"  [{row.bound}: {'ok' if row.ok else 'MISSED'}]" if row.ok is not None else "")
+                )
             meta["wall_s"] = time.monotonic() - t0
             save()  # after every stage, so an interrupted run keeps what it measured
     meta["wall_s"] = time.monotonic() - t0

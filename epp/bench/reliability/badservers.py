@@ -16,15 +16,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 import orjson
 from aiohttp import web
 
 from epp.datalayer.vllmpage import VllmState, vllm_page
 
-COMPLETION = orjson.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
-                           "choices": [{"index": 0, "text": "ok", "finish_reason": "length"}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+COMPLETION = orjson.dumps(
+    {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "text": "ok", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+)
 
 
 def parse_ports(text: str) -> list[int]:
@@ -38,13 +46,17 @@ def parse_ports(text: str) -> list[int]:
 def big_body(mb: int) -> bytes:
     row = b'{"object":"embedding","index":0,"embedding":[' + b"0.0123456," * 100 + b"0.1]},"
     rows = mb * 1_000_000 // len(row) + 1
-    return (b'{"object":"list","model":"m","data":[' + row * rows + b'{"object":"embedding","index":1,"embedding":[]}]'
-            b',"usage":{"prompt_tokens":1000,"total_tokens":1000}}')
+    return (
+        b'{"object":"list","model":"m","data":[' + row * rows + b'{"object":"embedding","index":1,"embedding":[]}]'
+        b',"usage":{"prompt_tokens":1000,"total_tokens":1000}}'
+    )
 
 
 def app(mode: str, ports: list[int], big_mb: int) -> web.Application:
-    pages = {p: vllm_page(VllmState(waiting=i % 3, running=i % 5, kv_usage=(i % 10) / 20), seed=i).encode()
-             for i, p in enumerate(ports)}
+    pages = {
+        p: vllm_page(VllmState(waiting=i % 3, running=i % 5, kv_usage=(i % 10) / 20), seed=i).encode()
+        for i, p in enumerate(ports)
+    }
     big = big_body(big_mb) if mode == "big" else b""
 
     def port_of(request: web.Request) -> int:
@@ -64,13 +76,15 @@ def app(mode: str, ports: list[int], big_mb: int) -> web.Application:
 
     async def completion(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=COMPLETION, content_type="application/json",
-                            headers={"x-inference-port": str(port_of(request))})
+        return web.Response(
+            body=COMPLETION, content_type="application/json", headers={"x-inference-port": str(port_of(request))}
+        )
 
     async def embeddings(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=big or COMPLETION, content_type="application/json",
-                            headers={"x-inference-port": str(port_of(request))})
+        return web.Response(
+            body=big or COMPLETION, content_type="application/json", headers={"x-inference-port": str(port_of(request))}
+        )
 
     a = web.Application(client_max_size=64 << 20)
     a.router.add_get("/metrics", metrics)
@@ -95,10 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ports", required=True, help="comma-separated ports or ranges (a-b)")
     ap.add_argument("--big-mb", type=int, default=80)
     args = ap.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.mode, parse_ports(args.ports), args.big_mb))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -63,12 +63,19 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
         progress(f"big-response: baseline pick p99 {baseline.pct(99)} ms; downloading {n} x {BIG_MB} MB")
         downloads, during = clientloop.run(_during(epp.grpc_port, gw.url, n), 600)
     ok = [d for d in downloads if d[0] == 200 and d[1] >= BIG_MB * 1_000_000]
-    res.check("transfers complete (HTTP 200, every byte)", f"{len(ok)} of {len(downloads)}", "all",
-              len(ok) == len(downloads))
+    res.check(
+        "transfers complete (HTTP 200, every byte)", f"{len(ok)} of {len(downloads)}", "all", len(ok) == len(downloads)
+    )
     res.figure("transfer time through Envoy + EPP", ", ".join(f"{d[2]:.2f} s" for d in downloads))
-    res.figure("other picks before: count / p50 / p99 / max", f"{baseline.count} / {baseline.pct(50)} / "
-               f"{baseline.pct(99)} / {baseline.pct(100)} ms")
-    res.check("other picks while it passes: p99", f"{during.pct(99)} ms (p50 {during.pct(50)}, max {during.pct(100)}, "
-              f"{during.count} picks, {during.errors} errors)", f"< {MAX_P99_MS:g} ms",
-              during.count > 0 and during.errors == 0 and (during.pct(99) or 0) < MAX_P99_MS)
+    res.figure(
+        "other picks before: count / p50 / p99 / max",
+        f"{baseline.count} / {baseline.pct(50)} / {baseline.pct(99)} / {baseline.pct(100)} ms",
+    )
+    res.check(
+        "other picks while it passes: p99",
+        f"{during.pct(99)} ms (p50 {during.pct(50)}, max {during.pct(100)}, "
+        f"{during.count} picks, {during.errors} errors)",
+        f"< {MAX_P99_MS:g} ms",
+        during.count > 0 and during.errors == 0 and (during.pct(99) or 0) < MAX_P99_MS,
+    )
     return res

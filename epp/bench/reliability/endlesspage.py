@@ -37,10 +37,16 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
         alive = epp.proc.alive
         sampler.stop()
     peak = sampler.peak_rss_mb
-    res.check("EPP RSS growth while the page streams", f"{peak - base:.1f} MB ({base:.0f} → peak {peak:.0f} MB)",
-              f"< {MAX_GROWTH_MB:g} MB", peak - base < MAX_GROWTH_MB)
+    res.check(
+        "EPP RSS growth while the page streams",
+        f"{peak - base:.1f} MB ({base:.0f} → peak {peak:.0f} MB)",
+        f"< {MAX_GROWTH_MB:g} MB",
+        peak - base < MAX_GROWTH_MB,
+    )
     res.check("EPP process alive afterwards", "yes" if alive else "no", "yes", alive)
-    res.figure("picks meanwhile: count / errors / p50 / p99", f"{probe.count} / {probe.errors} / "
-               f"{probe.pct(50)} ms / {probe.pct(99)} ms")
+    res.figure(
+        "picks meanwhile: count / errors / p50 / p99",
+        f"{probe.count} / {probe.errors} / {probe.pct(50)} ms / {probe.pct(99)} ms",
+    )
     res.figure("picks sent to the endless-page endpoint", probe.destinations.get(bad, 0))
     return res

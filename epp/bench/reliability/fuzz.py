@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
 import httpx
@@ -107,9 +107,13 @@ async def drive(channel: grpc.aio.Channel, stream: FuzzStream, bound: float) -> 
     # A write racing the server's end of the stream fails in the client's own gRPC core, which
     # then reports this status locally; the server had ended the stream cleanly.
     raced = write_failed and code == grpc.StatusCode.INTERNAL and details == CLIENT_CORE_RACE
-    if not (code == grpc.StatusCode.CANCELLED and cancelled) and not raced:
-        if code not in ACCEPTABLE_CODES and not problems:
-            problems.append(f"stream ended with {code.name}: {details}")
+    if (
+        not (code == grpc.StatusCode.CANCELLED and cancelled)
+        and not raced
+        and code not in ACCEPTABLE_CODES
+        and not problems
+    ):
+        problems.append(f"stream ended with {code.name}: {details}")
     kinds, immediate = [], []
     for b in raw:
         try:
@@ -145,6 +149,7 @@ class FuzzTarget:
 
     def route_one(self) -> str:
         """Route a well-formed completion; returns the destination the EPP chose."""
+
         async def go() -> str:
             call = self.channel.stream_stream(METHOD)(timeout=10)
             for m in completion_messages():
@@ -157,6 +162,7 @@ class FuzzTarget:
                         if h.header.key == "x-gateway-destination-endpoint":
                             return h.header.raw_value.decode()
             return ""
+
         return self.call(go(), 15)
 
     def settled(self, timeout: float = 10.0) -> Accounting:
@@ -185,14 +191,26 @@ class FuzzTarget:
 def completion_messages() -> list[bytes]:
     from envoy.config.core.v3 import base_pb2
 
-    headers = {":method": "POST", ":path": "/v1/completions", ":authority": "gw", ":scheme": "http",
-               "content-type": "application/json"}
-    req = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(
-        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()])))
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/completions",
+        ":authority": "gw",
+        ":scheme": "http",
+        "content-type": "application/json",
+    }
+    req = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+            )
+        )
+    )
     req.protocol_config.request_body_mode = req.protocol_config.response_body_mode = 4
     body = orjson.dumps({"model": MODEL, "prompt": "after the fuzz", "max_tokens": 1})
-    return [req.SerializeToString(),
-            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)).SerializeToString()]
+    return [
+        req.SerializeToString(),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)).SerializeToString(),
+    ]
 
 
 class _ErrorLog(logging.Handler):
@@ -207,13 +225,14 @@ class _ErrorLog(logging.Handler):
 class InProcessEpp(FuzzTarget):
     """The EPP in this process (on the client loop too), scraping `static_endpoints` at the default interval."""
 
-    def __init__(self, static_endpoints: list[str], config_text: str | None = None,
-                 body_limit: int = BODY_LIMIT) -> None:
+    def __init__(
+        self, static_endpoints: list[str], config_text: str | None = None, body_limit: int = BODY_LIMIT
+    ) -> None:
         self.static_endpoints, self.config_text, self.body_limit = static_endpoints, config_text, body_limit
         self.epp = None
         self._errors = _ErrorLog()
 
-    def start(self) -> "InProcessEpp":
+    def start(self) -> InProcessEpp:
         from epp.datalayer.static_source import parse_static_endpoints
         from epp.options import Options
         from epp.runner import Epp
@@ -221,36 +240,57 @@ class InProcessEpp(FuzzTarget):
         from epp.stack.processes import free_port
 
         spec = ",".join(self.static_endpoints)
-        opts = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
-                       secure_serving=False, static_endpoints=spec, max_request_body_bytes=self.body_limit)
+        opts = Options(
+            grpc_port=free_port(),
+            grpc_health_port=free_port(),
+            metrics_port=free_port(),
+            secure_serving=False,
+            static_endpoints=spec,
+            max_request_body_bytes=self.body_limit,
+        )
         logging.getLogger("epp").addHandler(self._errors)
 
         async def start() -> None:
             self.epp = Epp(opts, load_config(self.config_text), parse_static_endpoints(spec))
             await self.epp.start()
-            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{opts.grpc_port}", options=[
-                ("grpc.max_send_message_length", 64 << 20)])
+            self.channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{opts.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+            )
+
         self.call(start(), 30)
         return self
 
     def accounting(self) -> Accounting:
         async def read() -> Accounting:
-            inflight = {e.name: (e.inflight.requests, e.inflight.prompt_tokens, e.inflight.prefill_tokens,
-                                 e.inflight.prefill_requests, e.inflight.long_prefills, e.inflight.held_tokens)
-                        for e in self.epp.datastore.endpoints()}
+            inflight = {
+                e.name: (
+                    e.inflight.requests,
+                    e.inflight.prompt_tokens,
+                    e.inflight.prefill_tokens,
+                    e.inflight.prefill_requests,
+                    e.inflight.long_prefills,
+                    e.inflight.held_tokens,
+                )
+                for e in self.epp.datastore.endpoints()
+            }
             running = 0.0
             for family in self.epp.metrics.registry.collect():
                 for s in family.samples:
                     if s.name == "inference_objective_running_requests":
                         running += s.value
             return Accounting(inflight, running, self.epp.processor.active_streams)
+
         return self.call(read(), 10)
 
     def picks(self) -> int:
         async def read() -> int:
-            return sum(int(s.value) for f in self.epp.metrics.registry.collect() for s in f.samples
-                       if s.name == "inference_extension_scheduler_attempts_total"
-                       and s.labels.get("status") == "success")
+            return sum(
+                int(s.value)
+                for f in self.epp.metrics.registry.collect()
+                for s in f.samples
+                if s.name == "inference_extension_scheduler_attempts_total" and s.labels.get("status") == "success"
+            )
+
         return self.call(read(), 10)
 
     def errors(self) -> list[str]:
@@ -265,6 +305,7 @@ class InProcessEpp(FuzzTarget):
         async def stop() -> None:
             await self.channel.close()
             await self.epp.stop(grace=0.5)
+
         try:
             if self.epp is not None:
                 self.call(stop(), 30)
@@ -279,13 +320,20 @@ class EppProgram(FuzzTarget):
         self.stack, self.static_endpoints, self.args, self.body_limit = stack, static_endpoints, args, body_limit
         self.proc: EppProcess | None = None
 
-    def start(self) -> "EppProgram":
-        self.proc = self.stack.epp(f"--max-request-body-bytes={self.body_limit}", *self.args,
-                                   static_endpoints=self.static_endpoints, tls=False, name="epp-fuzz")
+    def start(self) -> EppProgram:
+        self.proc = self.stack.epp(
+            f"--max-request-body-bytes={self.body_limit}",
+            *self.args,
+            static_endpoints=self.static_endpoints,
+            tls=False,
+            name="epp-fuzz",
+        )
 
         async def connect() -> None:
-            self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.proc.grpc_port}", options=[
-                ("grpc.max_send_message_length", 64 << 20)])
+            self.channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{self.proc.grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]
+            )
+
         self.call(connect(), 10)
         return self
 
@@ -316,6 +364,7 @@ class EppProgram(FuzzTarget):
     def close(self) -> None:
         async def stop() -> None:
             await self.channel.close()
+
         self.call(stop(), 10)
 
 
@@ -352,8 +401,14 @@ def _describe(stream: FuzzStream) -> str:
     return f"{parts} cancel_after={stream.cancel_after}"
 
 
-def run_fuzz(target: FuzzTarget, examples: int, seed: int = 13, bound: float = 10.0,
-             progress: Callable[[FuzzTally], None] | None = None, every: int = 1000) -> FuzzTally:
+def run_fuzz(
+    target: FuzzTarget,
+    examples: int,
+    seed: int = 13,
+    bound: float = 10.0,
+    progress: Callable[[FuzzTally], None] | None = None,
+    every: int = 1000,
+) -> FuzzTally:
     """`examples` hypothesis-generated streams, counted rather than stopped at the first problem."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
@@ -363,8 +418,14 @@ def run_fuzz(target: FuzzTarget, examples: int, seed: int = 13, bound: float = 1
     tally = FuzzTally()
 
     @hseed(seed)
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), print_blob=False)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
     @given(fuzz_streams())
     def one(stream: FuzzStream) -> None:
         tally.add(stream, target.run(stream, bound))

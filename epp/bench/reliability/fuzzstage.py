@@ -29,8 +29,10 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
 
             def report(t: FuzzTally) -> None:
                 rate = t.streams / (time.monotonic() - t0)
-                progress(f"fuzz: {t.streams:,} streams ({rate:.0f}/s), {len(t.failures)} with problems, "
-                         f"EPP RSS {sampler.samples[-1].rss_mb:.0f} MB")
+                progress(
+                    f"fuzz: {t.streams:,} streams ({rate:.0f}/s), {len(t.failures)} with problems, "
+                    f"EPP RSS {sampler.samples[-1].rss_mb:.0f} MB"
+                )
 
             tally = run_fuzz(target, cfg.fuzz_streams, seed=cfg.seed, progress=report, every=2000)
             fuzz_s = time.monotonic() - t0
@@ -54,21 +56,39 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
     res.figure("streams per second", round(tally.streams / fuzz_s, 1))
     res.check("EPP process crashed", "no" if alive else "yes", "no", alive)
     res.check("streams not over within 10 s (hangs)", hangs, "0", hangs == 0)
-    res.check("streams with another problem (invalid response, unexpected gRPC status, 500)",
-              len(tally.failures) - hangs, "0", len(tally.failures) == hangs)
-    res.check("in-flight requests + prompt tokens still counted afterwards",
-              sum(sum(v) for v in acc.inflight.values()) if acc else "n/a", "0", bool(acc and acc.clean))
-    res.check("inference_objective_running_requests afterwards", acc.running if acc else "n/a", "0",
-              bool(acc and acc.running == 0))
-    res.check("a well-formed request afterwards is routed to", routed or "nothing", "a fleet endpoint",
-              routed in sims.hostports)
+    res.check(
+        "streams with another problem (invalid response, unexpected gRPC status, 500)",
+        len(tally.failures) - hangs,
+        "0",
+        len(tally.failures) == hangs,
+    )
+    res.check(
+        "in-flight requests + prompt tokens still counted afterwards",
+        sum(sum(v) for v in acc.inflight.values()) if acc else "n/a",
+        "0",
+        bool(acc and acc.clean),
+    )
+    res.check(
+        "inference_objective_running_requests afterwards",
+        acc.running if acc else "n/a",
+        "0",
+        bool(acc and acc.running == 0),
+    )
+    res.check(
+        "a well-formed request afterwards is routed to",
+        routed or "nothing",
+        "a fleet endpoint",
+        routed in sims.hostports,
+    )
     res.figure("EPP RSS before / after / peak", f"{rss_before:.0f} / {rss_after:.0f} / {sampler.peak_rss_mb:.0f} MB")
     res.check("error lines in the EPP log", len(errors), "0", not errors)
     res.figure("gRPC status of the streams", ", ".join(f"{k} {v:,}" for k, v in sorted(tally.grpc_codes.items())))
     res.figure("immediate responses", ", ".join(f"{k}: {v:,}" for k, v in sorted(tally.immediate.items())))
     res.figure("slowest stream", f"{tally.slowest_s:.2f} s")
-    res.notes.append("INTERNAL statuses are the client's own gRPC core reporting a write that raced the server's "
-                     "end of the stream (the server had answered and closed); they are accepted only then.")
+    res.notes.append(
+        "INTERNAL statuses are the client's own gRPC core reporting a write that raced the server's "
+        "end of the stream (the server had answered and closed); they are accepted only then."
+    )
     res.notes += [f"problem: {f[:300]}" for f in tally.failures[:5]]
     res.notes += [f"log: {e[:300]}" for e in errors[:5]]
     return res

@@ -39,18 +39,37 @@ def kube_api_server() -> Any:
 
 
 def sim_pod(name: str, sim: SimProcess) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "sim"},
-                         "annotations": {"inference.networking.k8s.io/active-ports": ",".join(map(str, sim.ports))}},
-            "status": {"podIP": sim.host, "conditions": [{"type": "Ready", "status": "True"}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app": "sim"},
+            "annotations": {"inference.networking.k8s.io/active-ports": ",".join(map(str, sim.ports))},
+        },
+        "status": {"podIP": sim.host, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
 
 
 def start_kube_epp(stack: Stack, kubeapi: Any, sims: list[SimProcess], *args: str) -> EppProcess:
     kinds = _test_support()
     ports = [p for s in sims for p in s.ports]
-    kubeapi.create(kinds.POOL_V1, {"metadata": {"name": POOL, "namespace": NAMESPACE},
-                             "spec": {"selector": {"matchLabels": {"app": "sim"}},
-                                      "targetPorts": [{"number": p} for p in ports]}})
+    kubeapi.create(
+        kinds.POOL_V1,
+        {
+            "metadata": {"name": POOL, "namespace": NAMESPACE},
+            "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": p} for p in ports]},
+        },
+    )
     for i, s in enumerate(sims):
         kubeapi.create(kinds.PODS, sim_pod(f"sim-{i}", s))
-    return stack.epp("--pool-name", POOL, "--pool-namespace", NAMESPACE, "--kube-api-server", kubeapi.url,
-                     "--metrics-endpoint-auth=false", *args, name="epp-kube")
+    return stack.epp(
+        "--pool-name",
+        POOL,
+        "--pool-namespace",
+        NAMESPACE,
+        "--kube-api-server",
+        kubeapi.url,
+        "--metrics-endpoint-auth=false",
+        *args,
+        name="epp-kube",
+    )

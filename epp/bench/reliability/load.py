@@ -71,17 +71,30 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, timeout: f
     return Outcome(t0, time.monotonic(), status, port, error)
 
 
-async def closed_loop(url: str, clients: int, stop: asyncio.Event, result: LoadResult, *,
-                      max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "", pad_chars: int = 0,
-                      pause: float = 0.0) -> LoadResult:
+async def closed_loop(
+    url: str,
+    clients: int,
+    stop: asyncio.Event,
+    result: LoadResult,
+    *,
+    max_tokens: int = 8,
+    timeout: float = 10.0,
+    shared_prefix: str = "",
+    pad_chars: int = 0,
+    pause: float = 0.0,
+) -> LoadResult:
     """Run `clients` request loops against `url` (/v1/completions) until `stop` is set."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+
         async def loop(c: int) -> None:
             n = 0
             while not stop.is_set():
-                result.outcomes.append(await _one(session, url + "/v1/completions",
-                                                  _body(c, n, max_tokens, shared_prefix, pad_chars), timeout))
+                result.outcomes.append(
+                    await _one(
+                        session, url + "/v1/completions", _body(c, n, max_tokens, shared_prefix, pad_chars), timeout
+                    )
+                )
                 n += 1
                 if pause:
                     await asyncio.sleep(pause)
@@ -90,9 +103,18 @@ async def closed_loop(url: str, clients: int, stop: asyncio.Event, result: LoadR
     return result
 
 
-async def open_loop(url: str, rate: float, stop: asyncio.Event, result: LoadResult, *,
-                    max_tokens: int = 8, timeout: float = 10.0, shared_prefix: str = "", pad_chars: int = 0,
-                    max_outstanding: int = 512) -> LoadResult:
+async def open_loop(
+    url: str,
+    rate: float,
+    stop: asyncio.Event,
+    result: LoadResult,
+    *,
+    max_tokens: int = 8,
+    timeout: float = 10.0,
+    shared_prefix: str = "",
+    pad_chars: int = 0,
+    max_outstanding: int = 512,
+) -> LoadResult:
     """`rate` requests per second at fixed intervals until `stop` is set (the soak's load).
 
     A request that cannot start because `max_outstanding` are already running is recorded as a
@@ -116,9 +138,14 @@ async def open_loop(url: str, rate: float, stop: asyncio.Event, result: LoadResu
                 t = time.monotonic()
                 result.outcomes.append(Outcome(t, t, 0, 0, "overload"))
             else:
-                task = asyncio.create_task(_one(session, url + "/v1/completions",
-                                                _body(n % 1000, n, max_tokens, shared_prefix, pad_chars),
-                                                timeout))
+                task = asyncio.create_task(
+                    _one(
+                        session,
+                        url + "/v1/completions",
+                        _body(n % 1000, n, max_tokens, shared_prefix, pad_chars),
+                        timeout,
+                    )
+                )
                 running.add(task)
                 task.add_done_callback(lambda t: (running.discard(t), result.outcomes.append(t.result())))
             n += 1

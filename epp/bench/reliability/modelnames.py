@@ -27,17 +27,20 @@ async def _send(url: str, names: list[str], concurrency: int = 16) -> Counter[in
     statuses: Counter[int] = Counter()
     queue = list(reversed(names))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+
         async def worker() -> None:
             while queue:
                 name = queue.pop()
                 body = orjson.dumps({"model": name, "prompt": "hi", "max_tokens": 1})
                 try:
-                    async with s.post(url + "/v1/completions", data=body,
-                                      headers={"content-type": "application/json"}) as r:
+                    async with s.post(
+                        url + "/v1/completions", data=body, headers={"content-type": "application/json"}
+                    ) as r:
                         await r.read()
                         statuses[r.status] += 1
                 except aiohttp.ClientError:
                     statuses[0] += 1
+
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return statuses
 
@@ -59,6 +62,7 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
     res.figure("/metrics before", f"{before / 1000:,.0f} KB")
     res.check("/metrics after", f"{len(page) / 1000:,.0f} KB", "< 2 MB", len(page) < MAX_PAGE_BYTES)
     res.figure("time to scrape it", f"{scrape_s * 1000:.0f} ms")
-    res.check("the 1 MiB name appears on the page", "yes" if b"m" * 1000 in page else "no", "no",
-              b"m" * 1000 not in page)
+    res.check(
+        "the 1 MiB name appears on the page", "yes" if b"m" * 1000 in page else "no", "no", b"m" * 1000 not in page
+    )
     return res

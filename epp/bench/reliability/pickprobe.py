@@ -27,16 +27,28 @@ def _headers(h: dict[str, str]) -> base_pb2.HeaderMap:
 
 
 def _request(n: int) -> list[pb.ProcessingRequest]:
-    rh = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=_headers(
-        {":method": "POST", ":path": "/v1/completions", ":authority": "gw", ":scheme": "http",
-         "content-type": "application/json"})))
+    rh = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=_headers(
+                {
+                    ":method": "POST",
+                    ":path": "/v1/completions",
+                    ":authority": "gw",
+                    ":scheme": "http",
+                    "content-type": "application/json",
+                }
+            )
+        )
+    )
     rh.protocol_config.request_body_mode = rh.protocol_config.response_body_mode = 4
     body = orjson.dumps({"model": MODEL, "prompt": f"probe {n}: how far is the moon?", "max_tokens": 1})
     return [rh, pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))]
 
 
-_FINISH = [pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers({":status": "200"}))),
-           pb.ProcessingRequest(response_body=pb.HttpBody(body=b"{}", end_of_stream=True))]
+_FINISH = [
+    pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=_headers({":status": "200"}))),
+    pb.ProcessingRequest(response_body=pb.HttpBody(body=b"{}", end_of_stream=True)),
+]
 
 
 @dataclass
@@ -67,8 +79,14 @@ async def one_pick(stub: pb_grpc.ExternalProcessorStub, n: int, result: ProbeRes
             call.cancel()
             return
         result.latencies_ms.append(elapsed)
-        dest = next((h.header.raw_value.decode() for h in first.request_headers.response.header_mutation.set_headers
-                     if h.header.key == "x-gateway-destination-endpoint"), "")
+        dest = next(
+            (
+                h.header.raw_value.decode()
+                for h in first.request_headers.response.header_mutation.set_headers
+                if h.header.key == "x-gateway-destination-endpoint"
+            ),
+            "",
+        )
         result.destinations[dest] = result.destinations.get(dest, 0) + 1
         for m in _FINISH:
             await call.write(m)

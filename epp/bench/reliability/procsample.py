@@ -6,6 +6,7 @@ every cache the process legitimately fills is full.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -13,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 from epp.bench.procstat import cpu_seconds, rss_bytes
-
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -29,10 +29,8 @@ def machine_busy_s() -> float:
 def processes_cpu_s(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += cpu_seconds(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return total
 
 
@@ -60,8 +58,9 @@ class Sampler:
         self._t0 = time.monotonic()
 
     def sample(self) -> ProcSample:
-        s = ProcSample(time.monotonic() - self._t0, rss_bytes(self.pid) / 1e6, fd_count(self.pid),
-                       cpu_seconds(self.pid))
+        s = ProcSample(
+            time.monotonic() - self._t0, rss_bytes(self.pid) / 1e6, fd_count(self.pid), cpu_seconds(self.pid)
+        )
         self.samples.append(s)
         return s
 
@@ -73,7 +72,7 @@ class Sampler:
                 return  # the process is gone; the stage reports that
             self._stop.wait(self.period_s)
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -91,7 +90,7 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) points, per minute; 0 for fewer than 3 points."""
     if len(points) < 3:
         return 0.0
-    xs, ys = zip(*points)
+    xs, ys = zip(*points, strict=True)
     if len(set(xs)) < 2:
         return 0.0
     return statistics.linear_regression(xs, ys).slope * 60.0

@@ -38,8 +38,14 @@ def render(results: list[StageResult], meta: dict[str, Any]) -> str:
         when = f"{r.run.get('date', '')}, `{r.run.get('commit', '')}`"
         lines.append(f"| [{r.title}](#{r.name}) | {verdict} | {r.seconds:.0f} s | {when} |")
     for r in results:
-        lines += ["", f"## {r.title}", f'<a id="{r.name}"></a>', "", "| measured | value | bound | met |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## {r.title}",
+            f'<a id="{r.name}"></a>',
+            "",
+            "| measured | value | bound | met |",
+            "| --- | --- | --- | --- |",
+        ]
         for row in r.rows:
             met = "" if row.ok is None else "yes" if row.ok else "**no**"
             lines.append(f"| {_cell(row.what)} | {_cell(row.value)} | {_cell(row.bound)} | {met} |")

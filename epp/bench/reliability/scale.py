@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from epp.bench.procstat import cpu_seconds
 from epp.bench.reliability.pickprobe import measure_picks
 from epp.bench.reliability.picks import sample_value
 from epp.bench.reliability.stack import Stack
 from epp.bench.reliability.stageresult import Progress, RunConfig, StageResult
-from epp.bench.procstat import cpu_seconds
 from epp.stack.processes import free_ports
 
 ENDPOINTS = 1000
@@ -29,15 +29,18 @@ def _measure(st: Stack, ports: list[int], args: list[str], warmup_s: float, seco
     epp = st.epp(*args, static_endpoints=[f"127.0.0.1:{p}" for p in ports], tls=False)
     time.sleep(warmup_s)  # every endpoint scraped at least once
     interval = sample_value(httpx.get(epp.metrics_url, timeout=30).text, "epp_scrape_interval_seconds")
-    progress(f"1000-endpoints {' '.join(args) or '(default flags)'}: scrape interval {interval:.3f} s; "
-             f"probing picks for {seconds:g} s")
+    progress(
+        f"1000-endpoints {' '.join(args) or '(default flags)'}: scrape interval {interval:.3f} s; "
+        f"probing picks for {seconds:g} s"
+    )
     c0, t0 = cpu_seconds(epp.pid), time.monotonic()
     probe = measure_picks(epp.grpc_port, rate=20, seconds=seconds)
     cpu = (cpu_seconds(epp.pid) - c0) / (time.monotonic() - t0)
     text = httpx.get(epp.metrics_url, timeout=30).text
     epp.proc.stop()
-    reachable = sum(1 for line in text.splitlines()
-                    if line.startswith("epp_endpoint_reachable{") and line.endswith(" 1.0"))
+    reachable = sum(
+        1 for line in text.splitlines() if line.startswith("epp_endpoint_reachable{") and line.endswith(" 1.0")
+    )
     return probe, interval, cpu, reachable
 
 
@@ -54,11 +57,15 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
     res.figure("effective scrape interval (epp_scrape_interval_seconds)", f"{interval * 1000:.0f} ms")
     res.figure("endpoints the EPP counts as reachable", f"{reachable:,} of {ENDPOINTS:,}")
     res.figure("EPP CPU while scraping and picking", f"{cpu * 100:.0f} % of one core")
-    res.check("pick p99 (ext_proc round trip, 20 picks/s)",
-              f"{probe.pct(99)} ms (p50 {probe.pct(50)}, max {probe.pct(100)}, {probe.count} picks, "
-              f"{probe.errors} errors)", f"< {MAX_P99_MS:g} ms",
-              probe.count > 0 and probe.errors == 0 and (probe.pct(99) or 0) < MAX_P99_MS)
+    res.check(
+        "pick p99 (ext_proc round trip, 20 picks/s)",
+        f"{probe.pct(99)} ms (p50 {probe.pct(50)}, max {probe.pct(100)}, {probe.count} picks, {probe.errors} errors)",
+        f"< {MAX_P99_MS:g} ms",
+        probe.count > 0 and probe.errors == 0 and (probe.pct(99) or 0) < MAX_P99_MS,
+    )
     res.figure("distinct endpoints picked", len(probe.destinations))
-    res.figure("for comparison, scraping off (--refresh-metrics-interval=1h): pick p50 / p99, EPP CPU",
-               f"{quiet.pct(50)} / {quiet.pct(99)} ms, {quiet_cpu * 100:.0f} %")
+    res.figure(
+        "for comparison, scraping off (--refresh-metrics-interval=1h): pick p50 / p99, EPP CPU",
+        f"{quiet.pct(50)} / {quiet.pct(99)} ms, {quiet_cpu * 100:.0f} %",
+    )
     return res

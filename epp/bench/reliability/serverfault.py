@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import httpx
 
@@ -44,10 +44,19 @@ def _victim_picks(c: Counter[int], ports: set[int]) -> int:
     return sum(v for p, v in c.items() if p in ports)
 
 
-async def run_server_fault(gw: Gateway, epp: EppProcess, victim: SimProcess, *, fault: str = "kill",
-                           clients: int = 16, warmup_s: float = 3.0, window_s: float = 20.0,
-                           back_timeout_s: float = 10.0, after_s: float = 2.0,
-                           progress: Callable[[str], None] = lambda _: None) -> FaultResult:
+async def run_server_fault(
+    gw: Gateway,
+    epp: EppProcess,
+    victim: SimProcess,
+    *,
+    fault: str = "kill",
+    clients: int = 16,
+    warmup_s: float = 3.0,
+    window_s: float = 20.0,
+    back_timeout_s: float = 10.0,
+    after_s: float = 2.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> FaultResult:
     ports = set(victim.ports)
     stop = asyncio.Event()
     load = LoadResult()
@@ -75,8 +84,10 @@ async def run_server_fault(gw: Gateway, epp: EppProcess, victim: SimProcess, *, 
             result.picks_total = sum(window.values())
             result.picks_to_victim = _victim_picks(window, ports)
             result.failures_during = load.failures(t_fault, t_end)
-            progress(f"{fault}: {result.picks_to_victim}/{result.picks_total} picks to the victim in "
-                     f"{window_s:g} s ({result.victim_share:.1%})")
+            progress(
+                f"{fault}: {result.picks_to_victim}/{result.picks_total} picks to the victim in "
+                f"{window_s:g} s ({result.victim_share:.1%})"
+            )
 
             if fault == "kill":
                 await asyncio.to_thread(victim.restart)

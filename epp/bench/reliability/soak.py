@@ -7,8 +7,9 @@ which a 20 s open-loop run completes with no failures and a p99 under 1 s. The c
 shared with other sessions: at 80 % and at 60 % the stack took ~1.7 of the 2 cores and any
 other work on the machine turned the soak into overload, so the rate leaves a core's worth of
 room, and every minute records the CPU this stack and all other processes used. Open loop,
-so a slowdown during the soak shows as failures instead of a lower rate. Prompts are distinct and ~600 characters, so the prefix
-index fills (the simulators report 2,048 KV blocks each, which bounds it) early in the run.
+so a slowdown during the soak shows as failures instead of a lower rate. Prompts are distinct
+and ~600 characters, so the prefix index fills (the simulators report 2,048 KV blocks each,
+which bounds it) early in the run.
 The EPP's RSS and open file descriptors are sampled every 5 s; slopes are fitted over the
 second half of the run, after the index is full. Bounds: 0 failures, RSS slope ≤ 0.1 MB/min,
 fd count flat.
@@ -26,8 +27,7 @@ import httpx
 
 from epp.bench.reliability.load import LoadResult, closed_loop, open_loop
 from epp.bench.reliability.picks import sample_value
-from epp.bench.reliability.procsample import (Sampler, machine_busy_s, processes_cpu_s, second_half,
-                                              slope_per_minute)
+from epp.bench.reliability.procsample import Sampler, machine_busy_s, processes_cpu_s, second_half, slope_per_minute
 from epp.bench.reliability.stack import EppProcess, Gateway, Stack
 from epp.bench.reliability.stageresult import Progress, RunConfig, StageResult
 from epp.bench.summary import percentile
@@ -90,8 +90,9 @@ class Minute:
     other_cores: float  # every other process on the machine (other sessions' work)
 
 
-async def _soak(gw: Gateway, epp: EppProcess, rate: float, seconds: float, sampler: Sampler, pids: list[int],
-                progress: Progress) -> tuple[LoadResult, list[tuple[float, float]], list[Minute]]:
+async def _soak(
+    gw: Gateway, epp: EppProcess, rate: float, seconds: float, sampler: Sampler, pids: list[int], progress: Progress
+) -> tuple[LoadResult, list[tuple[float, float]], list[Minute]]:
     stop, load = asyncio.Event(), LoadResult()
     task = asyncio.create_task(open_loop(gw.url, rate, stop, load, pad_chars=PAD_CHARS))
     index: list[tuple[float, float]] = []
@@ -108,14 +109,22 @@ async def _soak(gw: Gateway, epp: EppProcess, rate: float, seconds: float, sampl
                 busy, ours = machine_busy_s(), processes_cpu_s(pids)
                 span = [o for o in load.between(last, now)]
                 lat = [(o.end - o.start) * 1000 for o in span if o.ok]
-                m = Minute(now - t0, len(span), sum(not o.ok for o in span), percentile(lat, 99) or 0.0,
-                           (ours - ours0) / (now - last), max(0.0, (busy - busy0 - (ours - ours0)) / (now - last)))
+                m = Minute(
+                    now - t0,
+                    len(span),
+                    sum(not o.ok for o in span),
+                    percentile(lat, 99) or 0.0,
+                    (ours - ours0) / (now - last),
+                    max(0.0, (busy - busy0 - (ours - ours0)) / (now - last)),
+                )
                 minutes.append(m)
                 last, busy0, ours0 = now, busy, ours
                 s = sampler.samples[-1]
-                progress(f"soak: {m.end_s:.0f} s, {len(load.outcomes):,} requests, {load.failures():,} failed, "
-                         f"RSS {s.rss_mb:.1f} MB, {s.fds} fds, index {index[-1][1]:,.0f}; CPU this stack "
-                         f"{m.stack_cores:.2f} cores, other processes {m.other_cores:.2f}")
+                progress(
+                    f"soak: {m.end_s:.0f} s, {len(load.outcomes):,} requests, {load.failures():,} failed, "
+                    f"RSS {s.rss_mb:.1f} MB, {s.fds} fds, index {index[-1][1]:,.0f}; CPU this stack "
+                    f"{m.stack_cores:.2f} cores, other processes {m.other_cores:.2f}"
+                )
     stop.set()
     await task
     return load, index, minutes
@@ -123,8 +132,9 @@ async def _soak(gw: Gateway, epp: EppProcess, rate: float, seconds: float, sampl
 
 def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
     minutes = cfg.soak_s / 60
-    res = StageResult("soak", f"Soak: {minutes:g} minute{'s' * (minutes != 1)} at the highest sustained rate "
-                              "through Envoy")
+    res = StageResult(
+        "soak", f"Soak: {minutes:g} minute{'s' * (minutes != 1)} at the highest sustained rate through Envoy"
+    )
     with Stack(workdir) as st:
         sims = [st.sims(4, "--num-gpu-blocks", "2048") for _ in range(2)]
         epp = st.epp(static_endpoints=[hp for s in sims for hp in s.hostports])
@@ -149,20 +159,33 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
     cpu = (samples[-1].cpu_s - samples[0].cpu_s) / (samples[-1].t - samples[0].t) if len(samples) > 1 else 0.0
     lat = [(o.end - o.start) * 1000 for o in outcomes if o.ok]
     res.figure("closed-loop capacity of the stack (48 clients)", f"{measured:.0f} req/s")
-    res.figure("rate sent (open loop; the highest step of 40 %, 32 %, ... of that with 0 failures and p99 < 1 s "
-               "over 20 s)", f"{rate:.0f} req/s, achieved {len(outcomes) / span:.1f} req/s" if span else rate)
+    res.figure(
+        "rate sent (open loop; the highest step of 40 %, 32 %, ... of that with 0 failures and p99 < 1 s over 20 s)",
+        f"{rate:.0f} req/s, achieved {len(outcomes) / span:.1f} req/s" if span else rate,
+    )
     res.check("requests / failures", f"{len(outcomes):,} / {len(failed):,}", "0 failures", not failed and alive)
-    res.figure("request latency p50 / p99 (streamed, 8 tokens)",
-               f"{percentile(lat, 50) or 0:.0f} / {percentile(lat, 99) or 0:.0f} ms")
+    res.figure(
+        "request latency p50 / p99 (streamed, 8 tokens)",
+        f"{percentile(lat, 50) or 0:.0f} / {percentile(lat, 99) or 0:.0f} ms",
+    )
     res.figure("prefix index entries: peak, and when it reached 98 % of it", f"{top:,.0f} at {full_at:.0f} s")
-    res.figure("EPP RSS start / end / peak", f"{samples[0].rss_mb:.1f} / {samples[-1].rss_mb:.1f} / "
-               f"{max(s.rss_mb for s in samples):.1f} MB")
-    res.check(f"EPP RSS slope over {tail[0].t:.0f}-{tail[-1].t:.0f} s" if tail else "EPP RSS slope",
-              f"{rss_slope:+.3f} MB/min", f"≤ {MAX_RSS_SLOPE} MB/min", rss_slope <= MAX_RSS_SLOPE)
+    res.figure(
+        "EPP RSS start / end / peak",
+        f"{samples[0].rss_mb:.1f} / {samples[-1].rss_mb:.1f} / {max(s.rss_mb for s in samples):.1f} MB",
+    )
+    res.check(
+        f"EPP RSS slope over {tail[0].t:.0f}-{tail[-1].t:.0f} s" if tail else "EPP RSS slope",
+        f"{rss_slope:+.3f} MB/min",
+        f"≤ {MAX_RSS_SLOPE} MB/min",
+        rss_slope <= MAX_RSS_SLOPE,
+    )
     fds = [s.fds for s in tail]
-    res.check("EPP open fds over the same span: min / max / slope",
-              f"{min(fds, default=0)} / {max(fds, default=0)} / {fd_slope:+.2f} per min", "flat",
-              bool(fds) and fd_slope <= 0.5 and max(fds) - min(fds) <= 16)
+    res.check(
+        "EPP open fds over the same span: min / max / slope",
+        f"{min(fds, default=0)} / {max(fds, default=0)} / {fd_slope:+.2f} per min",
+        "flat",
+        bool(fds) and fd_slope <= 0.5 and max(fds) - min(fds) <= 16,
+    )
     res.figure("EPP CPU", f"{cpu * 100:.0f} % of one core")
     if failed:
         kinds: dict[str, int] = {}
@@ -170,9 +193,16 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
             key = o.error[:60] or f"HTTP {o.status}"
             kinds[key] = kinds.get(key, 0) + 1
         res.notes.append("failures: " + "; ".join(f"{k} x{v}" for k, v in sorted(kinds.items(), key=lambda x: -x[1])))
-    res.notes.append("Minute by minute (end s: requests / failures / p99 ms / CPU cores used by this stack / by "
-                     "other processes on the machine): " + "; ".join(
-                         f"{m.end_s:.0f}: {m.requests:,} / {m.failures:,} / {m.p99_ms:.0f} / {m.stack_cores:.2f} / "
-                         f"{m.other_cores:.2f}" for m in minutes))
-    res.notes.append("RSS samples (s, MB): " + ", ".join(f"{s.t:.0f}:{s.rss_mb:.1f}" for s in samples[:: max(1, len(samples) // 24)]))
+    res.notes.append(
+        "Minute by minute (end s: requests / failures / p99 ms / CPU cores used by this stack / by "
+        "other processes on the machine): "
+        + "; ".join(
+            f"{m.end_s:.0f}: {m.requests:,} / {m.failures:,} / {m.p99_ms:.0f} / {m.stack_cores:.2f} / "
+            f"{m.other_cores:.2f}"
+            for m in minutes
+        )
+    )
+    res.notes.append(
+        "RSS samples (s, MB): " + ", ".join(f"{s.t:.0f}:{s.rss_mb:.1f}" for s in samples[:: max(1, len(samples) // 24)])
+    )
     return res

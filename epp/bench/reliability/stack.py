@@ -97,13 +97,37 @@ class Stack:
         self.procs.append(proc)
         return proc.start()
 
-    def sims(self, replicas: int, *args: str, host: str = "127.0.0.1", time_scale: float = 0.1,
-             ports: list[int] | None = None) -> SimProcess:
+    def sims(
+        self,
+        replicas: int,
+        *args: str,
+        host: str = "127.0.0.1",
+        time_scale: float = 0.1,
+        ports: list[int] | None = None,
+    ) -> SimProcess:
         ports = ports or free_ports(replicas, consecutive=True, host=host)
-        p = self._start(Proc(f"epp-sim-{ports[0]}", [
-            bin_path("epp-sim"), "--host", host, "--replicas", str(replicas), "--port", str(ports[0]),
-            "--model", MODEL, "--time-scale", str(time_scale), "--log-level", "warning", *args],
-            self.workdir / f"sim-{host}-{ports[0]}.log"))
+        p = self._start(
+            Proc(
+                f"epp-sim-{ports[0]}",
+                [
+                    bin_path("epp-sim"),
+                    "--host",
+                    host,
+                    "--replicas",
+                    str(replicas),
+                    "--port",
+                    str(ports[0]),
+                    "--model",
+                    MODEL,
+                    "--time-scale",
+                    str(time_scale),
+                    "--log-level",
+                    "warning",
+                    *args,
+                ],
+                self.workdir / f"sim-{host}-{ports[0]}.log",
+            )
+        )
         for port in ports:
             wait_port(port, host=host, proc=p.popen, timeout=30)
         return SimProcess(p, host, ports)
@@ -111,16 +135,33 @@ class Stack:
     def bad_servers(self, mode: str, ports: list[int], *args: str) -> Proc:
         """badservers.py in a child process; back once its last port accepts connections."""
         spec = ",".join(map(str, ports))
-        p = self._start(Proc(f"badservers-{mode}", [sys.executable, "-m", "epp.bench.reliability.badservers", mode,
-                                                    "--ports", spec, *args], self.workdir / f"bad-{mode}-{ports[0]}.log"))
+        p = self._start(
+            Proc(
+                f"badservers-{mode}",
+                [sys.executable, "-m", "epp.bench.reliability.badservers", mode, "--ports", spec, *args],
+                self.workdir / f"bad-{mode}-{ports[0]}.log",
+            )
+        )
         wait_port(ports[-1], proc=p.popen, timeout=60)
         return p
 
-    def epp(self, *args: str, static_endpoints: list[str] | None = None, tls: bool = True,
-            name: str = "epp") -> EppProcess:
+    def epp(
+        self, *args: str, static_endpoints: list[str] | None = None, tls: bool = True, name: str = "epp"
+    ) -> EppProcess:
         g, h, m = free_port(), free_port(), free_port()
-        argv = [bin_path("epp"), "--grpc-port", str(g), "--grpc-health-port", str(h), "--metrics-port", str(m),
-                f"--secure-serving={str(tls).lower()}", "--health-checking", "-v=1", *args]
+        argv = [
+            bin_path("epp"),
+            "--grpc-port",
+            str(g),
+            "--grpc-health-port",
+            str(h),
+            "--metrics-port",
+            str(m),
+            f"--secure-serving={str(tls).lower()}",
+            "--health-checking",
+            "-v=1",
+            *args,
+        ]
         if static_endpoints is not None:
             argv += ["--static-endpoints", ",".join(static_endpoints)]
         p = self._start(Proc(name, argv, self.workdir / f"{name}-{g}.log"))
@@ -130,12 +171,27 @@ class Stack:
 
     def envoy(self, epp: EppProcess, *, routable_timeout: float = 30.0) -> Gateway:
         port, admin = free_port(), free_port()
-        conf = envoyconf.render("original-dst", listen_port=port, admin_port=admin, epp_port=epp.grpc_port,
-                                epp_tls=epp.tls)
+        conf = envoyconf.render(
+            "original-dst", listen_port=port, admin_port=admin, epp_port=epp.grpc_port, epp_tls=epp.tls
+        )
         path = envoyconf.write(conf, self.workdir / f"envoy-{port}.yaml")
-        p = self._start(Proc(f"envoy-{port}", [bin_path("envoy"), "-c", str(path), "--concurrency", "1",
-                                               "--log-level", "error", "--base-id", str(port)],
-                             self.workdir / f"envoy-{port}.log"))
+        p = self._start(
+            Proc(
+                f"envoy-{port}",
+                [
+                    bin_path("envoy"),
+                    "-c",
+                    str(path),
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--base-id",
+                    str(port),
+                ],
+                self.workdir / f"envoy-{port}.log",
+            )
+        )
         wait_port(port, proc=p.popen, timeout=30)
         gw = Gateway(p, port, admin)
         self.wait_routable(gw, timeout=routable_timeout)
@@ -150,8 +206,9 @@ class Stack:
                 if p.popen is not None and not p.alive and p.popen.returncode not in (-9, -15, 0):
                     raise RuntimeError(f"{p.name} exited with {p.popen.returncode}: {p.log_tail(10)}")
             try:
-                r = httpx.post(gw.url + "/v1/completions", timeout=10,
-                               json={"model": MODEL, "prompt": "warm up", "max_tokens": 1})
+                r = httpx.post(
+                    gw.url + "/v1/completions", timeout=10, json={"model": MODEL, "prompt": "warm up", "max_tokens": 1}
+                )
                 if r.status_code == 200:
                     return
                 last = f"HTTP {r.status_code} {r.text[:200]}"
@@ -173,7 +230,7 @@ class Stack:
     def logs(self, lines: int = 20) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.log_tail(lines)}" for p in self.procs)
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:

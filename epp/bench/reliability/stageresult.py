@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass
@@ -29,7 +29,7 @@ class StageResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StageResult":
+    def from_dict(cls, d: dict) -> StageResult:
         return cls(**{**d, "rows": [Row(**r) for r in d.get("rows", [])]})
 
     def figure(self, what: str, value: object) -> None:

@@ -27,8 +27,9 @@ def api_client(opts: Options) -> client.ApiClient:
             else:
                 config.load_kube_config(client_configuration=cfg)
     except (ConfigException, OSError) as exc:
-        raise KubeConfigError(f"no Kubernetes configuration ({exc}); pass --kubeconfig or --kube-api-server, "
-                              "or run in a pod") from None
+        raise KubeConfigError(
+            f"no Kubernetes configuration ({exc}); pass --kubeconfig or --kube-api-server, or run in a pod"
+        ) from None
     if opts.kube_api_server:
         cfg.host = opts.kube_api_server.rstrip("/")
     # The watch threads share one client; keep enough pooled connections for all of them.
@@ -44,7 +45,8 @@ def served_resources(api: client.ApiClient, group: str, version: str, timeout: f
     """
     path = f"/apis/{group}/{version}" if group else f"/api/{version}"
     method, url, headers, body, post = api.param_serialize(
-        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+    )
     resp = api.call_api(method, url, header_params=headers, body=body, post_params=post, _request_timeout=timeout)
     if resp.status == 404:
         return None

@@ -21,8 +21,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from kubernetes.client.rest import ApiException
@@ -71,16 +72,26 @@ class WatchStatus:
 class Informer:
     """One list/watch loop. `on_replace(objects_by_name)` after each LIST, `on_event(type, obj)` per change."""
 
-    def __init__(self, resource: str, list_fn: ListFn, loop: asyncio.AbstractEventLoop,
-                 on_replace: Callable[[dict[str, Obj]], None], on_event: Callable[[str, Obj], None], *,
-                 label_selector: str = "", field_selector: str = "", tuning: WatchTuning = WatchTuning(),
-                 on_restart: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        resource: str,
+        list_fn: ListFn,
+        loop: asyncio.AbstractEventLoop,
+        on_replace: Callable[[dict[str, Obj]], None],
+        on_event: Callable[[str, Obj], None],
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        tuning: WatchTuning = WatchTuning(),
+        on_restart: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.status = WatchStatus(resource)
         self._list = list_fn
         self._loop = loop
         self._on_replace, self._on_event = on_replace, on_event
-        self._selectors = {k: v for k, v in (("label_selector", label_selector),
-                                             ("field_selector", field_selector)) if v}
+        self._selectors = {
+            k: v for k, v in (("label_selector", label_selector), ("field_selector", field_selector)) if v
+        }
         self.tuning = tuning
         self._on_restart = on_restart
         self._stop = threading.Event()
@@ -125,8 +136,9 @@ class Informer:
                 if self._stop.is_set():
                     break
                 self._restarted("stalled")
-                log.warning("watch of %s was silent for %.0fs; reopening it", self.status.resource,
-                            self.tuning.stall_timeout)
+                log.warning(
+                    "watch of %s was silent for %.0fs; reopening it", self.status.resource, self.tuning.stall_timeout
+                )
             except Exception as exc:  # unreachable server, 5xx, a broken stream...
                 if self._stop.is_set():
                     break
@@ -138,8 +150,11 @@ class Informer:
 
     def _relist(self) -> None:
         try:
-            resp = self._list(_preload_content=False, _request_timeout=(self.tuning.connect_timeout,
-                                                                        self.tuning.list_timeout), **self._selectors)
+            resp = self._list(
+                _preload_content=False,
+                _request_timeout=(self.tuning.connect_timeout, self.tuning.list_timeout),
+                **self._selectors,
+            )
         except ReadTimeoutError:  # a slow LIST is an error to back off from, not a stalled watch
             raise TimeoutError(f"list of {self.status.resource} timed out") from None
         try:
@@ -154,10 +169,15 @@ class Informer:
 
     def _watch(self) -> None:
         try:
-            resp = self._list(watch=True, resource_version=self._rv, allow_watch_bookmarks=True,
-                              timeout_seconds=random.randint(*self.tuning.watch_timeout), _preload_content=False,
-                              _request_timeout=(self.tuning.connect_timeout, self.tuning.stall_timeout),
-                              **self._selectors)
+            resp = self._list(
+                watch=True,
+                resource_version=self._rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=random.randint(*self.tuning.watch_timeout),
+                _preload_content=False,
+                _request_timeout=(self.tuning.connect_timeout, self.tuning.stall_timeout),
+                **self._selectors,
+            )
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone() from None
@@ -206,8 +226,12 @@ class Informer:
         reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
         if st.connected or not st.down_since:
             st.down_since = time.monotonic()
-            log.warning("watch of %s lost (%s: %s); keeping the last known state", st.resource, reason,
-                        str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.warning(
+                "watch of %s lost (%s: %s); keeping the last known state",
+                st.resource,
+                reason,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
             self._restarted("error")
         st.connected, st.last_error = False, f"{reason}"
 

@@ -28,8 +28,9 @@ def active_ports(pod: dict[str, Any]) -> set[int] | None:
     return {int(p) for p in text.split(",") if p.strip().isdigit()}
 
 
-def pod_endpoints(pod: dict[str, Any], pool: PoolSpec, engine_label: str = ENGINE_LABEL,
-                  default_engine: str = DEFAULT_ENGINE) -> list[Endpoint]:
+def pod_endpoints(
+    pod: dict[str, Any], pool: PoolSpec, engine_label: str = ENGINE_LABEL, default_engine: str = DEFAULT_ENGINE
+) -> list[Endpoint]:
     """The endpoints this pod contributes to the pool now (empty when not ready or not selected)."""
     md = pod.get("metadata") or {}
     labels = md.get("labels") or {}
@@ -40,6 +41,16 @@ def pod_endpoints(pod: dict[str, Any], pool: PoolSpec, engine_label: str = ENGIN
     if engine not in ENGINES:
         engine = default_engine
     name, ip = md["name"], pod["status"]["podIP"]
-    return [Endpoint(name=f"{name}-rank-{i}", address=ip, port=port, engine=engine, labels=dict(labels),
-                     pod_name=name, namespace=md.get("namespace", ""))
-            for i, port in enumerate(pool.target_ports) if allowed is None or port in allowed]
+    return [
+        Endpoint(
+            name=f"{name}-rank-{i}",
+            address=ip,
+            port=port,
+            engine=engine,
+            labels=dict(labels),
+            pod_name=name,
+            namespace=md.get("namespace", ""),
+        )
+        for i, port in enumerate(pool.target_ports)
+        if allowed is None or port in allowed
+    ]

@@ -33,8 +33,11 @@ def rewrite_rules_from_object(obj: Obj) -> list[RewriteRule]:
     name, created = obj["metadata"]["name"], _created(obj)
     out: list[RewriteRule] = []
     for rule in (obj.get("spec") or {}).get("rules") or []:
-        targets = tuple(WeightedTarget(t["modelRewrite"], int(t["weight"]) if t.get("weight") is not None else 0)
-                        for t in rule.get("targets") or [] if t.get("modelRewrite"))
+        targets = tuple(
+            WeightedTarget(t["modelRewrite"], int(t["weight"]) if t.get("weight") is not None else 0)
+            for t in rule.get("targets") or []
+            if t.get("modelRewrite")
+        )
         if not targets:
             continue
         matches = [m.get("model") or {} for m in rule.get("matches") or []]

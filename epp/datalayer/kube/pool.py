@@ -46,8 +46,13 @@ def pool_from_object(obj: dict[str, Any]) -> PoolSpec:
     if not ports:
         raise PoolError(f"InferencePool {md.get('name')}: no target ports")
     unique = tuple(dict.fromkeys(ports))[:MAX_TARGET_PORTS]
-    return PoolSpec(md.get("name", ""), md.get("namespace", ""), tuple(sorted(selector.items())), unique,
-                    spec.get("appProtocol") or "http")
+    return PoolSpec(
+        md.get("name", ""),
+        md.get("namespace", ""),
+        tuple(sorted(selector.items())),
+        unique,
+        spec.get("appProtocol") or "http",
+    )
 
 
 def standalone_pool(selector: str, target_ports: list[int], namespace: str, name: str) -> PoolSpec:

@@ -26,8 +26,14 @@ Obj = dict[str, Any]
 class PoolReconciler:
     """Pool + pods -> endpoints. Synced (ready) once the pool is known and pods were fully listed."""
 
-    def __init__(self, datastore: Datastore, pool_name: str, engine_label: str, default_engine: str,
-                 fixed_pool: PoolSpec | None = None) -> None:
+    def __init__(
+        self,
+        datastore: Datastore,
+        pool_name: str,
+        engine_label: str,
+        default_engine: str,
+        fixed_pool: PoolSpec | None = None,
+    ) -> None:
         self.ds = datastore
         self.pool_name = pool_name
         self.engine_label, self.default_engine = engine_label, default_engine
@@ -64,8 +70,12 @@ class PoolReconciler:
             self.ds.clear()  # also un-syncs: not ready without a pool, as the reference
             return
         if old is not None:
-            log.info("InferencePool %s changed (selector %s, ports %s): resyncing pods", self.pool_name,
-                     dict(spec.selector), list(spec.target_ports))
+            log.info(
+                "InferencePool %s changed (selector %s, ports %s): resyncing pods",
+                self.pool_name,
+                dict(spec.selector),
+                list(spec.target_ports),
+            )
         self._resync()
 
     # ---- pods --------------------------------------------------------------------------------

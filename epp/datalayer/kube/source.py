@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+
 from kubernetes import client
 
 from epp.datalayer.datastore import Datastore
@@ -59,9 +60,13 @@ class KubeSource:
 
     def __post_init__(self) -> None:
         t = self.targets
-        self.pods = PoolReconciler(t.datastore, self.pool_name or (self.standalone_pool.name if self.standalone_pool
-                                                                    else ""),
-                                   t.engine_label, t.default_engine, fixed_pool=self.standalone_pool)
+        self.pods = PoolReconciler(
+            t.datastore,
+            self.pool_name or (self.standalone_pool.name if self.standalone_pool else ""),
+            t.engine_label,
+            t.default_engine,
+            fixed_pool=self.standalone_pool,
+        )
         self.objectives = ObjectiveReconciler(t.objectives, self.pool_name, self.pool_group)
         self.rewrites = RewriteReconciler(t.rewrites, self.pool_name, self.pool_group)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,18 +82,26 @@ class KubeSource:
         ns = self.namespace
         if self.standalone_pool is not None:
             selector = ",".join(f"{k}={v}" for k, v in self.standalone_pool.selector)
-            self._informer("pods", lambda **kw: core.list_namespaced_pod(ns, **kw), self.pods.replace_pods,
-                           self.pods.pod_event, label_selector=selector)
+            self._informer(
+                "pods",
+                lambda **kw: core.list_namespaced_pod(ns, **kw),
+                self.pods.replace_pods,
+                self.pods.pod_event,
+                label_selector=selector,
+            )
             return
         version = pool_version(self.pool_group)
-        self._informer("inferencepools",
-                       lambda **kw: custom.list_namespaced_custom_object(self.pool_group, version, ns, "inferencepools",
-                                                                         **kw),
-                       self.pods.replace_pools, self.pods.pool_event, field_selector=f"metadata.name={self.pool_name}")
-        self._informer("pods", lambda **kw: core.list_namespaced_pod(ns, **kw), self.pods.replace_pods,
-                       self.pods.pod_event)
-        self._discovery = threading.Thread(target=self._discover, args=(custom,), name="kube-discovery",
-                                           daemon=True)
+        self._informer(
+            "inferencepools",
+            lambda **kw: custom.list_namespaced_custom_object(self.pool_group, version, ns, "inferencepools", **kw),
+            self.pods.replace_pools,
+            self.pods.pool_event,
+            field_selector=f"metadata.name={self.pool_name}",
+        )
+        self._informer(
+            "pods", lambda **kw: core.list_namespaced_pod(ns, **kw), self.pods.replace_pods, self.pods.pod_event
+        )
+        self._discovery = threading.Thread(target=self._discover, args=(custom,), name="kube-discovery", daemon=True)
         self._discovery.start()
 
     async def stop(self) -> None:
@@ -108,8 +121,11 @@ class KubeSource:
     def detail(self) -> str:
         """One line for readiness detail: which watches are down and for how long."""
         now = time.monotonic()
-        down = [f"{i.status.resource} watch down {i.status.staleness(now):.1f}s ({i.status.last_error})"
-                for i in self.informers if not i.status.connected]
+        down = [
+            f"{i.status.resource} watch down {i.status.staleness(now):.1f}s ({i.status.last_error})"
+            for i in self.informers
+            if not i.status.connected
+        ]
         if not down:
             return "kubernetes: all watches connected"
         return f"kubernetes: serving last known state; {'; '.join(down)}"
@@ -124,9 +140,16 @@ class KubeSource:
     def _informer(self, resource: str, list_fn, on_replace, on_event, **selectors: str) -> Informer:
         assert self._loop is not None
         m = self.targets.metrics
-        inf = Informer(resource, list_fn, self._loop, on_replace, on_event, tuning=self.tuning,
-                       on_restart=(lambda r, why: m.kube_watch_restarts.labels(r, why).inc()) if m else None,
-                       **selectors)
+        inf = Informer(
+            resource,
+            list_fn,
+            self._loop,
+            on_replace,
+            on_event,
+            tuning=self.tuning,
+            on_restart=(lambda r, why: m.kube_watch_restarts.labels(r, why).inc()) if m else None,
+            **selectors,
+        )
         if m is not None:
             st = inf.status
             m.kube_watch_up.labels(resource).set_function(lambda: 1.0 if st.connected else 0.0)
@@ -145,8 +168,9 @@ class KubeSource:
                 break
             except Exception as exc:  # unreachable: try again, like the informers do
                 failures += 1
-                (log.warning if failures == 1 else log.debug)("discovery of %s/%s failed (retrying): %s",
-                                                               POLICY_GROUP, POLICY_VERSION, exc)
+                (log.warning if failures == 1 else log.debug)(
+                    "discovery of %s/%s failed (retrying): %s", POLICY_GROUP, POLICY_VERSION, exc
+                )
                 self._stop.wait(delay)
                 delay = min(self.tuning.backoff_max, delay * 2)
         else:
@@ -164,9 +188,8 @@ class KubeSource:
                 self._informer(resource, lister(resource), on_replace, on_event)
 
         if "inferenceobjectives" in self.policy_kinds:
-            self._loop.call_soon_threadsafe(start, "inferenceobjectives", self.objectives.replace,
-                                            self.objectives.event)
+            self._loop.call_soon_threadsafe(
+                start, "inferenceobjectives", self.objectives.replace, self.objectives.event
+            )
         if "inferencemodelrewrites" in self.policy_kinds:
-            self._loop.call_soon_threadsafe(start, "inferencemodelrewrites", self.rewrites.replace,
-                                            self.rewrites.event)
-
+            self._loop.call_soon_threadsafe(start, "inferencemodelrewrites", self.rewrites.replace, self.rewrites.event)

@@ -25,8 +25,17 @@ TIERS = ("gpu", "cpu")  # media are lower-cased; anything that is not CPU-side c
 _CPU_MEDIA = {"cpu", "cpu_offload", "shared_storage", "disk"}
 
 # Positional field order per event, as vLLM appended them (kvevents.md §1).
-_STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium",
-                  "lora_name", "extra_keys", "group_idx")
+_STORED_FIELDS = (
+    "block_hashes",
+    "parent_block_hash",
+    "token_ids",
+    "block_size",
+    "lora_id",
+    "medium",
+    "lora_name",
+    "extra_keys",
+    "group_idx",
+)
 _REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
 
 
@@ -84,7 +93,7 @@ def _tier(medium: Any) -> str:
 def _fields(ev: Any, names: tuple[str, ...]) -> dict[str, Any]:
     if isinstance(ev, dict):
         return ev
-    return dict(zip(names, ev[1:]))
+    return dict(zip(names, ev[1:], strict=False))
 
 
 def _hashes(v: Any) -> tuple[int, ...]:
@@ -115,9 +124,15 @@ def decode_event(ev: Any) -> Event | None:
             raise DecodeError(f"{len(tokens)} token_ids for {len(hashes)} blocks of {bs}")
         lora = f.get("lora_name")
         extra = f.get("extra_keys")
-        return Stored(hashes, None if parent is None else fold_hash(parent), tokens, bs,
-                      lora if isinstance(lora, str) and lora else None, _tier(f.get("medium")),
-                      tuple(extra) if isinstance(extra, (list, tuple)) else None)
+        return Stored(
+            hashes,
+            None if parent is None else fold_hash(parent),
+            tokens,
+            bs,
+            lora if isinstance(lora, str) and lora else None,
+            _tier(f.get("medium")),
+            tuple(extra) if isinstance(extra, (list, tuple)) else None,
+        )
     if tag == "BlockRemoved":
         f = _fields(ev, _REMOVED_FIELDS)
         return Removed(_hashes(f.get("block_hashes")), _tier(f.get("medium")))

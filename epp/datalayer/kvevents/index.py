@@ -52,8 +52,13 @@ class IndexCounters:
 
 
 class KVBlockIndex:
-    def __init__(self, block_size: int = 16, max_blocks: int = 2_000_000, hash_seed: str = "",
-                 cpu_weight: float = TIER_WEIGHTS["cpu"]) -> None:
+    def __init__(
+        self,
+        block_size: int = 16,
+        max_blocks: int = 2_000_000,
+        hash_seed: str = "",
+        cpu_weight: float = TIER_WEIGHTS["cpu"],
+    ) -> None:
         self.block_size = block_size
         self.max_blocks = max_blocks
         self.hash_seed = hash_seed
@@ -162,7 +167,7 @@ class KVBlockIndex:
                 c.orphans += 1
                 return
         keys = chain_keys(parent, ev.token_ids, ev.block_size, first, extras)
-        for h, key in zip(ev.hashes, keys):
+        for h, key in zip(ev.hashes, keys, strict=False):
             self._add(pod, key, h, tier_shift)
         c.stored += 1
 

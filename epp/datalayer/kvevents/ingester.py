@@ -25,8 +25,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import zmq
@@ -100,8 +101,9 @@ class _Sub:
 
 
 class KVEventIngester:
-    def __init__(self, index: KVBlockIndex, config: IngestConfig,
-                 on_batch: Callable[[str, Seq], None] | None = None) -> None:
+    def __init__(
+        self, index: KVBlockIndex, config: IngestConfig, on_batch: Callable[[str, Seq], None] | None = None
+    ) -> None:
         self.index = index
         self.config = config
         self.counters = IngestCounters()
@@ -236,8 +238,9 @@ class KVEventIngester:
             if not self._replay(sub, missed, seq):
                 # Lost removes would leave false hits: drop what we hold, rebuild from here.
                 self.index.clear_endpoint(sub.name)
-                log.info("kv events from %s: batches %d..%d lost; its entries rebuild from here",
-                         sub.name, missed, seq - 1)
+                log.info(
+                    "kv events from %s: batches %d..%d lost; its entries rebuild from here", sub.name, missed, seq - 1
+                )
         self._apply(sub, seq, payload)
 
     def _apply(self, sub: _Sub, seq: int, payload: bytes) -> None:
@@ -302,6 +305,5 @@ class KVEventIngester:
             return True
         c.replays["failed"] += 1
         sub.cooldown_until = time.monotonic() + self.config.replay_cooldown_s
-        log.warning("kv events from %s: replay from %d failed; its entries rebuild from live events",
-                    sub.name, start)
+        log.warning("kv events from %s: replay from %d failed; its entries rebuild from live events", sub.name, start)
         return False

@@ -16,7 +16,8 @@ never matches it (the safe direction).
 from __future__ import annotations
 
 from array import array
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import xxhash
 
@@ -32,9 +33,14 @@ def _extra_bytes(extra: Iterable[Any]) -> bytes:
     return "\x1f".join(repr(e) if not isinstance(e, str) else e for e in extra).encode("utf-8", "surrogatepass")
 
 
-def chain_keys(parent: int, tokens: Sequence[int], block_size: int,
-               first_extra: tuple[Any, ...] = (), extras: list[tuple[Any, ...]] | None = None,
-               max_blocks: int = 0) -> list[int]:
+def chain_keys(
+    parent: int,
+    tokens: Sequence[int],
+    block_size: int,
+    first_extra: tuple[Any, ...] = (),
+    extras: list[tuple[Any, ...]] | None = None,
+    max_blocks: int = 0,
+) -> list[int]:
     """Keys of the full blocks of `tokens`, chained from `parent` (a root or a block key).
     `first_extra` is folded into the first block (cache_salt when the run starts at block 0);
     `extras[i]` into block i. A trailing partial block yields nothing (engines cache full
@@ -55,7 +61,7 @@ def chain_keys(parent: int, tokens: Sequence[int], block_size: int,
     prev = parent
     digest = _digest
     for i in range(n):
-        data = prev.to_bytes(8, "little") + packed[i * step:(i + 1) * step]
+        data = prev.to_bytes(8, "little") + packed[i * step : (i + 1) * step]
         ex = first_extra if i == 0 else ()
         if extras is not None and i < len(extras) and extras[i]:
             ex = tuple(ex) + tuple(extras[i])
@@ -66,8 +72,10 @@ def chain_keys(parent: int, tokens: Sequence[int], block_size: int,
     return out
 
 
-def request_keys(model: str, tokens: Sequence[int], block_size: int, cache_salt: str = "", seed: str = "",
-                 max_blocks: int = 0) -> list[int]:
+def request_keys(
+    model: str, tokens: Sequence[int], block_size: int, cache_salt: str = "", seed: str = "", max_blocks: int = 0
+) -> list[int]:
     """The keys a request's prompt would have if it were cached."""
-    return chain_keys(root_key(model, seed), tokens, block_size, (cache_salt,) if cache_salt else (),
-                      max_blocks=max_blocks)
+    return chain_keys(
+        root_key(model, seed), tokens, block_size, (cache_salt,) if cache_salt else (), max_blocks=max_blocks
+    )

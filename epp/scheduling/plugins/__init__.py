@@ -1,11 +1,12 @@
 """Built-in plugins. Importing this package registers them all by their reference type names."""
 
+from epp.flowcontrol import fairness, ordering, prefill_gate, usagelimit  # noqa: F401  (flow-control plugins)
 from epp.scheduling.plugins import (  # noqa: F401
     affinity,
     disagg,
     filters,
-    lora,
     load,
+    lora,
     passive,
     pickers,
     precise_prefix,
@@ -13,4 +14,3 @@ from epp.scheduling.plugins import (  # noqa: F401
     profiles,
     ttft,
 )
-from epp.flowcontrol import fairness, ordering, prefill_gate, usagelimit  # noqa: F401,E402  (flow-control plugins)

@@ -72,19 +72,30 @@ class DisaggProfileHandler(ProfileHandler):
                 raise ValueError(f"deciders.prefill: {ref!r} is not a configured P/D decider")
             self.decider = plugin
 
-    def pick_profiles(self, cycle: CycleState, req: SchedulingRequest, profiles: dict[str, Any],
-                      results: dict[str, ProfileResult | None]) -> dict[str, Any]:
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        req: SchedulingRequest,
+        profiles: dict[str, Any],
+        results: dict[str, ProfileResult | None],
+    ) -> dict[str, Any]:
         d, p = self.params.decode_profile, self.params.prefill_profile
         if d not in results:
             return {d: profiles[d]}
         decode = results[d]
-        if (p in profiles and p not in results and decode is not None and self.decider is not None
-                and self.decider.disaggregate(cycle, req, decode)):
+        if (
+            p in profiles
+            and p not in results
+            and decode is not None
+            and self.decider is not None
+            and self.decider.disaggregate(cycle, req, decode)
+        ):
             return {p: profiles[p]}
         return {}
 
-    def process_results(self, cycle: CycleState, req: SchedulingRequest,
-                        results: dict[str, ProfileResult | None]) -> SchedulingResult:
+    def process_results(
+        self, cycle: CycleState, req: SchedulingRequest, results: dict[str, ProfileResult | None]
+    ) -> SchedulingResult:
         d, p = self.params.decode_profile, self.params.prefill_profile
         decode = results.get(d)
         if decode is None or not decode.targets:

@@ -68,8 +68,7 @@ class ByLabelFilter(Filter):
     def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         p = self.params
         valid = set(p.valid_values)
-        return [e for e in endpoints
-                if (e.labels[p.label] in valid if p.label in e.labels else p.allows_no_label)]
+        return [e for e in endpoints if (e.labels[p.label] in valid if p.label in e.labels else p.allows_no_label)]
 
 
 class LabelSelectorParams(Params):
@@ -118,18 +117,22 @@ class UtilizationDetector(Filter):
     def detector(self, flow_control: bool) -> saturation.UtilizationDetector:
         p = self.params
         unseen = flow_control if p.count_unseen_picks is None else p.count_unseen_picks
-        return saturation.UtilizationDetector(p.queue_depth_threshold, p.kv_cache_util_threshold,
-                                              self.staleness, unseen)
+        return saturation.UtilizationDetector(
+            p.queue_depth_threshold, p.kv_cache_util_threshold, self.staleness, unseen
+        )
 
     def filter(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[Endpoint]:
         p = self.params
         now = time.monotonic()
         limit = 1.0 + p.headroom
         kv_limit = min(1.0, p.kv_cache_util_threshold * limit) / p.kv_cache_util_threshold
-        keep = [e for e in endpoints
-                if not e.metrics.stale(self.staleness, now)
-                and e.metrics.waiting_queue_size / p.queue_depth_threshold <= limit
-                and e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold <= kv_limit]
+        keep = [
+            e
+            for e in endpoints
+            if not e.metrics.stale(self.staleness, now)
+            and e.metrics.waiting_queue_size / p.queue_depth_threshold <= limit
+            and e.metrics.kv_cache_usage_percent / p.kv_cache_util_threshold <= kv_limit
+        ]
         return keep or endpoints
 
 

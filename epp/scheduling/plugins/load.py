@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from epp.datalayer.endpoint import Endpoint
 from pydantic import Field
 
+from epp.datalayer.endpoint import Endpoint
 from epp.scheduling.plugin import Category, Params, Scorer, register
 from epp.scheduling.types import CycleState, SchedulingRequest
 

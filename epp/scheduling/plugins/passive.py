@@ -71,6 +71,10 @@ class InflightLoadProducer(Plugin):
 
 
 def passive_types() -> set[str]:
-    return {"metrics-data-source", "core-metrics-extractor", "openai-parser",
-            "passthrough-parser", "inflight-load-producer"}
-
+    return {
+        "metrics-data-source",
+        "core-metrics-extractor",
+        "openai-parser",
+        "passthrough-parser",
+        "inflight-load-producer",
+    }

@@ -17,8 +17,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +28,6 @@ from epp.datalayer.kvevents.index import KVBlockIndex
 from epp.datalayer.kvevents.ingester import IngestConfig, KVEventIngester
 from epp.datalayer.kvevents.keys import request_keys
 from epp.scheduling.plugin import DataProducer, Params, Plugin, PreRequest, ResponseComplete, register
-from epp.scheduling.plugins.prefix_index import block_hashes
 from epp.scheduling.plugins.prefix import (
     CHARS_PER_TOKEN,
     PREFIX_MATCH_KEY,
@@ -35,6 +35,7 @@ from epp.scheduling.plugins.prefix import (
     PrefixMatchInfo,
     PrefixProducerParams,
 )
+from epp.scheduling.plugins.prefix_index import block_hashes
 from epp.scheduling.types import CycleState, SchedulingRequest, SchedulingResult
 from epp.tokenization.cache import TokenCache
 from epp.tokenization.local import LocalTokenizer, TokenizerLoadError
@@ -132,8 +133,11 @@ class TokenProducer(Plugin):
         if ids is not None:
             c["cache"] += 1
             return ids
-        if self.local is None or len(prompt.text or "") + sum(len(str(m.get("content", ""))) for m in
-                                                               prompt.messages or ()) > INLINE_CHARS:
+        if (
+            self.local is None
+            or len(prompt.text or "") + sum(len(str(m.get("content", ""))) for m in prompt.messages or ())
+            > INLINE_CHARS
+        ):
             return None  # a long prompt is tokenized on a thread, not on the event loop
         return self._local(prompt, key)
 
@@ -224,8 +228,9 @@ class KvEventsParams(_Sub):
 
 
 class PreciseProducerParams(Params):
-    token_processor_config: TokenProcessorParams = Field(default_factory=TokenProcessorParams,
-                                                         alias="tokenProcessorConfig")
+    token_processor_config: TokenProcessorParams = Field(
+        default_factory=TokenProcessorParams, alias="tokenProcessorConfig"
+    )
     indexer_config: IndexerParams = Field(default_factory=IndexerParams, alias="indexerConfig")
     kv_events_config: KvEventsParams = Field(default_factory=KvEventsParams, alias="kvEventsConfig")
     max_prefix_blocks_to_match: int = Field(0, alias="maxPrefixBlocksToMatch", ge=0)  # 0 = the whole prompt
@@ -241,8 +246,10 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
     def __init__(self, name: str, params: PreciseProducerParams) -> None:
         super().__init__(name, params)
         if params.speculative_indexing:
-            raise ValueError("speculativeIndexing is not supported: the approximate index covers endpoints "
-                             "without events (docs/routing.md)")
+            raise ValueError(
+                "speculativeIndexing is not supported: the approximate index covers endpoints "
+                "without events (docs/routing.md)"
+            )
         if params.kv_events_config.engine_type == "sglang":
             log.info("%s: SGLang events publish no extra_keys; salted requests never match there", name)
         tp = params.token_processor_config
@@ -252,9 +259,13 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
         kv = params.kv_events_config
         pd = kv.pod_discovery_config
         self.ingest_config = IngestConfig(
-            socket_port=pd.socket_port, socket_port_offset=pd.socket_port_offset,
-            replay_socket_port=pd.replay_socket_port, replay_socket_port_offset=pd.replay_socket_port_offset,
-            topic_filter=kv.topic_filter, model_name=kv.model_name)
+            socket_port=pd.socket_port,
+            socket_port_offset=pd.socket_port_offset,
+            replay_socket_port=pd.replay_socket_port,
+            replay_socket_port_offset=pd.replay_socket_port_offset,
+            topic_filter=kv.topic_filter,
+            model_name=kv.model_name,
+        )
         self.ingester = KVEventIngester(self.index, self.ingest_config)
         self.approx = ApproxPrefixCacheProducer(name + "/approximate", PrefixProducerParams())
         self._unsubscribe = None
@@ -264,8 +275,10 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
         self.ingester.start()
         for ep in datastore.endpoints():
             self.ingester.add(ep.name, ep.address, ep.port)
-        self._unsubscribe = datastore.subscribe(on_add=lambda ep: self.ingester.add(ep.name, ep.address, ep.port),
-                                                on_remove=lambda ep: self.ingester.remove(ep.name))
+        self._unsubscribe = datastore.subscribe(
+            on_add=lambda ep: self.ingester.add(ep.name, ep.address, ep.port),
+            on_remove=lambda ep: self.ingester.remove(ep.name),
+        )
         if registry is not None:
             from epp.observability.kvmetrics import register_kv_metrics
 
@@ -301,8 +314,9 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
             cycle[PREFIX_MATCH_KEY] = approx
             return
         bs = self.block_size
-        keys = request_keys(req.target_model, tokens, bs, req.cache_salt, self.index.hash_seed,
-                            self.params.max_prefix_blocks_to_match)
+        keys = request_keys(
+            req.target_model, tokens, bs, req.cache_salt, self.index.hash_seed, self.params.max_prefix_blocks_to_match
+        )
         precise = self.index.match(keys) if keys else {}
         matches: dict[str, float] = {}
         abs_ = approx.block_size_tokens

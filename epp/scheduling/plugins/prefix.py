@@ -37,7 +37,7 @@ class PrefixProducerParams(Params):
     block_size: int | None = Field(None, alias="blockSize")  # deprecated: characters
 
     @model_validator(mode="after")
-    def _deprecated_block_size(self) -> "PrefixProducerParams":
+    def _deprecated_block_size(self) -> PrefixProducerParams:
         if self.block_size is not None and "block_size_tokens" not in self.model_fields_set:
             raise ValueError("blockSize (characters) is deprecated; set blockSizeTokens instead")
         return self
@@ -67,11 +67,14 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
 
     def produce(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> None:
         bs = self._block_size(endpoints)
-        hashes = block_hashes(req.target_model, req.cache_salt, req.prefix_input, bs * CHARS_PER_TOKEN,
-                              self.max_blocks)
+        hashes = block_hashes(req.target_model, req.cache_salt, req.prefix_input, bs * CHARS_PER_TOKEN, self.max_blocks)
         req.prefix_key = hashes[0] if hashes else 0
-        cycle[PREFIX_MATCH_KEY] = PrefixMatchInfo(hashes, self.index.match(hashes) if hashes else {}, bs,
-                                                  self.popularity.share(req.prefix_key, len(endpoints)))
+        cycle[PREFIX_MATCH_KEY] = PrefixMatchInfo(
+            hashes,
+            self.index.match(hashes) if hashes else {},
+            bs,
+            self.popularity.share(req.prefix_key, len(endpoints)),
+        )
 
     def pre_request(self, cycle: CycleState, req: SchedulingRequest, result: SchedulingResult) -> None:
         self.popularity.started(req.prefix_key)

@@ -61,8 +61,14 @@ class PrefixIndex:
     @property
     def memory_bytes(self) -> int:
         lrus = list(self._lru.values())
-        return (_sizeof(self._holders) + len(self._holders) * _PER_HASH_BYTES + self._set_growth
-                + sum(_sizeof(lru) for lru in lrus) + _sizeof(self._lru) + _sizeof(self._capacity))
+        return (
+            _sizeof(self._holders)
+            + len(self._holders) * _PER_HASH_BYTES
+            + self._set_growth
+            + sum(_sizeof(lru) for lru in lrus)
+            + _sizeof(self._lru)
+            + _sizeof(self._capacity)
+        )
 
     def match(self, hashes: list[int]) -> dict[str, int]:
         """Per endpoint, how many leading blocks of `hashes` it holds (consecutively from block 0)."""

@@ -61,8 +61,9 @@ def lora_cost(e: Endpoint, target: str, p: EstimatedTtftParams) -> float:
     return 2 * p.lora_load_tokens
 
 
-def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str = "",
-                  uncached_weight: float = 1.0) -> float:
+def endpoint_cost(
+    e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str = "", uncached_weight: float = 1.0
+) -> float:
     m = e.metrics
     running = m.running_requests_size
     waiting = m.waiting_queue_size
@@ -73,8 +74,13 @@ def endpoint_cost(e: Endpoint, uncached: int, p: EstimatedTtftParams, lora: str 
     # A scraped waiting request that is one we sent and have not seen start is already charged
     # as pending prefill; the scrape is also up to an interval old. Charge only the excess.
     waiting = max(0, waiting - e.inflight.prefill_requests)
-    cost = (e.inflight.prefill_tokens + e.inflight.held_tokens + uncached_weight * uncached + p.running_tokens * running
-            + p.waiting_tokens * waiting)
+    cost = (
+        e.inflight.prefill_tokens
+        + e.inflight.held_tokens
+        + uncached_weight * uncached
+        + p.running_tokens * running
+        + p.waiting_tokens * waiting
+    )
     if lora:
         cost += lora_cost(e, lora, p)
     kv = m.kv_cache_usage_percent
@@ -95,13 +101,18 @@ class EstimatedTtftScorer(Scorer):
         tokens = req.prompt_tokens
         p = self.params
         # Only adapters some endpoint knows about cost a load; the base model never does.
-        lora = req.target_model if any(req.target_model in e.metrics.active_models
-                                       or req.target_model in e.metrics.waiting_models for e in endpoints) else ""
+        lora = (
+            req.target_model
+            if any(
+                req.target_model in e.metrics.active_models or req.target_model in e.metrics.waiting_models
+                for e in endpoints
+            )
+            else ""
+        )
         if info is not None and info.matches:
             bs, matches = info.block_size_tokens, info.matches
             weight = self._uncached_weight(info, len(endpoints))
-            costs = [endpoint_cost(e, max(0, tokens - matches.get(e.name, 0) * bs), p, lora, weight)
-                     for e in endpoints]
+            costs = [endpoint_cost(e, max(0, tokens - matches.get(e.name, 0) * bs), p, lora, weight) for e in endpoints]
         else:
             # Nobody holds any of it: every endpoint computes the whole prompt, plain TTFT decides.
             costs = [endpoint_cost(e, tokens, p, lora, 1.0) for e in endpoints]
@@ -117,4 +128,3 @@ class EstimatedTtftScorer(Scorer):
         holders = sum(1 for m in info.matches.values() if 2 * m >= total)
         wanted = max(1, math.ceil(info.popularity * n))
         return p.replicate_uncached_weight if holders < wanted else p.uncached_weight
-

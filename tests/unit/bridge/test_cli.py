@@ -21,8 +21,11 @@ def test_tls_modes_and_ngf_flag_names():
 
 def test_missing_epp_headers_is_ngf_400_and_counted(tmp_path):
     port, mport = free_port(), free_port()
-    p = Proc("epp-bridge", [bin_path("epp-bridge"), "--port", str(port), "--metrics-port", str(mport)],
-             tmp_path / "bridge.log").start()
+    p = Proc(
+        "epp-bridge",
+        [bin_path("epp-bridge"), "--port", str(port), "--metrics-port", str(mport)],
+        tmp_path / "bridge.log",
+    ).start()
     try:
         wait_port(port, proc=p.popen)
         r = httpx.post(f"http://127.0.0.1:{port}/", content=b"{}", timeout=5)

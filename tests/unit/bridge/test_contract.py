@@ -6,16 +6,36 @@ from epp.bridge.contract import BRIDGE_ERROR, DESTINATION, FALLBACKS, Cause, Pic
 
 
 def test_headers_lower_cased_hop_by_hop_and_contract_headers_dropped():
-    h = request_headers([("Content-Type", "application/json"), ("X-EPP-Host", "epp"), ("X-EPP-Port", "9002"),
-                         ("Connection", "keep-alive"), ("Content-Length", "12"), ("Host", "gw.example"),
-                         ("X-Original-Method", "PUT"), ("Accept", "a"), ("accept", "b")], "POST", "/")
-    assert h == {"content-type": "application/json", "host": "gw.example", "accept": "a, b",
-                 ":method": "PUT", ":scheme": "http", ":authority": "gw.example"}
+    h = request_headers(
+        [
+            ("Content-Type", "application/json"),
+            ("X-EPP-Host", "epp"),
+            ("X-EPP-Port", "9002"),
+            ("Connection", "keep-alive"),
+            ("Content-Length", "12"),
+            ("Host", "gw.example"),
+            ("X-Original-Method", "PUT"),
+            ("Accept", "a"),
+            ("accept", "b"),
+        ],
+        "POST",
+        "/",
+    )
+    assert h == {
+        "content-type": "application/json",
+        "host": "gw.example",
+        "accept": "a, b",
+        ":method": "PUT",
+        ":scheme": "http",
+        ":authority": "gw.example",
+    }
 
 
 def test_path_from_x_original_path_else_the_request_path_unless_bare_root():
-    assert request_headers([("X-Original-Path", "/v1/chat/completions?x=1")], "POST", "/")[":path"] == \
-        "/v1/chat/completions?x=1"
+    assert (
+        request_headers([("X-Original-Path", "/v1/chat/completions?x=1")], "POST", "/")[":path"]
+        == "/v1/chat/completions?x=1"
+    )
     assert request_headers([], "POST", "/v1/completions")[":path"] == "/v1/completions"
     # NGF's epp.js always fetches "/": no path, so the EPP infers the API from the body.
     assert ":path" not in request_headers([], "POST", "/")

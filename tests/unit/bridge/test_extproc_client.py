@@ -16,7 +16,9 @@ def test_headers_as_raw_value_then_body_in_chunks_of_at_most_62000_bytes():
     assert first.WhichOneof("request") == "request_headers"
     assert not first.request_headers.end_of_stream
     assert [(h.key, h.raw_value, h.value) for h in first.request_headers.headers.headers] == [
-        (":path", b"/v1/completions", ""), ("content-type", b"application/json", "")]
+        (":path", b"/v1/completions", ""),
+        ("content-type", b"application/json", ""),
+    ]
     chunks = [m.request_body for m in msgs[1:]]
     assert all(len(c.body) <= BODY_CHUNK == 62_000 for c in chunks)
     assert len(chunks) == 17
@@ -32,13 +34,24 @@ def test_bodyless_request_is_one_headers_message_with_end_of_stream():
 def test_destination_read_from_raw_value_value_or_envoy_lb_metadata():
     # What our EPP sends: header (raw_value) and metadata.
     assert destination_of(epp_messages.route_headers_response("10.0.0.1:8000", 10, [], [])) == "10.0.0.1:8000"
-    by_value = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=pb.CommonResponse(
-        header_mutation=pb.HeaderMutation(set_headers=[base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="X-Gateway-Destination-Endpoint", value="10.0.0.2:8000"))]))))
+    by_value = pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(
+                    set_headers=[
+                        base_pb2.HeaderValueOption(
+                            header=base_pb2.HeaderValue(key="X-Gateway-Destination-Endpoint", value="10.0.0.2:8000")
+                        )
+                    ]
+                )
+            )
+        )
+    )
     assert destination_of(by_value) == "10.0.0.2:8000"
     meta_only = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
     meta_only.dynamic_metadata.fields["envoy.lb"].struct_value.fields[
-        "x-gateway-destination-endpoint"].string_value = "10.0.0.3:8000"
+        "x-gateway-destination-endpoint"
+    ].string_value = "10.0.0.3:8000"
     assert destination_of(meta_only) == "10.0.0.3:8000"
     # BUFFERED-mode EPPs put it on the body response.
     assert destination_of(epp_messages.buffered_route_body_response("10.0.0.4:8000", None, [], [])) == "10.0.0.4:8000"

@@ -12,8 +12,15 @@ from epp.bridge.nginxconf import DEPLOY_DIR, NginxSettings
 
 
 def test_marked_lines_rewritten_and_nothing_else():
-    s = NginxSettings(listen_port=18081, picker_url="http://127.0.0.1:19004/", epp_host="10.1.2.3", epp_port=19002,
-                      pool=["127.0.0.1:18000", "127.0.0.1:18001"], failure_mode="open", workers=2)
+    s = NginxSettings(
+        listen_port=18081,
+        picker_url="http://127.0.0.1:19004/",
+        epp_host="10.1.2.3",
+        epp_port=19002,
+        pool=["127.0.0.1:18000", "127.0.0.1:18001"],
+        failure_mode="open",
+        workers=2,
+    )
     text = nginxconf.render(s)
     assert "listen 127.0.0.1:18081;" in text
     assert "set $epp_picker_url http://127.0.0.1:19004/;" in text
@@ -38,5 +45,5 @@ def test_failure_mode_must_be_open_or_close():
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
 def test_rendered_config_is_valid_for_the_installed_nginx(tmp_path):
     nginxconf.write(NginxSettings(), tmp_path)
-    out = subprocess.run(nginxconf.command(tmp_path) + ["-t"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([*nginxconf.command(tmp_path), "-t"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

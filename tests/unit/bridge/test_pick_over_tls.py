@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
@@ -17,8 +19,8 @@ from epp.requestcontrol.exchange import IncomingRequest, RouteDecision
 class FixedExchange:
     """Routes every request to one endpoint; remembers what it was given and whether it was finished."""
 
-    seen: list[IncomingRequest] = []
-    finished: list[bool] = []
+    seen: ClassVar[list[IncomingRequest]] = []
+    finished: ClassVar[list[bool]] = []
 
     def route(self, req: IncomingRequest) -> RouteDecision:
         FixedExchange.seen.append(req)
@@ -53,8 +55,7 @@ async def test_pick_through_tls_without_verification_reuses_one_channel():
         out = await pick(await pool.get("127.0.0.1", port), {}, b"", 5)
         assert out.endpoint == "10.0.0.9:8000"
         out = await pick(await pool.get("127.0.0.1", port), {}, b"bad", 5)
-        assert (out.status, out.cause, out.body) == (400, Cause.IMMEDIATE,
-                                                      b"inference error: BadRequest - bad body")
+        assert (out.status, out.cause, out.body) == (400, Cause.IMMEDIATE, b"inference error: BadRequest - bad body")
         # Every stream ended without a response phase, and each one released its exchange.
         assert FixedExchange.finished == [False] * 5
 
@@ -79,12 +80,18 @@ async def test_ngf_shim_wire_format_is_understood():
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     body = b'{"model":"m","messages":[]' + b" " * (1 << 20) + b"}"
-    msgs = [pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
-                base_pb2.HeaderValue(key="content-type", value="application/json")]))),
-            pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))]
+    msgs = [
+        pb.ProcessingRequest(
+            request_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key="content-type", value="application/json")])
+            )
+        ),
+        pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)),
+    ]
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
-                                             options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 8 << 20)]
+        ) as ch:
             replies = [r async for r in pb_grpc.ExternalProcessorStub(ch).Process(iter(msgs), timeout=5)]
         assert destination_of(replies[0]) == "10.0.0.7:8000,10.0.0.8:8000"
         seen = FixedExchange.seen[-1]

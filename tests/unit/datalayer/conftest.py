@@ -39,7 +39,7 @@ class MetricsServer:
         finally:
             self.in_flight -= 1
 
-    async def start(self) -> "MetricsServer":
+    async def start(self) -> MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)

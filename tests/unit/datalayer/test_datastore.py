@@ -40,8 +40,9 @@ def test_metadata_update_keeps_identity_metrics_and_inflight():
 def test_address_change_is_remove_then_add():
     ds = Datastore()
     events = []
-    ds.subscribe(on_add=lambda e: events.append(("add", e.hostport)),
-                 on_remove=lambda e: events.append(("remove", e.hostport)))
+    ds.subscribe(
+        on_add=lambda e: events.append(("add", e.hostport)), on_remove=lambda e: events.append(("remove", e.hostport))
+    )
     ds.upsert(ep("a"))
     b = ds.upsert(ep("a", addr="10.0.0.9"))
     assert events == [("add", "10.0.0.1:8000"), ("remove", "10.0.0.1:8000"), ("add", "10.0.0.9:8000")]

@@ -14,9 +14,20 @@ def _extract(engine: str, text: str):
 
 
 def test_vllm_realistic_page():
-    page = vllm_page(VllmState(waiting=3, running=7, kv_usage=0.42, block_size=32, num_gpu_blocks=1000,
-                               max_lora=2, running_lora="sql-lora, math-lora", waiting_lora="x",
-                               prefix_queries=500.0, prefix_hits=125.0))
+    page = vllm_page(
+        VllmState(
+            waiting=3,
+            running=7,
+            kv_usage=0.42,
+            block_size=32,
+            num_gpu_blocks=1000,
+            max_lora=2,
+            running_lora="sql-lora, math-lora",
+            waiting_lora="x",
+            prefix_queries=500.0,
+            prefix_hits=125.0,
+        )
+    )
     fields, errors = _extract("vllm", page)
     assert errors == []
     assert fields == {
@@ -52,8 +63,12 @@ def test_missing_metrics_are_errors_but_others_update():
     fields, errors = _extract("vllm", "vllm:num_requests_running 4\n")
     assert fields == {"running_requests_size": 4}
     joined = " ".join(errors)
-    for name in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:lora_requests_info",
-                 "vllm:cache_config_info"):
+    for name in (
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:lora_requests_info",
+        "vllm:cache_config_info",
+    ):
         assert name in joined
     # Optional prefix-cache counters are never errors.
     assert "prefix_cache" not in joined
@@ -77,8 +92,14 @@ def test_sglang():
     )
     fields, errors = _extract("sglang", text)
     assert errors == []
-    assert fields == {"waiting_queue_size": 6, "running_requests_size": 11, "kv_cache_usage_percent": 0.73,
-                      "cache_block_size": 1, "cache_num_blocks": 240000, "served_models": frozenset({"m"})}
+    assert fields == {
+        "waiting_queue_size": 6,
+        "running_requests_size": 11,
+        "kv_cache_usage_percent": 0.73,
+        "cache_block_size": 1,
+        "cache_num_blocks": 240000,
+        "served_models": frozenset({"m"}),
+    }
 
 
 def test_trtllm_serve():
@@ -91,8 +112,13 @@ def test_trtllm_serve():
     )
     fields, errors = _extract("trtllm-serve", text)
     assert errors == []
-    assert fields == {"waiting_queue_size": 2, "running_requests_size": 9, "kv_cache_usage_percent": 0.5,
-                      "cache_block_size": 64, "cache_num_blocks": 5000}
+    assert fields == {
+        "waiting_queue_size": 2,
+        "running_requests_size": 9,
+        "kv_cache_usage_percent": 0.5,
+        "cache_block_size": 64,
+        "cache_num_blocks": 5000,
+    }
 
 
 def test_triton_tensorrt_llm_selects_by_label():
@@ -110,8 +136,13 @@ def test_triton_tensorrt_llm_selects_by_label():
     )
     fields, errors = _extract("triton-tensorrt-llm", text)
     assert errors == []
-    assert fields == {"waiting_queue_size": 3, "running_requests_size": 8, "kv_cache_usage_percent": 0.142,
-                      "cache_block_size": 32, "cache_num_blocks": 7000}
+    assert fields == {
+        "waiting_queue_size": 3,
+        "running_requests_size": 8,
+        "kv_cache_usage_percent": 0.142,
+        "cache_block_size": 32,
+        "cache_num_blocks": 7000,
+    }
 
 
 def test_unknown_engine_falls_back_to_vllm_with_error():

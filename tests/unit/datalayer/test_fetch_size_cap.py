@@ -8,6 +8,7 @@ allocated), never on time.
 
 from __future__ import annotations
 
+import contextlib
 import tracemalloc
 
 import pytest
@@ -55,17 +56,15 @@ class PageServer:
     async def _declared(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/plain", "Content-Length": str(10**12)})
         await resp.prepare(request)
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await resp.write(FILLER)
-        except (ConnectionError, RuntimeError):
-            pass
         return resp
 
     async def _sized(self, request: web.Request) -> web.Response:
         n = int(request.query["n"])
         return web.Response(body=(FILLER * (n // len(FILLER) + 1))[:n], content_type="text/plain")
 
-    async def start(self) -> "PageServer":
+    async def start(self) -> PageServer:
         app = web.Application()
         app.router.add_get("/endless", self._endless)
         app.router.add_get("/metrics", self._endless)

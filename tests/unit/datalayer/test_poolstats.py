@@ -6,8 +6,9 @@ from epp.datalayer.poolstats import PoolStats, pool_stats
 
 def _ep(name: str, updated: float, q: int, r: int, kv: float) -> Endpoint:
     e = Endpoint(name=name, address="10.0.0.1", port=1)
-    e.metrics = EndpointMetrics(waiting_queue_size=q, running_requests_size=r, kv_cache_usage_percent=kv,
-                                update_time=updated)
+    e.metrics = EndpointMetrics(
+        waiting_queue_size=q, running_requests_size=r, kv_cache_usage_percent=kv, update_time=updated
+    )
     return e
 
 

@@ -21,8 +21,10 @@ def _requests(endpoints: int, shared: int, count: int, seed: int = 1):
     names = [f"10.0.0.{i}:8000" for i in range(endpoints)]
     common = [rng.getrandbits(64) for _ in range(shared)]
     for i in range(count):
-        yield (names[i % endpoints],
-               common[: rng.randrange(0, shared + 1)] + [rng.getrandbits(64) for _ in range(rng.randrange(1, 30))])
+        yield (
+            names[i % endpoints],
+            common[: rng.randrange(0, shared + 1)] + [rng.getrandbits(64) for _ in range(rng.randrange(1, 30))],
+        )
 
 
 def _measured(index: PrefixIndex, requests, remove: str = "") -> int:
@@ -38,19 +40,23 @@ def _measured(index: PrefixIndex, requests, remove: str = "") -> int:
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("endpoints,shared,count,capacity", [
-    (1, 0, 300, 100_000),      # every block has one holder
-    (4, 200, 400, 100_000),    # some blocks held by several endpoints
-    (32, 300, 640, 100_000),   # a big pool sharing a system prompt
-    (32, 3000, 200, 100_000),  # every block held by many endpoints: big holder sets
-    (8, 100, 3000, 500),       # LRU eviction churning the tables
-])
+@pytest.mark.parametrize(
+    "endpoints,shared,count,capacity",
+    [
+        (1, 0, 300, 100_000),  # every block has one holder
+        (4, 200, 400, 100_000),  # some blocks held by several endpoints
+        (32, 300, 640, 100_000),  # a big pool sharing a system prompt
+        (32, 3000, 200, 100_000),  # every block held by many endpoints: big holder sets
+        (8, 100, 3000, 500),  # LRU eviction churning the tables
+    ],
+)
 def test_memory_estimate_matches_what_is_allocated(endpoints, shared, count, capacity):
     index = PrefixIndex(capacity)
     used = _measured(index, _requests(endpoints, shared, count))
     assert len(index) > 2000
     assert index.memory_bytes == pytest.approx(used, rel=0.05), (
-        f"{len(index)} entries: estimate {index.memory_bytes} B, allocated {used} B")
+        f"{len(index)} entries: estimate {index.memory_bytes} B, allocated {used} B"
+    )
 
 
 def test_estimate_follows_endpoint_removal():

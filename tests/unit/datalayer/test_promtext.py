@@ -21,7 +21,7 @@ def test_reads_only_wanted_and_handles_labels_timestamps_specials():
         "# TYPE c_total counter\n"
         "c_total 12\n"
         "nan_metric NaN\n"
-        "inf_metric{a=\"b\",} +Inf\n"
+        'inf_metric{a="b",} +Inf\n'
         "neg_inf_metric -Inf\n"
     )
     got = parse(text, ["a_metric", "c", "nan_metric", "inf_metric", "neg_inf_metric", "absent"])
@@ -67,12 +67,8 @@ def test_comment_lines_never_match():
 
 _NAME_START = "abcxyzABZ_:"
 _NAME_REST = "abcxyz019_:"
-_metric_prefix = st.builds(
-    lambda a, b: a + b, st.sampled_from(_NAME_START), st.text(_NAME_REST, max_size=6)
-)
-_label_name = st.builds(
-    lambda a, b: a + b, st.sampled_from("abcxyzAB"), st.text("abcxyz019_", max_size=5)
-)
+_metric_prefix = st.builds(lambda a, b: a + b, st.sampled_from(_NAME_START), st.text(_NAME_REST, max_size=6))
+_label_name = st.builds(lambda a, b: a + b, st.sampled_from("abcxyzAB"), st.text("abcxyz019_", max_size=5))
 _label_value = st.text(
     st.one_of(
         st.sampled_from(['"', "\\", "\n", "}", "{", ",", "=", " ", "#", "é", "€", "\t"]),

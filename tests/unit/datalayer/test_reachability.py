@@ -43,7 +43,13 @@ def test_policy_rules():
     stale.reach.last_scrape_failed = True
     late.metrics.update_time = now - 1.5  # old, but its last scrape worked: the EPP was slow, not the server
     assert [p.reachable(e, now) for e in (fresh, never, refused_once, refused, stale, late)] == [
-        True, True, True, False, False, True]
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert list(p.usable([fresh, refused, never], now)) == [fresh, never]
     # Nothing reachable: keep them all rather than answer 503 for a monitoring fault.
     assert list(p.usable([refused, stale], now)) == [refused, stale]
@@ -120,8 +126,14 @@ async def until(cond, timeout: float) -> float:
 
 def epp_for(ports: list[int], config: str | None = None) -> Epp:
     endpoints = [Endpoint(name=f"127.0.0.1:{p}", address="127.0.0.1", port=p) for p in ports]
-    o = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
-                secure_serving=False, static_endpoints="x", refresh_metrics_interval=0.05)
+    o = Options(
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        secure_serving=False,
+        static_endpoints="x",
+        refresh_metrics_interval=0.05,
+    )
     return Epp(o, load_config(config), endpoints)
 
 
@@ -138,8 +150,10 @@ async def test_dead_server_gets_no_picks_and_returns_when_it_answers():
         await dead.stop()
         await until(lambda: _excluded(ch, dead_hp), 2)
         assert dead_hp not in await picks(ch, 30)
-        reachable = {hp: epp.metrics.registry.get_sample_value("epp_endpoint_reachable", {"endpoint": hp})
-                     for hp in (dead_hp, f"127.0.0.1:{live_port}")}
+        reachable = {
+            hp: epp.metrics.registry.get_sample_value("epp_endpoint_reachable", {"endpoint": hp})
+            for hp in (dead_hp, f"127.0.0.1:{live_port}")
+        }
         assert reachable == {dead_hp: 0.0, f"127.0.0.1:{live_port}": 1.0}
         await dead.start()
         back = await until(lambda: _picked(ch, dead_hp), 5)

@@ -130,8 +130,9 @@ async def test_many_real_endpoints_stay_within_the_scrape_budget(many_ports):
     try:
         assert c.effective_interval == pytest.approx(n / cap)
         # Every endpoint is scraped (the cap slows scraping down, it does not starve anyone).
-        await wait_until(lambda: len(server.hits) == n and all(e.metrics.waiting_queue_size == 2 for e in eps),
-                         timeout=20)
+        await wait_until(
+            lambda: len(server.hits) == n and all(e.metrics.waiting_queue_size == 2 for e in eps), timeout=20
+        )
         before, t0 = dict(server.hits), time.monotonic()
         await asyncio.sleep(1.5)
         after, window = dict(server.hits), time.monotonic() - t0

@@ -147,9 +147,7 @@ async def test_unreachable_endpoint_counts_failures(collector_factory):
 
 
 async def test_engine_per_endpoint(metrics_server_factory, collector_factory):
-    sg = await metrics_server_factory(
-        b"sglang:num_queue_reqs 3\nsglang:num_running_reqs 1\nsglang:token_usage 0.25\n"
-    )
+    sg = await metrics_server_factory(b"sglang:num_queue_reqs 3\nsglang:num_running_reqs 1\nsglang:token_usage 0.25\n")
     ds = Datastore()
     ep = ds.upsert(_ep(sg.port, engine="sglang"))
     collector = await collector_factory(ds)

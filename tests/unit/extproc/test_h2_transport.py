@@ -26,22 +26,28 @@ def test_the_banner_patch_still_has_its_target():
 
 
 async def test_unknown_method_is_unimplemented_and_the_port_keeps_serving():
-    async with running_epp(eps()) as (epp, ch):
-        call = ch.unary_unary("/no.such.Service/Method", request_serializer=lambda b: b,
-                              response_deserializer=lambda b: b)
+    async with running_epp(eps()) as (_epp, ch):
+        call = ch.unary_unary(
+            "/no.such.Service/Method", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await call(b"", timeout=5)
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "/no.such.Service/Method" in exc.value.details()
         out = await xc.run_stream(ch, [xc.request_headers(eos=True, method="GET", path="/v1/models")])
-        assert out[0].request_headers.response.header_mutation.set_headers[0].header.key == \
-            "x-gateway-destination-endpoint"
+        assert (
+            out[0].request_headers.response.header_mutation.set_headers[0].header.key
+            == "x-gateway-destination-endpoint"
+        )
 
 
 async def test_oversize_grpc_message_is_resource_exhausted():
-    async with running_epp(eps(), max_request_body_bytes=1000) as (epp, ch):
-        process = ch.stream_stream("/envoy.service.ext_proc.v3.ExternalProcessor/Process",
-                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    async with running_epp(eps(), max_request_body_bytes=1000) as (_epp, ch):
+        process = ch.stream_stream(
+            "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
         call = process(timeout=5)
         await call.write(b"\x00" * ((1 << 20) + 2000))
         with pytest.raises(grpc.aio.AioRpcError) as exc:
@@ -65,8 +71,14 @@ async def test_an_open_health_watch_does_not_hold_the_shutdown():
     from epp.scheduling.config import load_config
     from epp.stack.processes import free_port
 
-    o = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
-                secure_serving=False, static_endpoints="x", refresh_metrics_interval=3600)
+    o = Options(
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        secure_serving=False,
+        static_endpoints="x",
+        refresh_metrics_interval=3600,
+    )
     epp = Epp(o, load_config(None), eps())
     await epp.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{o.grpc_health_port}") as ch:

@@ -19,14 +19,14 @@ async def check(port: int, service: str) -> int:
 
 
 async def test_every_reference_service_name_is_serving_on_both_ports():
-    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)], health_checking=True) as (epp, ch):
+    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)], health_checking=True) as (epp, _ch):
         for service in SERVICES:
             assert await check(epp.opts.grpc_health_port, service) == SERVING
             assert await check(epp.opts.grpc_port, service) == SERVING
 
 
 async def test_ext_proc_port_has_no_health_service_without_health_checking():
-    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)]) as (epp, ch):
+    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)]) as (epp, _ch):
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await check(epp.opts.grpc_port, "")
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -50,7 +50,7 @@ def test_leader_election_semantics():
 async def test_readyz_says_why_in_text_and_metrics_still_served():
     import httpx
 
-    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)]) as (epp, ch):
+    async with running_epp([Endpoint(name="a", address="127.0.0.1", port=1)]) as (epp, _ch):
         base = f"http://127.0.0.1:{epp.opts.metrics_port}"
         async with httpx.AsyncClient() as c:
             r = await c.get(base + "/readyz")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import itertools
 
+import grpc
 import orjson
 import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from prometheus_client import generate_latest
 
 from epp.datalayer.endpoint import Endpoint
-import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-
 from tests.support.extproc_client import (
     Conversation,
     request_body,
@@ -72,7 +71,9 @@ async def test_inflight_is_released_exactly_once_in_any_message_order(order):
     async with running_epp(eps()) as (epp, ch):
         for _ in range(3):
             out = await send_all(ch, [STREAM[k]() for k in order])
-            if order[0] == "req_h" and order.index("resp_h") < order.index("req_b") or order.index("resp_b") < order.index("req_b"):
+            if (order[0] == "req_h" and order.index("resp_h") < order.index("req_b")) or order.index(
+                "resp_b"
+            ) < order.index("req_b"):
                 # A request after the response began is refused, not routed.
                 assert out[-1].immediate_response.status.code == 400
         assert [e.inflight.requests for e in epp.datastore.endpoints()] == [0, 0]
@@ -93,7 +94,7 @@ async def test_the_issue_13_order_is_refused_and_leaves_nothing_counted():
 
 
 async def test_oversize_body_is_413():
-    async with running_epp(eps(), max_request_body_bytes=1000) as (epp, ch):
+    async with running_epp(eps(), max_request_body_bytes=1000) as (_epp, ch):
         out = await run_stream(ch, [request_headers(), request_body(completion(prompt="x" * 2000))])
         assert kinds(out) == ["immediate_response"]
         assert out[0].immediate_response.status.code == 413
@@ -109,8 +110,12 @@ async def test_duplicate_model_key_under_a_rewrite_is_400_and_counts_nothing():
         assert b"model" in out[0].immediate_response.body
         assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
         reg = epp.metrics.registry
-        assert reg.get_sample_value("inference_objective_request_total",
-                                    {"model_name": "b", "target_model_name": "c", "priority": "0"}) is None
+        assert (
+            reg.get_sample_value(
+                "inference_objective_request_total", {"model_name": "b", "target_model_name": "c", "priority": "0"}
+            )
+            is None
+        )
         assert running(epp, "b") == 0
 
 
@@ -124,11 +129,20 @@ async def test_metrics_page_stays_small_whatever_model_names_clients_send():
         assert b"y" * 1000 not in page
         reg = epp.metrics.registry
         # The first few names get labels; the rest, and the huge one, are counted as "other".
-        assert reg.get_sample_value("inference_objective_request_total",
-                                    {"model_name": "client-model-0", "target_model_name": "client-model-0",
-                                     "priority": "0"}) == 1
-        assert reg.get_sample_value("inference_objective_request_total",
-                                    {"model_name": "other", "target_model_name": "other", "priority": "0"}) > 1900
+        assert (
+            reg.get_sample_value(
+                "inference_objective_request_total",
+                {"model_name": "client-model-0", "target_model_name": "client-model-0", "priority": "0"},
+            )
+            == 1
+        )
+        assert (
+            reg.get_sample_value(
+                "inference_objective_request_total",
+                {"model_name": "other", "target_model_name": "other", "priority": "0"},
+            )
+            > 1900
+        )
 
 
 async def test_a_model_the_pool_serves_or_answers_gets_its_label_after_the_cap():
@@ -140,16 +154,20 @@ async def test_a_model_the_pool_serves_or_answers_gets_its_label_after_the_cap()
         epp.director.model_labels._known_at = float("-inf")  # what the 1 s refresh would do
         await run_stream(ch, [request_headers(), request_body(completion("served-model"))])
         # A name only the server's 2xx vouches for: "other" at first, its own label once answered.
-        answered = [request_headers(), request_body(completion("answered-model")),
-                    response_headers({":status": "200", "content-type": "application/json"}),
-                    response_body(b"{}", eos=True)]
+        answered = [
+            request_headers(),
+            request_body(completion("answered-model")),
+            response_headers({":status": "200", "content-type": "application/json"}),
+            response_body(b"{}", eos=True),
+        ]
         await run_stream(ch, answered)
         await run_stream(ch, answered)
         reg = epp.metrics.registry
 
         def total(model):
-            return reg.get_sample_value("inference_objective_request_total",
-                                        {"model_name": model, "target_model_name": model, "priority": "0"})
+            return reg.get_sample_value(
+                "inference_objective_request_total", {"model_name": model, "target_model_name": model, "priority": "0"}
+            )
 
         assert total("served-model") == 1
         assert total("answered-model") == 1  # the second request, after the first was answered
@@ -175,8 +193,9 @@ async def test_large_json_response_is_relayed_as_it_arrives_and_usage_read_from_
         rest = await conv.close()
         body, eos = streamed_body(rest, "response_body")
         assert body == tail and eos == [True]
-    v = epp.metrics.registry.get_sample_value("inference_objective_input_tokens_sum",
-                                              {"model_name": MODEL, "target_model_name": MODEL})
+    v = epp.metrics.registry.get_sample_value(
+        "inference_objective_input_tokens_sum", {"model_name": MODEL, "target_model_name": MODEL}
+    )
     assert v == 77
     assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
 
@@ -199,6 +218,10 @@ async def test_large_request_body_is_parsed_off_the_event_loop_and_routed_like_a
         assert out[-1].immediate_response.status.code == 400
         assert b"error unmarshaling request body" in out[-1].immediate_response.body
         assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
-        assert epp.metrics.registry.get_sample_value(
-            "inference_objective_request_error_total",
-            {"model_name": "", "target_model_name": "", "error_code": "BadRequest"}) == 1
+        assert (
+            epp.metrics.registry.get_sample_value(
+                "inference_objective_request_error_total",
+                {"model_name": "", "target_model_name": "", "error_code": "BadRequest"},
+            )
+            == 1
+        )

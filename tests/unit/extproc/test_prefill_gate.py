@@ -178,8 +178,12 @@ async def test_a_client_that_leaves_while_held_costs_nothing():
 
 
 async def test_without_the_gate_in_the_config_nothing_is_held():
-    async with running_epp(two_endpoints(), config().replace("- type: prefill-gate\n", "").replace(
-            "  parameters: {minTokens: 100, maxPerEndpoint: 1, maxWait: 30s, recheck: 50ms}\n", "")) as (epp, ch):
+    async with running_epp(
+        two_endpoints(),
+        config()
+        .replace("- type: prefill-gate\n", "")
+        .replace("  parameters: {minTokens: 100, maxPerEndpoint: 1, maxWait: 30s, recheck: 50ms}\n", ""),
+    ) as (epp, ch):
         pair = await fill_both(epp, ch, gated=False)
         b = await start(ch, COLD_B)
         assert await routed_to(b, 5) in {"127.0.0.1:8000", "127.0.0.1:8001"}

@@ -42,7 +42,7 @@ def kinds(responses) -> list[str]:
 
 
 async def test_success_headers_withheld_until_body_end_then_body_chunks():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         conv = Conversation(ch)
         await conv.send(request_headers())
         await conv.send(request_body(b'{"model": "m1", ', eos=False))
@@ -64,7 +64,7 @@ async def test_success_headers_withheld_until_body_end_then_body_chunks():
 
 
 async def test_nothing_is_answered_before_the_body_ends():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         conv = Conversation(ch, timeout=5)
         await conv.send(request_headers())
         await conv.send(request_body(b'{"model": "m1",', eos=False))
@@ -78,7 +78,7 @@ async def test_nothing_is_answered_before_the_body_ends():
 async def test_large_body_is_returned_in_62000_byte_chunks():
     prompt = "x" * (4 * 1024 * 1024)
     raw = orjson.dumps({"model": MODEL, "prompt": prompt})
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         out = await run_stream(ch, [request_headers(), *body_chunks(raw, 16384)], timeout=30)
         assert kinds(out)[0] == "request_headers"
         body, eos = streamed_body(out)
@@ -89,15 +89,16 @@ async def test_large_body_is_returned_in_62000_byte_chunks():
 
 
 async def test_chunks_after_end_of_stream_are_ignored():
-    async with running_epp(eps(1)) as (epp, ch):
-        out = await run_stream(ch, [request_headers(), request_body(completion(), eos=True),
-                                    request_body(b"garbage after eos", eos=True)])
+    async with running_epp(eps(1)) as (_epp, ch):
+        out = await run_stream(
+            ch, [request_headers(), request_body(completion(), eos=True), request_body(b"garbage after eos", eos=True)]
+        )
         body, eos = streamed_body(out)
         assert body == completion() and eos == [True]
 
 
 async def test_bodyless_request_answered_at_once_with_a_random_endpoint():
-    async with running_epp(eps(3)) as (epp, ch):
+    async with running_epp(eps(3)) as (_epp, ch):
         seen = set()
         for _ in range(30):
             out = await run_stream(ch, [request_headers("/v1/models", eos=True, method="GET")])
@@ -108,9 +109,8 @@ async def test_bodyless_request_answered_at_once_with_a_random_endpoint():
 
 async def test_model_rewrite_header_edits_only_the_model_value_and_is_removed():
     raw = b'{"prompt":"caf\xc3\xa9 \\u00e9", "model" :  "m1", "n": 1.0, "big": 12345678901234567890, "z":[{"model":"m1"}]}'
-    async with running_epp(eps(1)) as (epp, ch):
-        out = await run_stream(ch, [request_headers(extra={"x-gateway-model-name-rewrite": "m2"}),
-                                    request_body(raw)])
+    async with running_epp(eps(1)) as (_epp, ch):
+        out = await run_stream(ch, [request_headers(extra={"x-gateway-model-name-rewrite": "m2"}), request_body(raw)])
         body, _ = streamed_body(out)
         assert body == raw.replace(b'"model" :  "m1"', b'"model" :  "m2"')
         common = out[0].request_headers.response
@@ -119,13 +119,20 @@ async def test_model_rewrite_header_edits_only_the_model_value_and_is_removed():
 
 
 async def test_response_model_name_is_written_back_and_length_header_dropped():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         resp_json = b'{"id":"x","object":"text_completion","model":"m2","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
-        out = await run_stream(ch, [
-            request_headers(extra={"x-gateway-model-name-rewrite": "m2"}), request_body(completion()),
-            response_headers({":status": "200", "content-type": "application/json",
-                              "content-length": str(len(resp_json))}),
-            response_body(resp_json[:40], eos=False), response_body(resp_json[40:], eos=True)])
+        out = await run_stream(
+            ch,
+            [
+                request_headers(extra={"x-gateway-model-name-rewrite": "m2"}),
+                request_body(completion()),
+                response_headers(
+                    {":status": "200", "content-type": "application/json", "content-length": str(len(resp_json))}
+                ),
+                response_body(resp_json[:40], eos=False),
+                response_body(resp_json[40:], eos=True),
+            ],
+        )
         rh = next(r for r in out if r.WhichOneof("response") == "response_headers")
         assert "content-length" in list(rh.response_headers.response.header_mutation.remove_headers)
         assert set_headers(rh.response_headers.response)["x-went-into-resp-headers"] == "true"
@@ -155,23 +162,41 @@ async def test_sse_chunks_are_echoed_as_they_come_and_usage_is_recorded():
             assert sr.body == c and sr.end_of_stream == (i == len(chunks) - 1)
         await conv.close()
     reg = epp.metrics.registry
-    assert reg.get_sample_value("inference_objective_input_tokens_sum", {"model_name": "m1", "target_model_name": "m1"}) == 11
-    assert reg.get_sample_value("inference_objective_output_tokens_sum", {"model_name": "m1", "target_model_name": "m1"}) == 3
-    assert reg.get_sample_value("inference_objective_prompt_cached_tokens_sum", {"model_name": "m1", "target_model_name": "m1"}) == 8
+    assert (
+        reg.get_sample_value("inference_objective_input_tokens_sum", {"model_name": "m1", "target_model_name": "m1"})
+        == 11
+    )
+    assert (
+        reg.get_sample_value("inference_objective_output_tokens_sum", {"model_name": "m1", "target_model_name": "m1"})
+        == 3
+    )
+    assert (
+        reg.get_sample_value(
+            "inference_objective_prompt_cached_tokens_sum", {"model_name": "m1", "target_model_name": "m1"}
+        )
+        == 8
+    )
 
 
 async def test_response_trailers_flush_buffered_body_then_trailers_response():
-    async with running_epp(eps(1)) as (epp, ch):
-        out = await run_stream(ch, [request_headers(), request_body(completion()),
-                                    response_headers({":status": "200", "content-type": "application/json"}),
-                                    response_body(b'{"a":1}', eos=False), response_trailers()])
+    async with running_epp(eps(1)) as (_epp, ch):
+        out = await run_stream(
+            ch,
+            [
+                request_headers(),
+                request_body(completion()),
+                response_headers({":status": "200", "content-type": "application/json"}),
+                response_body(b'{"a":1}', eos=False),
+                response_trailers(),
+            ],
+        )
         assert kinds(out)[-1] == "response_trailers"
         body, eos = streamed_body(out, "response_body")
         assert body == b'{"a":1}' and eos == [False]
 
 
 async def test_request_trailers_end_the_body():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         out = await run_stream(ch, [request_headers(), request_body(completion(), eos=False), request_trailers()])
         assert kinds(out) == ["request_headers", "request_body", "request_trailers"]
         body, eos = streamed_body(out)
@@ -180,12 +205,19 @@ async def test_request_trailers_end_the_body():
 
 async def test_model_server_error_counted_by_status_pseudo_header():
     async with running_epp(eps(1)) as (epp, ch):
-        await run_stream(ch, [request_headers(), request_body(completion()),
-                              response_headers({":status": "500", "content-type": "application/json"}),
-                              response_body(b'{"error":"x"}', eos=True)])
-    v = epp.metrics.registry.get_sample_value("inference_objective_request_error_total",
-                                              {"model_name": "m1", "target_model_name": "m1",
-                                               "error_code": "ModelServerError"})
+        await run_stream(
+            ch,
+            [
+                request_headers(),
+                request_body(completion()),
+                response_headers({":status": "500", "content-type": "application/json"}),
+                response_body(b'{"error":"x"}', eos=True),
+            ],
+        )
+    v = epp.metrics.registry.get_sample_value(
+        "inference_objective_request_error_total",
+        {"model_name": "m1", "target_model_name": "m1", "error_code": "ModelServerError"},
+    )
     assert v == 1
 
 
@@ -197,18 +229,31 @@ async def test_model_server_error_counted_by_status_pseudo_header():
         ("/v1/completions", b"[1, 2]", 400, "BadRequest - request body must be a JSON object, got an array"),
         ("/v1/completions", b'{"prompt": "hi"}', 400, "BadRequest - model not found in request body"),
         ("/v1/completions", b'{"model": 7, "prompt": "hi"}', 400, "BadRequest - model not found in request body"),
-        ("/v1/completions", b'{"model": "m1"}', 400, "BadRequest - invalid completions request: must have prompt field"),
-        ("/v1/chat/completions", b'{"model": "m1", "messages": []}', 400,
-         "BadRequest - invalid chat completions request: must have valid messages field"),
+        (
+            "/v1/completions",
+            b'{"model": "m1"}',
+            400,
+            "BadRequest - invalid completions request: must have prompt field",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m1", "messages": []}',
+            400,
+            "BadRequest - invalid chat completions request: must have valid messages field",
+        ),
         ("/v1/responses", b'{"model": "m1"}', 400, "BadRequest - invalid responses request: must have input field"),
-        ("/v1/conversations", b'{"model": "m1", "items": []}', 400,
-         "BadRequest - invalid conversations request: must have items field"),
+        (
+            "/v1/conversations",
+            b'{"model": "m1", "items": []}',
+            400,
+            "BadRequest - invalid conversations request: must have items field",
+        ),
         ("/v1/embeddings", b'{"model": "m1"}', 400, "BadRequest - invalid embeddings request: must have input field"),
         ("/v1/completions", b"[" * 5000 + b"]" * 5000, 400, "BadRequest - error unmarshaling"),
     ],
 )
 async def test_bad_bodies_get_400_and_the_server_stays_healthy(path, body, status, message):
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         out = await run_stream(ch, [request_headers(path), request_body(body)])
         assert kinds(out) == ["immediate_response"]
         ir = out[0].immediate_response
@@ -220,7 +265,7 @@ async def test_bad_bodies_get_400_and_the_server_stays_healthy(path, body, statu
 
 
 async def test_no_endpoints_is_503_without_flow_control_and_bodyless_with_no_endpoints_is_500():
-    async with running_epp([], configs.text("reference-default")) as (epp, ch):
+    async with running_epp([], configs.text("reference-default")) as (_epp, ch):
         out = await run_stream(ch, [request_headers(), request_body(completion())])
         assert out[0].immediate_response.status.code == 503
         assert out[0].immediate_response.body.startswith(b"inference error: ServiceUnavailable - ")
@@ -229,9 +274,12 @@ async def test_no_endpoints_is_503_without_flow_control_and_bodyless_with_no_end
         assert out[0].immediate_response.body == b"inference error: Internal - no pods available in datastore"
 
 
-FLOW_CONTROL = configs.text("epp-default") + """featureGates: [flowControl]
+FLOW_CONTROL = (
+    configs.text("epp-default")
+    + """featureGates: [flowControl]
 flowControl: {defaultRequestTTL: 30s}
 """
+)
 
 
 async def test_with_flow_control_a_request_waits_for_the_first_endpoint():
@@ -248,7 +296,7 @@ async def test_with_flow_control_a_request_waits_for_the_first_endpoint():
 
 
 async def test_subset_hint_restricts_candidates_and_empty_subset_is_503():
-    async with running_epp(eps(3)) as (epp, ch):
+    async with running_epp(eps(3)) as (_epp, ch):
         for _ in range(10):
             out = await run_stream(ch, [request_headers(subset=["127.0.0.2:8000"]), request_body(completion())])
             assert set_headers(out[0].request_headers.response)["x-gateway-destination-endpoint"] == "127.0.0.2:8000"
@@ -269,22 +317,27 @@ schedulingProfiles:
 - name: default
   plugins: [{pluginRef: header-based-testing-filter}, {pluginRef: max-score-picker}]
 """
-    async with running_epp(eps(2), config) as (epp, ch):
-        out = await run_stream(ch, [request_headers(extra={"test-epp-endpoint-selection": "127.0.0.2"}),
-                                    request_body(completion())])
+    async with running_epp(eps(2), config) as (_epp, ch):
+        out = await run_stream(
+            ch, [request_headers(extra={"test-epp-endpoint-selection": "127.0.0.2"}), request_body(completion())]
+        )
         assert set_headers(out[0].request_headers.response)["x-gateway-destination-endpoint"] == "127.0.0.2:8000"
-        out = await run_stream(ch, [request_headers(extra={"test-epp-endpoint-selection": "10.9.9.9"}),
-                                    request_body(completion())])
+        out = await run_stream(
+            ch, [request_headers(extra={"test-epp-endpoint-selection": "10.9.9.9"}), request_body(completion())]
+        )
         assert out[0].immediate_response.status.code == 429
-        assert out[0].immediate_response.body.startswith(b"inference error: ResourceExhausted - failed to find target endpoint")
+        assert out[0].immediate_response.body.startswith(
+            b"inference error: ResourceExhausted - failed to find target endpoint"
+        )
 
 
 async def test_sheddable_request_is_429_when_saturated_without_flow_control():
     async with running_epp(eps(1), configs.text("reference-default")) as (epp, ch):
         epp.director.objectives.set(__import__("epp.routing.objectives", fromlist=["Objective"]).Objective("batch", -1))
         # Never-scraped metrics count as saturated, so a sheddable request is dropped...
-        out = await run_stream(ch, [request_headers(extra={"x-gateway-inference-objective": "batch"}),
-                                    request_body(completion())])
+        out = await run_stream(
+            ch, [request_headers(extra={"x-gateway-inference-objective": "batch"}), request_body(completion())]
+        )
         assert out[0].immediate_response.status.code == 429
         assert b"system saturated, sheddable request dropped" in out[0].immediate_response.body
         # ...while priority >= 0 is never shed.
@@ -294,6 +347,7 @@ async def test_sheddable_request_is_429_when_saturated_without_flow_control():
 
 async def test_internal_error_is_500_and_stream_survives(monkeypatch):
     async with running_epp(eps(1)) as (epp, ch):
+
         def boom(*a, **k):
             raise RuntimeError("plugin bug")
 
@@ -307,7 +361,7 @@ async def test_internal_error_is_500_and_stream_survives(monkeypatch):
 
 
 async def test_buffered_mode_puts_destination_on_the_body_response():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         out = await run_stream(ch, [request_headers(mode=BUFFERED), request_body(completion())])
         assert kinds(out) == ["request_headers", "request_body"]
         assert not out[0].request_headers.response.HasField("header_mutation")
@@ -318,14 +372,19 @@ async def test_buffered_mode_puts_destination_on_the_body_response():
 
 async def test_absent_protocol_config_and_value_field_headers_are_handled():
     """What NGINX shims send: no protocol_config, header values in `value`, whole body at once."""
-    async with running_epp(eps(1)) as (epp, ch):
-        out = await run_stream(ch, [request_headers("/v1/chat/completions", mode=None, raw=False),
-                                    request_body(orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))])
+    async with running_epp(eps(1)) as (_epp, ch):
+        out = await run_stream(
+            ch,
+            [
+                request_headers("/v1/chat/completions", mode=None, raw=False),
+                request_body(orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})),
+            ],
+        )
         assert kinds(out) == ["request_headers", "request_body"]
 
 
 async def test_query_string_does_not_break_api_detection():
-    async with running_epp(eps(1)) as (epp, ch):
+    async with running_epp(eps(1)) as (_epp, ch):
         body = orjson.dumps({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
         out = await run_stream(ch, [request_headers("/v1/chat/completions?api-version=2"), request_body(body)])
         assert kinds(out)[0] == "request_headers"
@@ -348,7 +407,13 @@ async def test_inflight_released_on_completion_and_on_abort():
                 break
             await asyncio.sleep(0.02)
         assert ep.inflight.requests == 0 and ep.inflight.prompt_tokens == 0
-        await run_stream(ch, [request_headers(), request_body(completion()),
-                              response_headers({":status": "200", "content-type": "application/json"}),
-                              response_body(b"{}", eos=True)])
+        await run_stream(
+            ch,
+            [
+                request_headers(),
+                request_body(completion()),
+                response_headers({":status": "200", "content-type": "application/json"}),
+                response_body(b"{}", eos=True),
+            ],
+        )
         assert ep.inflight.requests == 0

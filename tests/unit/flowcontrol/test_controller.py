@@ -94,7 +94,7 @@ async def test_requests_go_at_once_while_the_pool_has_room_and_queue_when_it_is_
     a, _ = submit(fc, pool, log, "a")
     b, _ = submit(fc, pool, log, "b")
     assert a.outcome is b.outcome is Outcome.DISPATCHED and log == ["a", "b"]
-    c, rc = submit(fc, pool, log, "c")  # 2 in flight on 2 endpoints: saturation 1.0
+    c, _rc = submit(fc, pool, log, "c")  # 2 in flight on 2 endpoints: saturation 1.0
     assert c.state is State.QUEUED and fc.queued == 1 and fc.last_saturation == 1.0
     await settle()
     assert c.state is State.QUEUED  # kicks change nothing while it stays full
@@ -109,9 +109,9 @@ async def test_strict_priority_a_freed_slot_goes_to_the_higher_band_and_lower_ba
     fc, _ = make(config(), pool)
     submit(fc, pool, log, "busy")
     lows = [submit(fc, pool, log, f"low{i}", priority=-1)[0] for i in range(3)]
-    highs = [submit(fc, pool, log, f"high{i}", priority=10)[0] for i in range(2)]
+    [submit(fc, pool, log, f"high{i}", priority=10)[0] for i in range(2)]
     assert fc.queued == 5
-    for i in range(2):
+    for _i in range(2):
         pool.eps[0].inflight.release(10, prefill_pending=True)
         fc.kick()
         await settle()
@@ -127,7 +127,7 @@ async def test_an_arrival_does_not_overtake_requests_waiting_in_its_band():
     pool, log = Pool(1), []
     fc, _ = make(config(), pool)
     submit(fc, pool, log, "busy")
-    first, _ = submit(fc, pool, log, "first")
+    _first, _ = submit(fc, pool, log, "first")
     pool.eps[0].inflight.release(10, prefill_pending=True)  # room, but no kick yet
     second, _ = submit(fc, pool, log, "second")
     assert second.state is State.QUEUED  # "first" is waiting in its band: the newcomer queues behind
@@ -148,17 +148,20 @@ async def test_a_pass_dispatches_as_many_as_fit_rereading_saturation_each_time()
     assert fc.dispatched == 3 and fc.queued == 3
 
 
-@pytest.mark.parametrize("flow, sizes, accepted", [
-    ("  maxRequests: 2", [1, 1, 1], 2),  # global count: at the cap allowed, one over denied
-    ("  maxBytes: 300", [100, 200, 1], 2),  # global bytes: 300 exactly fits
-    ("  priorityBands: [{priority: 0, maxRequests: 1}]", [1, 1], 1),  # band count
-    ("  priorityBands: [{priority: 0, maxBytes: 1k}]", [600, 400, 1], 2),  # band bytes, quantity
-    ("  maxRequests: 0\n  maxBytes: 0", [10**6] * 5, 5),  # 0 = unlimited
-    ("  maxRequests: 5\n  priorityBands: [{priority: 0, maxRequests: 2}]", [1, 1, 1], 2),  # tighter wins
-])
+@pytest.mark.parametrize(
+    "flow, sizes, accepted",
+    [
+        ("  maxRequests: 2", [1, 1, 1], 2),  # global count: at the cap allowed, one over denied
+        ("  maxBytes: 300", [100, 200, 1], 2),  # global bytes: 300 exactly fits
+        ("  priorityBands: [{priority: 0, maxRequests: 1}]", [1, 1], 1),  # band count
+        ("  priorityBands: [{priority: 0, maxBytes: 1k}]", [600, 400, 1], 2),  # band bytes, quantity
+        ("  maxRequests: 0\n  maxBytes: 0", [10**6] * 5, 5),  # 0 = unlimited
+        ("  maxRequests: 5\n  priorityBands: [{priority: 0, maxRequests: 2}]", [1, 1, 1], 2),  # tighter wins
+    ],
+)
 async def test_capacity_limits_at_their_boundaries(flow, sizes, accepted):
     pool, log = Pool(1), []
-    fc, m = make(config(flow), pool)
+    fc, _m = make(config(flow), pool)
     submit(fc, pool, log, "busy", size=1)
     got, errors = 0, []
     for i, size in enumerate(sizes):
@@ -194,7 +197,7 @@ async def test_ttl_eviction_answers_503_in_gie_and_429_in_llmd_and_leaves_nothin
         assert t.outcome is Outcome.EVICTED_TTL and r.error.http_status == status
         assert r.error.message == "request timed out in queue: request evicted from queue: request TTL expired"
         assert fc.queued == 0 and fc.registry.bytes == 0 and log == ["busy"]
-        assert m.queued_gauge._value.get() == 0  # noqa: SLF001
+        assert m.queued_gauge._value.get() == 0
 
 
 async def test_finalisation_is_exactly_once_when_a_ttl_and_a_dispatch_race():
@@ -210,8 +213,8 @@ async def test_finalisation_is_exactly_once_when_a_ttl_and_a_dispatch_race():
     fc.cancel(t)  # a late disconnect of a dispatched request changes nothing here
     assert t.outcome is Outcome.DISPATCHED and fc.queued == 0
     outcomes = m.requests.metrics[0]
-    assert outcomes.labels("Dispatched", "0", "pool")._value.get() == 2  # noqa: SLF001
-    assert outcomes.labels("EvictedTTL", "0", "pool")._value.get() == 0  # noqa: SLF001
+    assert outcomes.labels("Dispatched", "0", "pool")._value.get() == 2
+    assert outcomes.labels("EvictedTTL", "0", "pool")._value.get() == 0
 
 
 async def test_a_disconnected_client_is_evicted_and_its_queue_metrics_return_to_zero():
@@ -220,11 +223,11 @@ async def test_a_disconnected_client_is_evicted_and_its_queue_metrics_return_to_
     submit(fc, pool, log, "busy")
     t, _ = submit(fc, pool, log, "gone", size=1234)
     size_g, bytes_g = m.queue(t.labels)
-    assert size_g.children[0]._value.get() == 1 and bytes_g.children[0]._value.get() == 1234  # noqa: SLF001
+    assert size_g.children[0]._value.get() == 1 and bytes_g.children[0]._value.get() == 1234
     fc.cancel(t)
     assert t.outcome is Outcome.EVICTED_CONTEXT_CANCELLED and t.done.done()
-    assert size_g.children[0]._value.get() == 0 and bytes_g.children[0]._value.get() == 0  # noqa: SLF001
-    assert size_g.children[1]._value.get() == 0  # noqa: SLF001  (the llm_d_epp_ copy too)
+    assert size_g.children[0]._value.get() == 0 and bytes_g.children[0]._value.get() == 0
+    assert size_g.children[1]._value.get() == 0
 
 
 async def test_scale_from_zero_requests_wait_for_an_endpoint_then_go():
@@ -349,8 +352,12 @@ async def test_slo_deadline_ordering_serves_the_tightest_objective_first():
     fc, _ = make(config("  defaultPriorityBand: {orderingPolicyRef: slo-deadline-ordering-policy}", plugins), pool)
     busy = submit(fc, pool, log, "busy")[1]
     reqs = {}
-    for name, h in [("none", {}), ("slow", {"x-slo-ttft-ms": "5000"}), ("bad", {"x-slo-ttft-ms": "soon"}),
-                    ("fast", {"x-llm-d-slo-ttft-ms": "100"})]:
+    for name, h in [
+        ("none", {}),
+        ("slow", {"x-slo-ttft-ms": "5000"}),
+        ("bad", {"x-slo-ttft-ms": "soon"}),
+        ("fast", {"x-llm-d-slo-ttft-ms": "100"}),
+    ]:
         reqs[name] = submit(fc, pool, log, name, headers=h)[1]
     last = busy
     for _ in range(4):

@@ -45,12 +45,27 @@ async def test_llmd_header_names_set_priority_and_fairness_and_never_reach_the_s
         mutation = out[0].request_headers.response.header_mutation
         assert set(extra) <= set(mutation.remove_headers)
         reg = epp.metrics.registry
-        assert reg.get_sample_value("inference_extension_flow_control_requests_total",
-                                    {"outcome": "Dispatched", "priority": "-5", "inference_pool": "static"}) == 1
-        assert reg.get_sample_value(
-            "inference_extension_flow_control_request_queue_duration_seconds_count",
-            {"fairness_id": "team-x", "priority": "-5", "outcome": "Dispatched", "inference_pool": "static",
-             "model_name": "m1", "target_model_name": "m1"}) == 1
+        assert (
+            reg.get_sample_value(
+                "inference_extension_flow_control_requests_total",
+                {"outcome": "Dispatched", "priority": "-5", "inference_pool": "static"},
+            )
+            == 1
+        )
+        assert (
+            reg.get_sample_value(
+                "inference_extension_flow_control_request_queue_duration_seconds_count",
+                {
+                    "fairness_id": "team-x",
+                    "priority": "-5",
+                    "outcome": "Dispatched",
+                    "inference_pool": "static",
+                    "model_name": "m1",
+                    "target_model_name": "m1",
+                },
+            )
+            == 1
+        )
 
 
 async def test_a_queued_request_goes_when_the_one_ahead_finishes_and_a_vanished_one_leaves_nothing():

@@ -49,8 +49,10 @@ async def test_a_release_wakes_the_oldest_that_can_go_then_others_only_while_a_s
     full, free = Endpoint("full", "127.0.0.1", 8000), Endpoint("free", "127.0.0.1", 8001)
     full.inflight.add(5000, long=True)
     calls: list[str] = []
-    tickets = [fc.park(Waiter(n, to, calls), None, g, float(i))
-               for i, (n, to) in enumerate([("a", None), ("b", free), ("c", free), ("d", free)])]
+    tickets = [
+        fc.park(Waiter(n, to, calls), None, g, float(i))
+        for i, (n, to) in enumerate([("a", None), ("b", free), ("c", free), ("d", free)])
+    ]
     assert len(fc.parked) == 4
     fc.gate_released([full, free])
     # a cannot go, b takes the free slot; then no endpoint has a free slot: c and d are not tried.
@@ -71,8 +73,9 @@ async def test_a_release_lets_several_go_while_slots_stay_free():
     fc, g = controller(), gate(maxPerEndpoint=1, recheck="10s")
     e1, e2 = Endpoint("e1", "127.0.0.1", 8000), Endpoint("e2", "127.0.0.1", 8001)
     order: list[str] = []
-    tickets = [fc.park(Waiter(n, to, order), None, g, float(i)) for i, (n, to) in enumerate([("x", e1), ("y", e2),
-                                                                                              ("z", e1)])]
+    tickets = [
+        fc.park(Waiter(n, to, order), None, g, float(i)) for i, (n, to) in enumerate([("x", e1), ("y", e2), ("z", e1)])
+    ]
     fc.gate_released([e1, e2])
     assert order == ["x", "y"]  # after x, e2 still had a slot: y went too; then both full, z waits
     assert tickets[0].done.done() and tickets[1].done.done() and not tickets[2].done.done()
@@ -103,7 +106,7 @@ async def test_a_parked_request_is_rechecked_on_its_own_timer():
     assert len(order) >= 2 and not t.done.done()  # rechecked, still parked
     w.goes_to = e
     await asyncio.wait_for(asyncio.shield(t.done), 1)
-    assert fc.parked == [] and fc.metrics.gate_gauge._value.get() == 0  # noqa: SLF001
+    assert fc.parked == [] and fc.metrics.gate_gauge._value.get() == 0
 
 
 async def test_shutdown_answers_every_parked_request():

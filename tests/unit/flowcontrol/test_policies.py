@@ -79,7 +79,8 @@ def test_the_guide_minimal_form_loads_with_gie_defaults():
 
 def test_llmd_schema_defaults_ttl_60s_band_cap_5000_and_band_zero():
     text = GUIDE_MINIMAL.replace("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1").replace(
-        "  defaultRequestTTL: 30s\n", "  saturationDetector: {pluginRef: concurrency-detector}\n")
+        "  defaultRequestTTL: 30s\n", "  saturationDetector: {pluginRef: concurrency-detector}\n"
+    )
     f = load_config(text).flow
     assert f.llmd and f.ttl == 60.0 and f.no_endpoint_ttl == 60.0 and f.split_budget
     assert sorted((b.priority, b.max_requests) for b in f.bands) == [(0, 5000), (100, 5000)]
@@ -87,28 +88,32 @@ def test_llmd_schema_defaults_ttl_60s_band_cap_5000_and_band_zero():
 
 
 def test_explicit_zero_ttl_means_no_ttl_even_in_llmd():
-    text = GUIDE_MINIMAL.replace("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1").replace(
-        "30s", "0s")
+    text = GUIDE_MINIMAL.replace("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1").replace("30s", "0s")
     assert load_config(text).flow.ttl == 0.0
 
 
-@pytest.mark.parametrize("flow, fragment", [
-    ("  maxRequest: 5", "flowControl.maxRequest: unknown field"),
-    ("  priorityBands: [{priority: 1, maxByte: 5}]", "maxByte: unknown field"),
-    ("  priorityBands: [{priority: 1}, {priority: 1}]", "priorityBands[1].priority: duplicate priority 1"),
-    ("  priorityBands: [{maxBytes: 5}]", "priority: Field required"),
-    ("  defaultRequestTTL: -1s", "defaultRequestTTL: must not be negative"),
-    ("  defaultRequestTTL: soon", "defaultRequestTTL: invalid duration"),
-    ("  maxBytes: 10 gigabytes", "maxBytes: '10 gigabytes' is not a quantity"),
-    ("  maxRequests: 1500m", "maxRequests: '1500m' is not a quantity"),
-    ("  usageLimitPolicyPluginRef: nope", "usageLimitPolicyPluginRef: pluginRef 'nope' names no plugin"),
-    ("  usageLimitPolicyPluginRef: fcfs-ordering-policy", "is not a usage limit policy"),
-    ("  defaultPriorityBand: {fairnessPolicyRef: fcfs-ordering-policy}", "is not a fairness policy"),
-    ("  enableEviction: true", "enableEviction: eviction of in-flight requests is not supported"),
-])
+@pytest.mark.parametrize(
+    "flow, fragment",
+    [
+        ("  maxRequest: 5", "flowControl.maxRequest: unknown field"),
+        ("  priorityBands: [{priority: 1, maxByte: 5}]", "maxByte: unknown field"),
+        ("  priorityBands: [{priority: 1}, {priority: 1}]", "priorityBands[1].priority: duplicate priority 1"),
+        ("  priorityBands: [{maxBytes: 5}]", "priority: Field required"),
+        ("  defaultRequestTTL: -1s", "defaultRequestTTL: must not be negative"),
+        ("  defaultRequestTTL: soon", "defaultRequestTTL: invalid duration"),
+        ("  maxBytes: 10 gigabytes", "maxBytes: '10 gigabytes' is not a quantity"),
+        ("  maxRequests: 1500m", "maxRequests: '1500m' is not a quantity"),
+        ("  usageLimitPolicyPluginRef: nope", "usageLimitPolicyPluginRef: pluginRef 'nope' names no plugin"),
+        ("  usageLimitPolicyPluginRef: fcfs-ordering-policy", "is not a usage limit policy"),
+        ("  defaultPriorityBand: {fairnessPolicyRef: fcfs-ordering-policy}", "is not a fairness policy"),
+        ("  enableEviction: true", "enableEviction: eviction of in-flight requests is not supported"),
+    ],
+)
 def test_bad_sections_are_errors_that_name_the_key(flow, fragment):
-    text = f"apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n" \
-           f"featureGates: [flowControl]\nflowControl:\n{flow}\n"
+    text = (
+        f"apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        f"featureGates: [flowControl]\nflowControl:\n{flow}\n"
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(text, "cfg.yaml")
     assert fragment in str(exc.value) and "cfg.yaml" in str(exc.value)
@@ -119,8 +124,19 @@ def test_a_section_without_the_gate_is_validated_and_reported_as_ignored():
     assert not f.enabled and "feature gate is off" in f.warnings[0]
 
 
-@pytest.mark.parametrize("text, value", [("500", 500), (20, 20), ("20k", 20_000), ("10Gi", 10 * 2**30),
-                                         ("1e9", 10**9), ("1.5k", 1500), ("2Mi", 2 * 2**20), ("0", 0)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("500", 500),
+        (20, 20),
+        ("20k", 20_000),
+        ("10Gi", 10 * 2**30),
+        ("1e9", 10**9),
+        ("1.5k", 1500),
+        ("2Mi", 2 * 2**20),
+        ("0", 0),
+    ],
+)
 def test_quantities(text, value):
     assert parse_quantity(text, "x") == value
 

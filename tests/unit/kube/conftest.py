@@ -22,26 +22,47 @@ from tests.support.kubeapi import KubeApiServer
 NS = "default"
 APP = {"app": "vllm"}
 # Short timeouts so outages and stalls resolve within a test; semantics are unchanged.
-FAST = WatchTuning(backoff_initial=0.1, backoff_max=0.5, stall_timeout=2.0, watch_timeout=(60, 60),
-                   connect_timeout=1.0, list_timeout=5.0)
+FAST = WatchTuning(
+    backoff_initial=0.1,
+    backoff_max=0.5,
+    stall_timeout=2.0,
+    watch_timeout=(60, 60),
+    connect_timeout=1.0,
+    list_timeout=5.0,
+)
 FAST_LEASE = LeaseTuning(lease_duration=2.0, renew_deadline=1.5, retry_period=0.2, request_timeout=1.0)
 
 
-def pod(name: str, ip: str, labels: dict[str, str] | None = None, ready: bool = True,
-        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def pod(
+    name: str,
+    ip: str,
+    labels: dict[str, str] | None = None,
+    ready: bool = True,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     md: dict[str, Any] = {"name": name, "namespace": NS, "labels": dict(APP if labels is None else labels)}
     if annotations:
         md["annotations"] = annotations
-    return {"metadata": md, "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
-            "status": {"phase": "Running", "podIP": ip,
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": md,
+        "spec": {"containers": [{"name": "vllm", "image": "vllm"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def pool(name: str = "pool", selector: dict[str, str] | None = None, ports: tuple[int, ...] = (8000,)) -> dict:
-    return {"metadata": {"name": name, "namespace": NS},
-            "spec": {"selector": {"matchLabels": dict(APP if selector is None else selector)},
-                     "targetPorts": [{"number": p} for p in ports],
-                     "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": 9002}}}}
+    return {
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": dict(APP if selector is None else selector)},
+            "targetPorts": [{"number": p} for p in ports],
+            "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": 9002}},
+        },
+    }
 
 
 async def until(predicate, timeout: float = 5.0, what: str = "condition") -> float:
@@ -66,11 +87,24 @@ def kubeapi():
 
 
 @contextlib.asynccontextmanager
-async def kube_epp(server: KubeApiServer, config_text: str | None = None, tuning: WatchTuning = FAST,
-                   lease: LeaseTuning = FAST_LEASE, identity: str | None = None, **opts):
-    o = Options(grpc_port=free_port(), grpc_health_port=free_port(), metrics_port=free_port(),
-                secure_serving=False, refresh_metrics_interval=3600, kube_api_server=server.url,
-                pool_namespace=NS, **({"pool_name": "pool"} | opts))
+async def kube_epp(
+    server: KubeApiServer,
+    config_text: str | None = None,
+    tuning: WatchTuning = FAST,
+    lease: LeaseTuning = FAST_LEASE,
+    identity: str | None = None,
+    **opts,
+):
+    o = Options(
+        grpc_port=free_port(),
+        grpc_health_port=free_port(),
+        metrics_port=free_port(),
+        secure_serving=False,
+        refresh_metrics_interval=3600,
+        kube_api_server=server.url,
+        pool_namespace=NS,
+        **({"pool_name": "pool"} | opts),
+    )
     epp = Epp(o, load_config(config_text), [])
     for source in epp.sources:
         if hasattr(source, "tuning"):
@@ -81,11 +115,11 @@ async def kube_epp(server: KubeApiServer, config_text: str | None = None, tuning
         yield running
 
 
-async def pick(channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, str] | None = None
-               ) -> tuple[int, str, str]:
+async def pick(
+    channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """One request through ext_proc: (HTTP status, destination endpoint, model in the forwarded body)."""
     import orjson
-
     from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 
     from tests.support.extproc_client import request_body, request_headers, run_stream, set_headers, streamed_body
@@ -95,8 +129,7 @@ async def pick(channel: grpc.aio.Channel, model: str = "m1", headers: dict[str, 
     first_message = request_headers(extra=headers)
     # No response phase follows (as from the NGINX bridge): a half-close is not an abort.
     first_message.protocol_config.response_body_mode = NONE
-    out = await run_stream(channel, [first_message,
-                                     request_body(orjson.dumps({"model": model, "prompt": "hello"}))])
+    out = await run_stream(channel, [first_message, request_body(orjson.dumps({"model": model, "prompt": "hello"}))])
     first = out[0]
     if first.WhichOneof("response") == "immediate_response":
         return int(first.immediate_response.status.code), "", ""

@@ -23,40 +23,116 @@ K8S_VERSIONS = ("1.29.0", "1.33.0")  # gRPC probes, coordination/v1 and the rest
 _NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
 CRD_SCHEMAS = {
     ("inference.networking.k8s.io/v1", "InferencePool"): {
-        "type": "object", "required": ["spec"], "properties": {"spec": {
-            "type": "object", "additionalProperties": False, "required": ["selector", "targetPorts"],
-            "properties": {
-                "selector": {"type": "object", "additionalProperties": False, "required": ["matchLabels"],
-                             "properties": {"matchLabels": {"type": "object", "minProperties": 1,
-                                                            "maxProperties": 64,
-                                                            "additionalProperties": {"type": "string"}}}},
-                "targetPorts": {"type": "array", "minItems": 1, "maxItems": 8, "items": {
-                    "type": "object", "additionalProperties": False, "required": ["number"],
-                    "properties": {"number": {"type": "integer", "minimum": 1, "maximum": 65535}}}},
-                "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
-                "endpointPickerRef": {"type": "object", "additionalProperties": False, "required": ["name"],
-                                      "properties": {"group": {"type": "string"}, "kind": {"type": "string"},
-                                                     "name": _NAME, "port": {
-                                                         "type": "object", "required": ["number"],
-                                                         "properties": {"number": {"type": "integer"}}},
-                                                     "failureMode": {"enum": ["FailOpen", "FailClose"]}}}}}}},
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "targetPorts"],
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["matchLabels"],
+                        "properties": {
+                            "matchLabels": {
+                                "type": "object",
+                                "minProperties": 1,
+                                "maxProperties": 64,
+                                "additionalProperties": {"type": "string"},
+                            }
+                        },
+                    },
+                    "targetPorts": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 8,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["number"],
+                            "properties": {"number": {"type": "integer", "minimum": 1, "maximum": 65535}},
+                        },
+                    },
+                    "appProtocol": {"enum": ["http", "kubernetes.io/h2c"]},
+                    "endpointPickerRef": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {
+                            "group": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "name": _NAME,
+                            "port": {
+                                "type": "object",
+                                "required": ["number"],
+                                "properties": {"number": {"type": "integer"}},
+                            },
+                            "failureMode": {"enum": ["FailOpen", "FailClose"]},
+                        },
+                    },
+                },
+            }
+        },
+    },
     ("inference.networking.x-k8s.io/v1alpha2", "InferenceObjective"): {
-        "type": "object", "required": ["spec"], "properties": {"spec": {
-            "type": "object", "additionalProperties": False, "required": ["poolRef"],
-            "properties": {"priority": {"type": "integer"},
-                           "poolRef": {"type": "object", "additionalProperties": False, "required": ["name"],
-                                       "properties": {"group": {"type": "string"}, "kind": {"type": "string"},
-                                                      "name": _NAME}}}}}},
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["poolRef"],
+                "properties": {
+                    "priority": {"type": "integer"},
+                    "poolRef": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {"group": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME},
+                    },
+                },
+            }
+        },
+    },
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): {
-        "type": "object", "required": ["spec"], "properties": {"spec": {
-            "type": "object", "required": ["parentRefs", "rules"], "properties": {
-                "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-                "rules": {"type": "array", "items": {"type": "object", "properties": {
-                    "backendRefs": {"type": "array", "items": {
-                        "type": "object", "required": ["name"],
-                        "properties": {"group": {"type": "string"}, "kind": {"type": "string"}, "name": _NAME}}},
-                    "timeouts": {"type": "object", "properties": {"request": {"type": "string",
-                                                                               "pattern": r"^\d+(ms|s|m|h)$"}}}}}}}}}},
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["parentRefs", "rules"],
+                "properties": {
+                    "parentRefs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+                    "rules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "backendRefs": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name"],
+                                        "properties": {
+                                            "group": {"type": "string"},
+                                            "kind": {"type": "string"},
+                                            "name": _NAME,
+                                        },
+                                    },
+                                },
+                                "timeouts": {
+                                    "type": "object",
+                                    "properties": {"request": {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"}},
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    },
 }
 
 
@@ -76,8 +152,17 @@ def one(kind: str) -> dict:
 def test_every_manifest_validates_against_the_kubernetes_schemas():
     docs = documents()
     kinds = {d["kind"] for _, d in docs}
-    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "InferencePool",
-            "InferenceObjective", "HTTPRoute"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "InferencePool",
+        "InferenceObjective",
+        "HTTPRoute",
+    } <= kinds
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
     for name, doc in docs:
         if doc["kind"] in cluster_scoped:
@@ -106,7 +191,7 @@ def test_deployment_args_are_accepted_by_the_real_parser_and_match_the_pool(monk
     mount = container["volumeMounts"][0]["mountPath"]
     assert opts.config_file.startswith(mount + "/")
     cm = one("ConfigMap")
-    load_config(cm["data"][opts.config_file[len(mount) + 1:]], opts.config_file)
+    load_config(cm["data"][opts.config_file[len(mount) + 1 :]], opts.config_file)
     # Downward API env and gRPC probes on the health port with the HA service names.
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env == {"NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
@@ -127,18 +212,29 @@ def test_objects_refer_to_each_other():
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa
     binding = one("RoleBinding")
     assert binding["subjects"][0]["name"] == sa and binding["roleRef"]["name"] == one("Role")["metadata"]["name"]
-    granted = {(g, r): set(rule["verbs"]) for rule in one("Role")["rules"] for g in rule["apiGroups"]
-               for r in rule["resources"]}
-    for need in [("", "pods"), ("inference.networking.k8s.io", "inferencepools"),
-                 ("inference.networking.x-k8s.io", "inferenceobjectives"),
-                 ("inference.networking.x-k8s.io", "inferencemodelrewrites"), ("coordination.k8s.io", "leases")]:
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in one("Role")["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    for need in [
+        ("", "pods"),
+        ("inference.networking.k8s.io", "inferencepools"),
+        ("inference.networking.x-k8s.io", "inferenceobjectives"),
+        ("inference.networking.x-k8s.io", "inferencemodelrewrites"),
+        ("coordination.k8s.io", "leases"),
+    ]:
         assert {"get", "list", "watch"} <= granted[need], need
     assert {"create", "update"} <= granted[("coordination.k8s.io", "leases")]
     for objective in (d for _, d in documents() if d["kind"] == "InferenceObjective"):
         assert objective["spec"]["poolRef"]["name"] == pool["metadata"]["name"]
     route = one("HTTPRoute")["spec"]["rules"][0]["backendRefs"][0]
-    assert (route["group"], route["kind"], route["name"]) == ("inference.networking.k8s.io", "InferencePool",
-                                                              pool["metadata"]["name"])
+    assert (route["group"], route["kind"], route["name"]) == (
+        "inference.networking.k8s.io",
+        "InferencePool",
+        pool["metadata"]["name"],
+    )
 
 
 def test_manifests_are_in_step_with_the_chart():
@@ -148,22 +244,29 @@ def test_manifests_are_in_step_with_the_chart():
     ie = values["inferenceExtension"]
     # Every rendered file names the template it came from, and that template exists.
     for path in MANIFESTS.glob("*.yaml"):
-        sources = {line.split("Source: ", 1)[1].strip() for line in path.read_text().splitlines()
-                   if line.startswith("# Source: ")}
+        sources = {
+            line.split("Source: ", 1)[1].strip()
+            for line in path.read_text().splitlines()
+            if line.startswith("# Source: ")
+        }
         assert sources, path.name
         for source in sources:
             assert (CHART.parent / source).exists(), source
     deployment, pool = one("Deployment"), one("InferencePool")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"{ie['image']['name']}:{ie['image']['tag']}" and ie["image"]["tag"] == chart["appVersion"]
+    assert (
+        container["image"] == f"{ie['image']['name']}:{ie['image']['tag']}"
+        and ie["image"]["tag"] == chart["appVersion"]
+    )
     assert deployment["spec"]["replicas"] == rendered_with["inferenceExtension"]["replicas"]
     assert container["resources"] == ie["resources"]
     assert pool["spec"]["targetPorts"] == values["inferencePool"]["targetPorts"]
     assert pool["spec"]["selector"]["matchLabels"] == rendered_with["inferencePool"]["modelServers"]["matchLabels"]
     assert pool["spec"]["endpointPickerRef"]["failureMode"] == ie["failureMode"] == "FailOpen"
     assert pool["spec"]["endpointPickerRef"]["port"]["number"] == ie["extProcPort"]
-    assert [(d["metadata"]["name"], d["spec"]["priority"]) for _, d in documents() if d["kind"] == "InferenceObjective"
-            ] == [(o["name"], o["priority"]) for o in rendered_with["inferenceObjectives"]]
+    assert [
+        (d["metadata"]["name"], d["spec"]["priority"]) for _, d in documents() if d["kind"] == "InferenceObjective"
+    ] == [(o["name"], o["priority"]) for o in rendered_with["inferenceObjectives"]]
     # The chart's ConfigMap template carries the same default config text as the rendered one.
     template = (CHART / "templates" / "configmap.yaml").read_text()
     for line in one("ConfigMap")["data"]["default-plugins.yaml"].splitlines():
@@ -198,5 +301,5 @@ def test_metrics_auth_is_granted_what_it_needs():
     assert {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")} <= granted
     # The chart's ServiceMonitor hands Prometheus a token when auth is on, and the flag goes off with it.
     monitor = (CHART / "templates" / "servicemonitor.yaml").read_text()
-    assert "type: Bearer" in monitor and "nonResourceURLs: [\"/metrics\"]" in monitor
+    assert "type: Bearer" in monitor and 'nonResourceURLs: ["/metrics"]' in monitor
     assert "--metrics-endpoint-auth=false" in (CHART / "templates" / "deployment.yaml").read_text()

@@ -31,14 +31,22 @@ async def test_two_target_ports_double_the_endpoints_and_annotations_and_engine_
     kubeapi.create(POOL_V1, pool(ports=(8000, 8001)))
     for i in range(3):
         kubeapi.create(PODS, pod(f"vllm-{i}", f"10.0.0.{i + 1}"))
-    kubeapi.create(PODS, pod("dp", "10.0.0.7", labels={"app": "vllm", "inference.networking.k8s.io/engine-type":
-                                                        "sglang"},
-                             annotations={"inference.networking.k8s.io/active-ports": "8001"}))
-    async with kube_epp(kubeapi) as (epp, ch):
+    kubeapi.create(
+        PODS,
+        pod(
+            "dp",
+            "10.0.0.7",
+            labels={"app": "vllm", "inference.networking.k8s.io/engine-type": "sglang"},
+            annotations={"inference.networking.k8s.io/active-ports": "8001"},
+        ),
+    )
+    async with kube_epp(kubeapi) as (epp, _ch):
         await until(lambda: epp.datastore.synced)
         assert len(epp.datastore) == 7
         assert {e.hostport for e in epp.datastore.endpoints() if e.pod_name == "vllm-0"} == {
-            "10.0.0.1:8000", "10.0.0.1:8001"}
+            "10.0.0.1:8000",
+            "10.0.0.1:8001",
+        }
         # Only the annotated port; the rank stays the port's index in the pool.
         dp = [e for e in epp.datastore.endpoints() if e.pod_name == "dp"]
         assert [(e.name, e.port, e.engine) for e in dp] == [("dp-rank-1", 8001, "sglang")]
@@ -46,7 +54,7 @@ async def test_two_target_ports_double_the_endpoints_and_annotations_and_engine_
 
 async def test_not_synced_and_not_ready_until_the_pool_exists(kubeapi):
     kubeapi.create(PODS, pod("vllm-0", "10.0.0.1"))
-    async with kube_epp(kubeapi) as (epp, ch):
+    async with kube_epp(kubeapi) as (epp, _ch):
         await until(lambda: all(i.status.synced for i in epp.sources[0].informers[:2]), what="lists")
         assert not epp.datastore.synced and epp.health.status("") == NOT_SERVING
         kubeapi.create(POOL_V1, pool())
@@ -63,8 +71,9 @@ async def test_pod_going_not_ready_or_deleted_stops_receiving_picks_within_a_sec
         kubeapi.update(PODS, pod("vllm-0", "10.0.0.1", ready=False))
         took = await until(lambda: "vllm-0-rank-0" not in names(epp), timeout=1.0, what="NotReady pod dropped")
         kubeapi.delete(PODS, NS, "vllm-1")
-        took = max(took, await until(lambda: "vllm-1-rank-0" not in names(epp), timeout=1.0,
-                                     what="deleted pod dropped"))
+        took = max(
+            took, await until(lambda: "vllm-1-rank-0" not in names(epp), timeout=1.0, what="deleted pod dropped")
+        )
         dests = {(await pick(ch))[1] for _ in range(20)}
         assert dests == {"10.0.0.3:8000"}, dests
         # Terminating (deletionTimestamp set) counts as not ready too; then back to ready.
@@ -84,13 +93,15 @@ async def test_selector_and_target_port_changes_resync(kubeapi):
     kubeapi.create(POOL_V1, pool())
     kubeapi.create(PODS, pod("a-0", "10.0.0.1"))
     kubeapi.create(PODS, pod("b-0", "10.0.0.2", labels={"app": "vllm-b"}))
-    async with kube_epp(kubeapi) as (epp, ch):
+    async with kube_epp(kubeapi) as (epp, _ch):
         await until(lambda: names(epp) == {"a-0-rank-0"})
         kubeapi.update(POOL_V1, pool(selector={"app": "vllm-b"}))
         await until(lambda: names(epp) == {"b-0-rank-0"}, what="selector change")
         kubeapi.update(POOL_V1, pool(selector={"app": "vllm-b"}, ports=(9000, 9001)))
-        await until(lambda: {e.hostport for e in epp.datastore.endpoints()} == {"10.0.0.2:9000", "10.0.0.2:9001"},
-                    what="targetPorts change")
+        await until(
+            lambda: {e.hostport for e in epp.datastore.endpoints()} == {"10.0.0.2:9000", "10.0.0.2:9001"},
+            what="targetPorts change",
+        )
         # A pod relabelled into the pool joins it.
         kubeapi.update(PODS, pod("a-0", "10.0.0.1", labels={"app": "vllm-b"}))
         await until(lambda: len(epp.datastore) == 4)
@@ -99,7 +110,7 @@ async def test_selector_and_target_port_changes_resync(kubeapi):
 async def test_pool_deletion_clears_endpoints_and_readiness(kubeapi):
     kubeapi.create(POOL_V1, pool())
     kubeapi.create(PODS, pod("vllm-0", "10.0.0.1"))
-    async with kube_epp(kubeapi) as (epp, ch):
+    async with kube_epp(kubeapi) as (epp, _ch):
         await until(lambda: epp.datastore.synced)
         kubeapi.delete(POOL_V1, NS, "pool")
         await until(lambda: len(epp.datastore) == 0 and not epp.datastore.synced)
@@ -112,7 +123,7 @@ async def test_410_gone_during_a_deletion_relists_and_notices_it(kubeapi):
     kubeapi.create(POOL_V1, pool())
     for i in range(3):
         kubeapi.create(PODS, pod(f"vllm-{i}", f"10.0.0.{i + 1}"))
-    async with kube_epp(kubeapi) as (epp, ch):
+    async with kube_epp(kubeapi) as (epp, _ch):
         await until(lambda: len(epp.datastore) == 3)
         kubeapi.stop()  # the watch breaks...
         kubeapi.delete(PODS, NS, "vllm-1")  # ...a pod goes while we are away...
@@ -120,8 +131,12 @@ async def test_410_gone_during_a_deletion_relists_and_notices_it(kubeapi):
         kubeapi.compact()  # ...and the history that would have told us is gone
         kubeapi.start()
         await until(lambda: names(epp) == {"vllm-0-rank-0", "vllm-2-rank-0", "vllm-3-rank-0"}, what="re-list")
-        assert epp.metrics.registry.get_sample_value("epp_kubernetes_watch_restarts_total",
-                                                     {"resource": "pods", "reason": "expired"}) >= 1
+        assert (
+            epp.metrics.registry.get_sample_value(
+                "epp_kubernetes_watch_restarts_total", {"resource": "pods", "reason": "expired"}
+            )
+            >= 1
+        )
         # Watching resumes after the re-list.
         kubeapi.delete(PODS, NS, "vllm-0")
         await until(lambda: "vllm-0-rank-0" not in names(epp))
@@ -136,8 +151,10 @@ async def test_api_server_down_10s_keeps_endpoints_and_reports_staleness(kubeapi
         source = epp.sources[0]
         kubeapi.stop()
         down_at = time.monotonic()
-        await until(lambda: epp.metrics.registry.get_sample_value("epp_kubernetes_watch_up",
-                                                                  {"resource": "pods"}) == 0, what="watch down")
+        await until(
+            lambda: epp.metrics.registry.get_sample_value("epp_kubernetes_watch_up", {"resource": "pods"}) == 0,
+            what="watch down",
+        )
         while time.monotonic() - down_at < 10:
             # Still routing to what it knew, still ready, and saying how stale it is.
             assert len(epp.datastore) == 3 and epp.health.status("") == SERVING
@@ -158,22 +175,29 @@ async def test_stalled_watch_is_detected_and_reopened(kubeapi):
     kubeapi.create(POOL_V1, pool())
     kubeapi.create(PODS, pod("vllm-0", "10.0.0.1"))
     # No bookmarks from this server: the only sign of life is events, and they stop.
-    async with kube_epp(kubeapi, tuning=WatchTuning(backoff_initial=0.1, backoff_max=0.5, stall_timeout=1.0,
-                                                    watch_timeout=(60, 60))) as (epp, ch):
+    async with kube_epp(
+        kubeapi, tuning=WatchTuning(backoff_initial=0.1, backoff_max=0.5, stall_timeout=1.0, watch_timeout=(60, 60))
+    ) as (epp, _ch):
         await until(lambda: len(epp.datastore) == 1)
         assert kubeapi.stall_watches() >= 2
         kubeapi.create(PODS, pod("vllm-1", "10.0.0.2"))  # not delivered on the stalled stream
         await until(lambda: len(epp.datastore) == 2, timeout=4, what="re-opened watch delivers the pod")
-        assert epp.metrics.registry.get_sample_value("epp_kubernetes_watch_restarts_total",
-                                                     {"resource": "pods", "reason": "stalled"}) >= 1
+        assert (
+            epp.metrics.registry.get_sample_value(
+                "epp_kubernetes_watch_restarts_total", {"resource": "pods", "reason": "stalled"}
+            )
+            >= 1
+        )
 
 
 async def test_standalone_mode_watches_selected_pods_only():
     with KubeApiServer(resources=(PODS,)) as server:  # no CRDs installed at all
         server.create(PODS, pod("vllm-0", "10.0.0.1"))
         server.create(PODS, pod("other", "10.0.0.2", labels={"app": "other"}))
-        async with kube_epp(server, pool_name="", endpoint_selector="app=vllm",
-                            endpoint_target_ports=[8000, 8002]) as (epp, ch):
+        async with kube_epp(server, pool_name="", endpoint_selector="app=vllm", endpoint_target_ports=[8000, 8002]) as (
+            epp,
+            _ch,
+        ):
             await until(lambda: epp.datastore.synced)
             assert {e.hostport for e in epp.datastore.endpoints()} == {"10.0.0.1:8000", "10.0.0.1:8002"}
             assert any("labelSelector=app%3Dvllm" in path for _, path in server.requests)
@@ -182,11 +206,15 @@ async def test_standalone_mode_watches_selected_pods_only():
 
 async def test_legacy_v1alpha2_pool_shape():
     with KubeApiServer() as server:
-        server.create(POOL_V1ALPHA2, {"metadata": {"name": "pool", "namespace": NS},
-                                      "spec": {"selector": {"app": "vllm"}, "targetPortNumber": 8000,
-                                               "extensionRef": {"name": "pool-epp"}}})
+        server.create(
+            POOL_V1ALPHA2,
+            {
+                "metadata": {"name": "pool", "namespace": NS},
+                "spec": {"selector": {"app": "vllm"}, "targetPortNumber": 8000, "extensionRef": {"name": "pool-epp"}},
+            },
+        )
         server.create(PODS, pod("vllm-0", "10.0.0.1"))
-        async with kube_epp(server, pool_group="inference.networking.x-k8s.io") as (epp, ch):
+        async with kube_epp(server, pool_group="inference.networking.x-k8s.io") as (epp, _ch):
             await until(lambda: epp.datastore.synced)
             assert {e.hostport for e in epp.datastore.endpoints()} == {"10.0.0.1:8000"}
 
@@ -196,7 +224,7 @@ async def test_starts_without_an_api_server_and_syncs_once_it_appears():
     try:
         server.create(POOL_V1, pool())
         server.create(PODS, pod("vllm-0", "10.0.0.1"))
-        async with kube_epp(server) as (epp, ch):
+        async with kube_epp(server) as (epp, _ch):
             await asyncio.sleep(0.5)
             assert not epp.datastore.synced and epp.health.status("") == NOT_SERVING
             assert "pods watch down" in epp.sources[0].detail()

@@ -17,8 +17,13 @@ kubectl = shutil.which("kubectl")
 
 
 def run_kubectl(server: KubeApiServer, tmp_path, *args: str) -> str:
-    r = subprocess.run([kubectl, f"--server={server.url}", f"--cache-dir={tmp_path}/cache", *args],
-                       capture_output=True, text=True, timeout=60, env={"HOME": str(tmp_path), "PATH": "/usr/bin"})
+    r = subprocess.run(
+        [kubectl, f"--server={server.url}", f"--cache-dir={tmp_path}/cache", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin"},
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -33,9 +38,13 @@ def test_kubectl_get_and_watch(kubeapi, tmp_path):
     assert run_kubectl(kubeapi, tmp_path, "get", "pods", "-l", "app=vllm", "-o", "name").split() == ["pod/vllm-0"]
     assert "inferenceobjectives" in run_kubectl(kubeapi, tmp_path, "api-resources")
 
-    watch = subprocess.Popen([kubectl, f"--server={kubeapi.url}", f"--cache-dir={tmp_path}/cache", "get", "pods",
-                              "--watch", "-o", "name"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={"HOME": str(tmp_path), "PATH": "/usr/bin"})
+    watch = subprocess.Popen(
+        [kubectl, f"--server={kubeapi.url}", f"--cache-dir={tmp_path}/cache", "get", "pods", "--watch", "-o", "name"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin"},
+    )
     try:
         deadline = time.monotonic() + 20
         while kubeapi.watch_count(PODS) == 0:  # kubectl lists, then watches from the list's resourceVersion
@@ -63,8 +72,9 @@ def test_client_list_watch_bookmarks_410_and_conflicts(kubeapi):
     assert [p.metadata.name for p in listed.items] == ["vllm-0"]
 
     kubeapi.create(PODS, pod("vllm-1", "10.0.0.2"))
-    resp = core.list_namespaced_pod(NS, watch=True, resource_version=rv, allow_watch_bookmarks=True,
-                                    timeout_seconds=2, _preload_content=False)
+    resp = core.list_namespaced_pod(
+        NS, watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=2, _preload_content=False
+    )
     events = [orjson.loads(line) for line in resp.data.splitlines() if line]
     assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "vllm-1"
     assert {e["type"] for e in events[1:]} == {"BOOKMARK"}  # the stream ended after timeoutSeconds

@@ -22,7 +22,7 @@ async def test_leader_hand_over_on_release_and_on_crash(kubeapi):
     for i in range(2):
         kubeapi.create(PODS, pod(f"vllm-{i}", f"10.0.0.{i + 1}"))
     async with contextlib.AsyncExitStack() as stack:
-        a, ch_a = await stack.enter_async_context(kube_epp(kubeapi, ha_enable_leader_election=True, identity="a"))
+        a, _ch_a = await stack.enter_async_context(kube_epp(kubeapi, ha_enable_leader_election=True, identity="a"))
         await until(lambda: a.health.is_leader, what="first leader")
         b, ch_b = await stack.enter_async_context(kube_epp(kubeapi, ha_enable_leader_election=True, identity="b"))
         await until(lambda: len(b.datastore) == 2, what="follower datastore")
@@ -55,6 +55,8 @@ async def test_leader_hand_over_on_release_and_on_crash(kubeapi):
         assert crash >= FAST_LEASE.lease_duration * 0.8  # not before the lease could have expired
         assert (await pick(ch_c))[0] == 200
         elector(b).is_leader = False  # it "crashed": nothing to release at exit
-        print(f"\nfailover: graceful {graceful * 1000:.0f} ms (retry period {FAST_LEASE.retry_period}s), "
-              f"crash {crash * 1000:.0f} ms (lease {FAST_LEASE.lease_duration}s)")
+        print(
+            f"\nfailover: graceful {graceful * 1000:.0f} ms (retry period {FAST_LEASE.retry_period}s), "
+            f"crash {crash * 1000:.0f} ms (lease {FAST_LEASE.lease_duration}s)"
+        )
         assert graceful < FAST_LEASE.retry_period * 3

@@ -25,17 +25,36 @@ def test_positional_with_medium_lora_name_extra_keys_and_group():
 
 
 def test_map_events_in_map_batch_and_in_array_batch():
-    ev = {"type": "BlockStored", "block_hashes": [5], "parent_block_hash": None, "token_ids": TOKENS[:16],
-          "block_size": 16, "medium": "GPU", "lora_name": None, "unknown_future_field": 1}
+    ev = {
+        "type": "BlockStored",
+        "block_hashes": [5],
+        "parent_block_hash": None,
+        "token_ids": TOKENS[:16],
+        "block_size": 16,
+        "medium": "GPU",
+        "lora_name": None,
+        "unknown_future_field": 1,
+    }
     for batch in ({"ts": 0.0, "events": [ev], "data_parallel_rank": 0}, [0.0, [ev], None]):
         assert decode_batch(pack(batch)) == [Stored((5,), None, TOKENS[:16], 16)]
 
 
 def test_removed_and_cleared_both_encodings():
     assert decode_batch(pack([0, [["BlockRemoved", [1, 2], "GPU"], ["AllBlocksCleared"]]])) == [
-        Removed((1, 2), "gpu"), Cleared()]
-    assert decode_batch(pack({"ts": 0, "events": [{"type": "BlockRemoved", "block_hashes": [1], "medium": "cpu"},
-                                                   {"type": "AllBlocksCleared"}]})) == [Removed((1,), "cpu"), Cleared()]
+        Removed((1, 2), "gpu"),
+        Cleared(),
+    ]
+    assert decode_batch(
+        pack(
+            {
+                "ts": 0,
+                "events": [
+                    {"type": "BlockRemoved", "block_hashes": [1], "medium": "cpu"},
+                    {"type": "AllBlocksCleared"},
+                ],
+            }
+        )
+    ) == [Removed((1,), "cpu"), Cleared()]
     # BlockRemoved before medium existed
     assert decode_batch(pack([0, [["BlockRemoved", [9]]]])) == [Removed((9,), "gpu")]
 
@@ -52,9 +71,15 @@ def test_hash_forms_fold_to_the_same_u64():
 
 def test_unknown_tags_are_skipped_and_malformed_events_raise():
     assert decode_batch(pack([0, [["FutureEvent", 1], ["AllBlocksCleared"]]])) == [Cleared()]
-    for bad in (b"\xc1", pack("x"), pack([0, "events"]), pack([0, [["BlockStored", "nope", None, [], 16]]]),
-                pack([0, [["BlockStored", [1], None, [1, 2, 3], 16]]]),  # tokens not n x block_size
-                pack([0, [["BlockStored", [True], None, [], 16]]]), pack([0, [42]])):
+    for bad in (
+        b"\xc1",
+        pack("x"),
+        pack([0, "events"]),
+        pack([0, [["BlockStored", "nope", None, [], 16]]]),
+        pack([0, [["BlockStored", [1], None, [1, 2, 3], 16]]]),  # tokens not n x block_size
+        pack([0, [["BlockStored", [True], None, [], 16]]]),
+        pack([0, [42]]),
+    ):
         with pytest.raises(DecodeError):
             decode_batch(bad)
 

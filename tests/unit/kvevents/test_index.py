@@ -6,7 +6,7 @@ import pytest
 
 from epp.datalayer.kvevents.decode import Cleared, Removed, Stored
 from epp.datalayer.kvevents.index import KVBlockIndex
-from epp.datalayer.kvevents.keys import request_keys, root_key, chain_keys
+from epp.datalayer.kvevents.keys import chain_keys, request_keys, root_key
 
 BS = 4
 MODEL = "m"
@@ -149,7 +149,7 @@ def test_memory_estimate_matches_what_is_allocated(holders):
 def test_two_endpoints_share_blocks_and_drop_out_where_they_diverge():
     ix = index()
     ix.apply("a", [stored([1, 2, 3], None, PROMPT[:12])])
-    other = PROMPT[:8] + [7, 7, 7, 7]
+    other = [*PROMPT[:8], 7, 7, 7, 7]
     ix.apply("b", [stored([1, 2, 9], None, other)])
     assert ix.match(request_keys(MODEL, PROMPT, BS)) == {"a": 3.0, "b": 2.0}
     assert ix.match(request_keys(MODEL, other, BS)) == {"a": 2.0, "b": 3.0}

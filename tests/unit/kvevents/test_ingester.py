@@ -55,15 +55,20 @@ class Rig:
         self.fmt, self.replay_topic = fmt, replay_topic
         self.pub = self._publisher()
         self.index = KVBlockIndex(block_size=BS)
-        cfg = IngestConfig(socket_port=self.port, replay_socket_port=self.replay_port, replay_idle_s=0.5,
-                           replay_cooldown_s=0.0)
+        cfg = IngestConfig(
+            socket_port=self.port, replay_socket_port=self.replay_port, replay_idle_s=0.5, replay_cooldown_s=0.0
+        )
         self.ing = KVEventIngester(self.index, cfg)
         self.ing.start()
 
     def _publisher(self):
-        return KVEventPublisher(f"tcp://127.0.0.1:{self.port}", f"kv@127.0.0.1:8000@{MODEL}", self.fmt,
-                                replay_endpoint=f"tcp://127.0.0.1:{self.replay_port}" if self.replay_port else None,
-                                replay_topic=self.replay_topic)
+        return KVEventPublisher(
+            f"tcp://127.0.0.1:{self.port}",
+            f"kv@127.0.0.1:8000@{MODEL}",
+            self.fmt,
+            replay_endpoint=f"tcp://127.0.0.1:{self.replay_port}" if self.replay_port else None,
+            replay_topic=self.replay_topic,
+        )
 
     def subscribe(self):
         self.ing.add("pod", "127.0.0.1", 8000)

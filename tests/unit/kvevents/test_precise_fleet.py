@@ -10,6 +10,7 @@ import random
 import time
 
 import aiohttp
+import orjson
 import pytest
 
 from epp.datalayer.endpoint import Endpoint
@@ -21,8 +22,6 @@ from epp.sim.server import ReplicaConfig, SimServer
 from epp.stack.processes import free_port
 from tests.support.extproc_client import Conversation, request_body, request_headers, response_headers, set_headers
 from tests.support.inproc import running_epp
-
-import orjson
 
 MODEL = "m"
 BS = 16
@@ -62,11 +61,17 @@ class Pool:
 
     def cfg(self, i: int) -> ReplicaConfig:
         # Every replica gets the same offset between HTTP and KV ports, as the EPP is told.
-        return ReplicaConfig(index=0, port=self.http[i], pod_name=f"sim-{i}", model=MODEL, engine=self.engine,
-                             time_scale=0.01, seed=7,
-                             kv_events_endpoint=f"tcp://127.0.0.1:{self.http[i] + self.kv_offset}",
-                             kv_events_replay_endpoint=(f"tcp://127.0.0.1:{self.http[i] + self.replay_offset}"
-                                                        if self.replay else None))
+        return ReplicaConfig(
+            index=0,
+            port=self.http[i],
+            pod_name=f"sim-{i}",
+            model=MODEL,
+            engine=self.engine,
+            time_scale=0.01,
+            seed=7,
+            kv_events_endpoint=f"tcp://127.0.0.1:{self.http[i] + self.kv_offset}",
+            kv_events_replay_endpoint=(f"tcp://127.0.0.1:{self.http[i] + self.replay_offset}" if self.replay else None),
+        )
 
     @property
     def kv_offset(self) -> int:
@@ -106,8 +111,9 @@ def prompt(seed: int, n: int = 96) -> list[int]:
 
 
 async def complete(session: aiohttp.ClientSession, port: int, tokens: list[int]) -> None:
-    async with session.post(f"http://127.0.0.1:{port}/v1/completions",
-                            json={"model": MODEL, "prompt": tokens, "max_tokens": 2}) as r:
+    async with session.post(
+        f"http://127.0.0.1:{port}/v1/completions", json={"model": MODEL, "prompt": tokens, "max_tokens": 2}
+    ) as r:
         assert r.status == 200, await r.text()
 
 
@@ -120,8 +126,12 @@ async def agree(pool: Pool, epp, prompts: list[list[int]], timeout: float = 5.0)
     """Seconds until the EPP's belief equals every server's cache for every prompt."""
     start = time.monotonic()
     while True:
-        wrong = [(i, j, believed(epp, f"sim-{i}", p), pool.truth(i, p)) for i in range(2)
-                 for j, p in enumerate(prompts) if believed(epp, f"sim-{i}", p) != pool.truth(i, p)]
+        wrong = [
+            (i, j, believed(epp, f"sim-{i}", p), pool.truth(i, p))
+            for i in range(2)
+            for j, p in enumerate(prompts)
+            if believed(epp, f"sim-{i}", p) != pool.truth(i, p)
+        ]
         if not wrong:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
@@ -225,19 +235,31 @@ async def test_chat_request_is_tokenized_by_the_server_and_routed_to_its_prefix(
     system = {"role": "system", "content": " ".join(f"rule{i} applies" for i in range(60))}
     async with running_epp(pool.endpoints(), config(pool.kv_offset)) as (epp, ch):
         await asyncio.sleep(0.5)
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"http://127.0.0.1:{pool.http[0]}/v1/chat/completions",
-                              json={"model": MODEL, "messages": [system, {"role": "user", "content": "first"}],
-                                    "max_tokens": 2}) as r:
-                assert r.status == 200
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{pool.http[0]}/v1/chat/completions",
+                json={"model": MODEL, "messages": [system, {"role": "user", "content": "first"}], "max_tokens": 2},
+            ) as r,
+        ):
+            assert r.status == 200
         producer = epp.config.plugins["precise-prefix-cache-producer"]
         deadline = time.monotonic() + 5
         while producer.index.blocks_of("sim-0") == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         conv = Conversation(ch)
         await conv.send(request_headers("/v1/chat/completions"))
-        await conv.send(request_body(orjson.dumps({"model": MODEL, "max_tokens": 2, "messages": [
-            system, {"role": "user", "content": "second question"}]})))
+        await conv.send(
+            request_body(
+                orjson.dumps(
+                    {
+                        "model": MODEL,
+                        "max_tokens": 2,
+                        "messages": [system, {"role": "user", "content": "second question"}],
+                    }
+                )
+            )
+        )
         dest = set_headers((await conv.recv()).request_headers.response)["x-gateway-destination-endpoint"]
         await conv.recv()
         await conv.send(response_headers({":status": "200"}, eos=True))

@@ -52,8 +52,20 @@ def epp_process(tmp_path):
 
     def start(*args: str, endpoints: str = "127.0.0.1:1", wait: bool = True) -> EppProcess:
         g, h, m = free_port(), free_port(), free_port()
-        argv = [bin_path("epp"), "--static-endpoints", endpoints, "--grpc-port", str(g), "--grpc-health-port",
-                str(h), "--metrics-port", str(m), "--secure-serving=false", "--refresh-metrics-interval=1s", *args]
+        argv = [
+            bin_path("epp"),
+            "--static-endpoints",
+            endpoints,
+            "--grpc-port",
+            str(g),
+            "--grpc-health-port",
+            str(h),
+            "--metrics-port",
+            str(m),
+            "--secure-serving=false",
+            "--refresh-metrics-interval=1s",
+            *args,
+        ]
         p = Proc("epp", argv, tmp_path / f"epp-{g}.log").start()
         started.append(p)
         if wait:

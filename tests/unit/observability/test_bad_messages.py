@@ -15,8 +15,11 @@ GARBAGE = [b"\xff\xff\xff\xff garbage", b"\x0a\xff\xff\xff\xff\x0f", b"\x08" * 7
 
 async def send_raw(port: int, payload: bytes) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        process = ch.stream_stream("/envoy.service.ext_proc.v3.ExternalProcessor/Process",
-                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        process = ch.stream_stream(
+            "/envoy.service.ext_proc.v3.ExternalProcessor/Process",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
         call = process(timeout=5)
         await call.write(payload)
         try:
@@ -56,4 +59,6 @@ def test_rate_limited_log_counts_what_it_left_out(caplog):
         now[0] += 10
         assert limited.warning("bad thing from %s", "c")
     assert [r.getMessage() for r in caplog.records] == [
-        "bad thing from a", "bad thing from c (5 more like this in the previous 10s not logged)"]
+        "bad thing from a",
+        "bad thing from c (5 more like this in the previous 10s not logged)",
+    ]

@@ -32,7 +32,8 @@ class SlowCollector:
         yield g
 
 
-async def serve(limits: HttpLimits = HttpLimits(), collector=None, authorize=None):
+async def serve(limits: HttpLimits | None = None, collector=None, authorize=None):
+    limits = limits or HttpLimits()
     registry = CollectorRegistry()
     Gauge("test_up", "test", registry=registry).set(1)
     if collector is not None:
@@ -190,7 +191,9 @@ async def test_busy_port_is_a_clear_bind_error():
     server, port = await serve()
     try:
         other = ObservabilityServer(CollectorRegistry(), HealthState(lambda: True), lambda: "")
-        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(--metrics-port\): address already in use"):
+        with pytest.raises(
+            OSError, match=rf"cannot listen on 127.0.0.1:{port} \(--metrics-port\): address already in use"
+        ):
             await other.start("127.0.0.1", port)
     finally:
         await server.stop()

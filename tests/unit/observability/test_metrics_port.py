@@ -28,8 +28,10 @@ def test_many_idle_connections_cost_no_threads_and_scrapes_still_work(epp_proces
             times.append(r.elapsed.total_seconds())
         assert epp.threads() <= baseline + 1
         assert established(epp.metrics_port) <= HttpLimits().max_connections
-        print(f"threads {baseline} -> {epp.threads()}, open metrics connections {established(epp.metrics_port)}, "
-              f"scrape max {max(times) * 1000:.1f} ms with 300 idle connections")
+        print(
+            f"threads {baseline} -> {epp.threads()}, open metrics connections {established(epp.metrics_port)}, "
+            f"scrape max {max(times) * 1000:.1f} ms with 300 idle connections"
+        )
     finally:
         for s in idle:
             s.close()

@@ -10,14 +10,17 @@ from epp.observability import metricsauth as ma
 from epp.options import Options
 
 
-@pytest.mark.parametrize("opts,enforced,warns", [
-    (Options(static_endpoints="h:1"), False, True),
-    (Options(static_endpoints="h:1", metrics_endpoint_auth=False), False, False),
-    (Options(static_endpoints="h:1", metrics_endpoint_auth=True), True, False),
-    (Options(pool_name="p"), True, False),
-    (Options(endpoint_selector="app=x"), True, False),
-    (Options(pool_name="p", metrics_endpoint_auth=False), False, False),
-])
+@pytest.mark.parametrize(
+    "opts,enforced,warns",
+    [
+        (Options(static_endpoints="h:1"), False, True),
+        (Options(static_endpoints="h:1", metrics_endpoint_auth=False), False, False),
+        (Options(static_endpoints="h:1", metrics_endpoint_auth=True), True, False),
+        (Options(pool_name="p"), True, False),
+        (Options(endpoint_selector="app=x"), True, False),
+        (Options(pool_name="p", metrics_endpoint_auth=False), False, False),
+    ],
+)
 def test_when_auth_is_enforced(opts, enforced, warns):
     enforce, warning = ma.metrics_auth_decision(opts)
     assert enforce is enforced and (warning is not None) is warns

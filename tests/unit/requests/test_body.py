@@ -12,15 +12,18 @@ from epp.requests.modelname import restore_model_name
 from epp.requests.usage import SseUsageScanner, usage_from_json_body
 
 
-@pytest.mark.parametrize("path,api", [
-    ("/v1/chat/completions", ApiType.CHAT_COMPLETIONS),
-    ("/v1/completions?x=1", ApiType.COMPLETIONS),
-    ("/v1/chat/completions?api-version=1", ApiType.CHAT_COMPLETIONS),
-    ("/openai/v1/responses", ApiType.RESPONSES),
-    ("/v1/conversations", ApiType.CONVERSATIONS),
-    ("/v1/embeddings/", ApiType.EMBEDDINGS),
-    ("/healthz", None),
-])
+@pytest.mark.parametrize(
+    "path,api",
+    [
+        ("/v1/chat/completions", ApiType.CHAT_COMPLETIONS),
+        ("/v1/completions?x=1", ApiType.COMPLETIONS),
+        ("/v1/chat/completions?api-version=1", ApiType.CHAT_COMPLETIONS),
+        ("/openai/v1/responses", ApiType.RESPONSES),
+        ("/v1/conversations", ApiType.CONVERSATIONS),
+        ("/v1/embeddings/", ApiType.EMBEDDINGS),
+        ("/healthz", None),
+    ],
+)
 def test_api_type_from_path(path, api):
     assert api_type_from_path(path) == api
 
@@ -52,16 +55,20 @@ json_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(before=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "model"), json_values, max_size=4),
-       after=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "model"), json_values, max_size=4),
-       model=st.text(min_size=1), new=st.text(min_size=1), indent=st.booleans())
+@given(
+    before=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "model"), json_values, max_size=4),
+    after=st.dictionaries(st.text(max_size=6).filter(lambda k: k != "model"), json_values, max_size=4),
+    model=st.text(min_size=1),
+    new=st.text(min_size=1),
+    indent=st.booleans(),
+)
 def test_replace_model_changes_only_the_model_value(before, after, model, new, indent):
     obj = {**before, "model": model, **{k: v for k, v in after.items() if k not in before}}
     raw = json.dumps(obj, indent=2 if indent else None, ensure_ascii=False).encode()
     out = replace_model(raw, new)
     assert orjson.loads(out) == {**orjson.loads(raw), "model": new}
     start, end = find_model_value(raw)
-    assert out[:start] == raw[:start] and out[len(out) - (len(raw) - end):] == raw[end:]
+    assert out[:start] == raw[:start] and out[len(out) - (len(raw) - end) :] == raw[end:]
 
 
 def test_replace_model_ignores_nested_and_string_lookalikes():
@@ -74,15 +81,18 @@ def test_replace_model_handles_escaped_key():
     assert replace_model(raw, "y") == b'{"mod\\u0065l": "y", "n": 1.50}'
 
 
-@pytest.mark.parametrize("raw,fragment", [
-    (b"", "error unmarshaling"),
-    (b"\xff", "error unmarshaling"),
-    (b'"str"', "got a string"),
-    (b"null", "got null"),
-    (b'{"model": null, "prompt": "x"}', "model not found"),
-    (b'{"model": "", "prompt": "x"}', "model not found"),
-    (b'{"model": ["m"], "prompt": "x"}', "model not found"),
-])
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        (b"", "error unmarshaling"),
+        (b"\xff", "error unmarshaling"),
+        (b'"str"', "got a string"),
+        (b"null", "got null"),
+        (b'{"model": null, "prompt": "x"}', "model not found"),
+        (b'{"model": "", "prompt": "x"}', "model not found"),
+        (b'{"model": ["m"], "prompt": "x"}', "model not found"),
+    ],
+)
 def test_bad_bodies_raise_400(raw, fragment):
     with pytest.raises(EppError) as exc:
         parse_request(raw, "/v1/completions")
@@ -96,14 +106,20 @@ def test_restore_model_name_compact_and_spaced():
 
 
 def test_sse_usage_scanner_handles_split_lines():
-    stream = (b'data: {"choices":[{"text":"a"}],"usage":null}\n\n'
-              b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6,'
-              b'"prompt_tokens_details":{"cached_tokens":3}}}\n\ndata: [DONE]\n\n')
+    stream = (
+        b'data: {"choices":[{"text":"a"}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6,'
+        b'"prompt_tokens_details":{"cached_tokens":3}}}\n\ndata: [DONE]\n\n'
+    )
     for cut in range(1, len(stream), 7):
         s = SseUsageScanner()
         s.feed(stream[:cut])
         s.feed(stream[cut:])
-        assert s.usage is not None and (s.usage.prompt_tokens, s.usage.completion_tokens, s.usage.cached_tokens) == (4, 2, 3)
+        assert s.usage is not None and (s.usage.prompt_tokens, s.usage.completion_tokens, s.usage.cached_tokens) == (
+            4,
+            2,
+            3,
+        )
 
 
 def test_usage_from_responses_api_and_json():

@@ -13,8 +13,13 @@ from epp.scheduling.types import CycleState, ProfileResult, SchedulingRequest, S
 
 
 def ep(name, labels=None, inflight=0, tokens=0, **m) -> Endpoint:
-    e = Endpoint(name=name, address=f"10.0.0.{len(name)}", port=8000, labels=labels or {},
-                 metrics=EndpointMetrics(update_time=1e12, **m))
+    e = Endpoint(
+        name=name,
+        address=f"10.0.0.{len(name)}",
+        port=8000,
+        labels=labels or {},
+        metrics=EndpointMetrics(update_time=1e12, **m),
+    )
     for _ in range(inflight):
         e.inflight.add(tokens)
     return e
@@ -47,7 +52,7 @@ def test_session_affinity_round_trip():
     plugin = build_plugin("session-affinity-scorer", "s", {})
     result = SchedulingResult({"default": ProfileResult([a])}, "default")
     plugin.pre_request(CycleState(), SchedulingRequest("r", "m"), result)
-    (key, token), = result.response_headers
+    ((key, token),) = result.response_headers
     assert key == "x-session-token" and base64.b64decode(token) == b"ns/pod-a"
     req = SchedulingRequest("r", "m", headers={"x-session-token": token})
     assert plugin.score(CycleState(), req, [a, b]) == [1.0, 0.0]
@@ -61,8 +66,9 @@ def test_no_hit_lru_spreads_cold_requests_and_is_neutral_when_warm():
         scores = plugin.score(CycleState(), SchedulingRequest("r", "m"), eps)
         best = eps[scores.index(max(scores))]
         picked.append(best.name)
-        plugin.pre_request(CycleState(), SchedulingRequest("r", "m"),
-                           SchedulingResult({"d": ProfileResult([best])}, "d"))
+        plugin.pre_request(
+            CycleState(), SchedulingRequest("r", "m"), SchedulingResult({"d": ProfileResult([best])}, "d")
+        )
     assert sorted(picked[:3]) == ["a", "b", "c"] and picked[3:] == picked[:3]
     warm = CycleState({PREFIX_MATCH_KEY: PrefixMatchInfo([1, 2], {"a": 2}, 16)})
     assert plugin.score(warm, SchedulingRequest("r", "m"), eps) == [0.5, 0.5, 0.5]
@@ -80,8 +86,12 @@ def test_prefix_affinity_filter_sticks_until_warm_endpoint_is_too_slow():
 
 
 def test_role_and_label_filters():
-    eps = [ep("p", {"llm-d.ai/role": "prefill"}), ep("d", {"llm-d.ai/role": "decode"}),
-           ep("b", {"llm-d.ai/role": "both"}), ep("x")]
+    eps = [
+        ep("p", {"llm-d.ai/role": "prefill"}),
+        ep("d", {"llm-d.ai/role": "decode"}),
+        ep("b", {"llm-d.ai/role": "both"}),
+        ep("x"),
+    ]
     cs, rq = CycleState(), SchedulingRequest("r", "m")
     assert [e.name for e in build_plugin("decode-filter", "d", {}).filter(cs, rq, eps)] == ["d", "b", "x"]
     assert [e.name for e in build_plugin("prefill-filter", "p", {}).filter(cs, rq, eps)] == ["p", "b"]
@@ -107,8 +117,15 @@ def test_estimated_ttft_trades_cache_hit_against_queued_prefill():
     hot, cold = ep("hot"), ep("cold")
     info = PrefixMatchInfo(list(range(100)), {"hot": 100}, 16)  # hot holds the whole 1,600-token prompt
     req = SchedulingRequest("r", "m", prompt_tokens=1600)
-    s = lambda **kw: score("estimated-ttft-scorer", [hot, cold], req, CycleState({PREFIX_MATCH_KEY: info}),
-                           runningTokens=0, waitingTokens=0, **kw)
+    s = lambda **kw: score(
+        "estimated-ttft-scorer",
+        [hot, cold],
+        req,
+        CycleState({PREFIX_MATCH_KEY: info}),
+        runningTokens=0,
+        waitingTokens=0,
+        **kw,
+    )
     assert s(uncachedWeight=1)[0] > s(uncachedWeight=1)[1]  # cache hit wins while hot is idle
     hot.inflight.add(1500)
     assert s(uncachedWeight=1)[0] > s(uncachedWeight=1)[1]  # 1,500 queued < 1,600 saved: still worth it
@@ -124,8 +141,15 @@ def test_estimated_ttft_counts_requests_the_prefill_gate_holds_for_an_endpoint()
     hot, cold = ep("hot"), ep("cold")
     info = PrefixMatchInfo(list(range(100)), {"hot": 100}, 16)
     req = SchedulingRequest("r", "m", prompt_tokens=1600)
-    s = lambda: score("estimated-ttft-scorer", [hot, cold], req, CycleState({PREFIX_MATCH_KEY: info}),
-                      runningTokens=0, waitingTokens=0, uncachedWeight=1)
+    s = lambda: score(
+        "estimated-ttft-scorer",
+        [hot, cold],
+        req,
+        CycleState({PREFIX_MATCH_KEY: info}),
+        runningTokens=0,
+        waitingTokens=0,
+        uncachedWeight=1,
+    )
     hot.inflight.add(1500)
     assert s()[0] > s()[1]
     hot.inflight.held_tokens = 200  # waiting in the EPP for hot: 1,700 ahead > 1,600 saved
@@ -136,9 +160,14 @@ def test_popular_prefix_is_replicated_unpopular_one_is_not():
     hot, cold = ep("hot"), ep("cold")
     req = SchedulingRequest("r", "m", prompt_tokens=1600)
     hot.inflight.add(1700)
-    s = lambda pop: score("estimated-ttft-scorer", [hot, cold], req,
-                          CycleState({PREFIX_MATCH_KEY: PrefixMatchInfo(list(range(100)), {"hot": 100}, 16, pop)}),
-                          runningTokens=0, waitingTokens=0)
+    s = lambda pop: score(
+        "estimated-ttft-scorer",
+        [hot, cold],
+        req,
+        CycleState({PREFIX_MATCH_KEY: PrefixMatchInfo(list(range(100)), {"hot": 100}, 16, pop)}),
+        runningTokens=0,
+        waitingTokens=0,
+    )
     assert s(0.1)[0] > s(0.1)[1]  # one copy is all 10 % of the traffic deserves: stay
     assert s(0.9)[0] < s(0.9)[1]  # 90 % of the traffic on one copy: make another
 
@@ -223,7 +252,9 @@ def test_disagg_handler_needs_a_decode_profile():
 
 def test_llm_d_sample_configs_load():
     load_config(PD)
-    load_config("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: decode-filter\n"
-                "- type: prefix-cache-scorer\n- type: max-score-picker\nschedulingProfiles:\n- name: default\n"
-                "  plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer, weight: 2}, "
-                "{pluginRef: max-score-picker}]\n")
+    load_config(
+        "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: decode-filter\n"
+        "- type: prefix-cache-scorer\n- type: max-score-picker\nschedulingProfiles:\n- name: default\n"
+        "  plugins: [{pluginRef: decode-filter}, {pluginRef: prefix-cache-scorer, weight: 2}, "
+        "{pluginRef: max-score-picker}]\n"
+    )

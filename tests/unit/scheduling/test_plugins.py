@@ -69,8 +69,10 @@ def schedule(config_text, endpoints, prompt=b"", n=1):
 
 
 def test_default_config_prefers_short_queue_and_low_kv():
-    eps = [ep("a", waiting_queue_size=10, kv_cache_usage_percent=0.9), ep("b", waiting_queue_size=0,
-                                                                          kv_cache_usage_percent=0.1)]
+    eps = [
+        ep("a", waiting_queue_size=10, kv_cache_usage_percent=0.9),
+        ep("b", waiting_queue_size=0, kv_cache_usage_percent=0.1),
+    ]
     assert all(t[0].name == "b" for t in schedule(None, eps, n=5))
 
 
@@ -94,7 +96,11 @@ plugins:
 
 
 def test_weighted_random_picker_returns_fallbacks_and_follows_weights():
-    eps = [ep("a", kv_cache_usage_percent=0.0), ep("b", kv_cache_usage_percent=0.75), ep("c", kv_cache_usage_percent=1.0)]
+    eps = [
+        ep("a", kv_cache_usage_percent=0.0),
+        ep("b", kv_cache_usage_percent=0.75),
+        ep("c", kv_cache_usage_percent=1.0),
+    ]
     picks = schedule(WEIGHTED, eps, n=400)
     assert all(len(t) == 2 and t[0] is not t[1] for t in picks)
     firsts = [t[0].name for t in picks]
@@ -102,21 +108,36 @@ def test_weighted_random_picker_returns_fallbacks_and_follows_weights():
     assert firsts.count("a") > firsts.count("b") * 2
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("apiVersion: v9\nkind: EndpointPickerConfig\n", "apiVersion 'v9'"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nbogus: 1\n", "bogus: unknown field"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: nope}]\n", "unknown plugin type 'nope'"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer, parameters: {x: 1}}]\n",
-     "x: Extra inputs are not permitted"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}, {type: queue-scorer}]\n",
-     "duplicate plugin name 'queue-scorer'"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n"
-     "schedulingProfiles: [{name: d, plugins: [{pluginRef: missing}]}]\n", "pluginRef 'missing'"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nfeatureGates: [warpDrive]\n", "warpDrive"),
-    ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: queue-scorer\n  weight: 2\n",
-     "plugins.0.weight: unknown field"),
-    ("{{{", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("apiVersion: v9\nkind: EndpointPickerConfig\n", "apiVersion 'v9'"),
+        ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nbogus: 1\n", "bogus: unknown field"),
+        (
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: nope}]\n",
+            "unknown plugin type 'nope'",
+        ),
+        (
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer, parameters: {x: 1}}]\n",
+            "x: Extra inputs are not permitted",
+        ),
+        (
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}, {type: queue-scorer}]\n",
+            "duplicate plugin name 'queue-scorer'",
+        ),
+        (
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n"
+            "schedulingProfiles: [{name: d, plugins: [{pluginRef: missing}]}]\n",
+            "pluginRef 'missing'",
+        ),
+        ("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nfeatureGates: [warpDrive]\n", "warpDrive"),
+        (
+            "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n- type: queue-scorer\n  weight: 2\n",
+            "plugins.0.weight: unknown field",
+        ),
+        ("{{{", "not valid YAML"),
+    ],
+)
 def test_invalid_configs_name_the_problem(text, fragment):
     with pytest.raises(ConfigError) as exc:
         load_config(text, "cfg.yaml")
@@ -150,23 +171,30 @@ def test_reference_sample_config_from_section_4_2_loads_verbatim():
 def test_max_score_picker_breaks_ties_randomly():
     eps = [ep("a"), ep("b"), ep("c")]
     random.seed(1)
-    names = {schedule("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n",
-                      eps)[0][0].name for _ in range(40)}
+    names = {
+        schedule("apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins: [{type: queue-scorer}]\n", eps)[
+            0
+        ][0].name
+        for _ in range(40)
+    }
     assert names == {"a", "b", "c"}
 
 
 def test_scores_are_clamped():
-    from epp.scheduling.plugins.load import QueueScorer
     from epp.scheduling.config import Profile
-    from epp.scheduling.scheduler import run_profile
+    from epp.scheduling.plugins.load import QueueScorer
     from epp.scheduling.plugins.pickers import MaxScorePicker, PickerParams
+    from epp.scheduling.scheduler import run_profile
 
     class Wild(QueueScorer):
         def score(self, cycle, req, endpoints):
             return [5.0, -3.0]
 
-    prof = Profile("p", scorers=[(Wild("w", QueueScorer.Params()), 1.0), (QueueScorer("q", QueueScorer.Params()), 1.0)],
-                   picker=MaxScorePicker("m", PickerParams()))
+    prof = Profile(
+        "p",
+        scorers=[(Wild("w", QueueScorer.Params()), 1.0), (QueueScorer("q", QueueScorer.Params()), 1.0)],
+        picker=MaxScorePicker("m", PickerParams()),
+    )
     eps = [ep("a", waiting_queue_size=10), ep("b", waiting_queue_size=0)]
     # a: clamp(5)=1 + 0 = 1 ; b: clamp(-3)=0 + 1 = 1 -> a tie, both possible; neither gets 5 or -3.
     got = {run_profile(prof, CycleState(), SchedulingRequest("r", "m"), eps).targets[0].name for _ in range(30)}

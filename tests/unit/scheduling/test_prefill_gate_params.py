@@ -39,9 +39,10 @@ def test_defaults_and_durations():
     assert (g.min_tokens, g.max_per_endpoint, g.max_wait, g.recheck) == (1024, 2, 10.0, 0.25)
 
 
-@pytest.mark.parametrize("params, word", [({"maxPerEndpoint": 0}, "maxPerEndpoint"),
-                                          ({"minTokens": 0}, "minTokens"),
-                                          ({"maxWaits": "1s"}, "maxWaits")])
+@pytest.mark.parametrize(
+    "params, word",
+    [({"maxPerEndpoint": 0}, "maxPerEndpoint"), ({"minTokens": 0}, "minTokens"), ({"maxWaits": "1s"}, "maxWaits")],
+)
 def test_bad_parameters_are_config_errors(params, word):
     with pytest.raises(ConfigError, match=word):
         gate(**params)

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import pytest
 
+from epp.scheduling.plugin import ConfigError, build_plugin
 from epp.sim.engine import EngineConfig
 from epp.sim.fleet import Fleet
 from epp.sim.hftokenizer import HFTokenizer, build
 from epp.sim.server import ReplicaConfig
 from epp.sim.tokenizer import render_chat
+from epp.stack.processes import free_port
 from epp.tokenization.local import LocalTokenizer, TokenizerLoadError
 from epp.tokenization.prompt import Prompt, prompt_of
 from epp.tokenization.remote import RemoteTokenizeError, RemoteTokenizer
-from epp.scheduling.plugin import ConfigError, build_plugin
-from epp.stack.processes import free_port
 
 MODEL = "m"
-MESSAGES = [{"role": "system", "content": "You are terse. " * 20},
-            {"role": "user", "content": [{"type": "text", "text": "kabo of the?"}, {"type": "image_url"}]},
-            {"role": "assistant", "content": None},
-            {"role": "user", "content": "  and 12345 then  "}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse. " * 20},
+    {"role": "user", "content": [{"type": "text", "text": "kabo of the?"}, {"type": "image_url"}]},
+    {"role": "assistant", "content": None},
+    {"role": "user", "content": "  and 12345 then  "},
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,12 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture
 async def sim(tokenizer_dir, request):
     use_file = getattr(request, "param", False)
-    cfg = ReplicaConfig(port=free_port(), model=MODEL, engine=EngineConfig(num_gpu_blocks=256, max_model_len=2048),
-                        tokenizer_file=str(tokenizer_dir / "tokenizer.json") if use_file else None)
+    cfg = ReplicaConfig(
+        port=free_port(),
+        model=MODEL,
+        engine=EngineConfig(num_gpu_blocks=256, max_model_len=2048),
+        tokenizer_file=str(tokenizer_dir / "tokenizer.json") if use_file else None,
+    )
     fleet = Fleet([cfg])
     await fleet.start(announce=None)
     yield fleet.servers[0]
@@ -63,13 +69,17 @@ async def test_local_tokenizer_matches_a_server_with_the_same_files(sim, tokeniz
     local = LocalTokenizer(tokenizer_dir)
     rt = RemoteTokenizer()
     try:
-        assert local.tokenize(Prompt(MODEL, messages=MESSAGES)) == await rt.tokenize(sim.url, Prompt(MODEL, messages=MESSAGES))
-        assert local.tokenize(Prompt(MODEL, text="a b c 99")) == await rt.tokenize(sim.url, Prompt(MODEL, text="a b c 99"))
+        assert local.tokenize(Prompt(MODEL, messages=MESSAGES)) == await rt.tokenize(
+            sim.url, Prompt(MODEL, messages=MESSAGES)
+        )
+        assert local.tokenize(Prompt(MODEL, text="a b c 99")) == await rt.tokenize(
+            sim.url, Prompt(MODEL, text="a b c 99")
+        )
     finally:
         await rt.close()
     # segments between special tokens are cached: the system prompt is tokenized once
     before = local.segments.misses
-    other = MESSAGES[:1] + [{"role": "user", "content": "something else"}]
+    other = [*MESSAGES[:1], {"role": "user", "content": "something else"}]
     local.tokenize(Prompt(MODEL, messages=other))
     assert local.segments.misses - before == 1  # only the new user text
 
@@ -85,10 +95,10 @@ def test_local_tokenizer_whole_equals_segmented(tokenizer_dir):
 
 
 def test_bad_tokenizer_paths_are_config_errors(tmp_path):
-    with pytest.raises(TokenizerLoadError, match="no tokenizer.json"):
+    with pytest.raises(TokenizerLoadError, match=r"no tokenizer\.json"):
         LocalTokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="local.path"):
+    with pytest.raises(ConfigError, match=r"local\.path"):
         build_plugin("token-producer", "t", {"local": {"path": str(tmp_path)}})
     with pytest.raises(ConfigError, match="not both"):
         build_plugin("token-producer", "t", {"local": {"path": "x"}, "vllm": {}})
