@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--http-picker-port", type=port, default=0, help="serve the NGINX bridge HTTP contract on this port (0 = off)")
     a("-v", "--v", dest="v", type=int, default=2, help="log verbosity (2 default, 4 debug)")
+    a("--version", action="store_true", help="print the version and exit")
+    a(
+        "--validate-only",
+        action="store_true",
+        help="load the config (--config-file, --config-text or --config-name; the built-in default without one), "
+        "print what it resolves to and exit: 0 when valid, 2 with the error otherwise",
+    )
     a("--zap-encoder", default="console", choices=("console", "json"), help="log encoding")
     for name in IGNORED_FLAGS:
         a(
@@ -291,7 +298,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     modes = [bool(ns.pool_name), bool(ns.endpoint_selector), bool(ns.static_endpoints)]
     if sum(modes) > 1:
         parser.error("use exactly one of --pool-name, --endpoint-selector or --static-endpoints")
-    if sum(modes) == 0:
+    if sum(modes) == 0 and not ns.validate_only:
         parser.error("one of --pool-name, --endpoint-selector or --static-endpoints is required")
     if ns.ha_mode == "active-active" and ns.ha_enable_leader_election:
         parser.error("--ha-mode active-active runs without leader election; drop --ha-enable-leader-election")
@@ -363,6 +370,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         enable_cert_reload=ns.enable_cert_reload,
         extproc_transport=ns.extproc_transport,
         workers=workers,
+        validate_only=ns.validate_only,
     )
     return opts, warnings
 
@@ -370,8 +378,18 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     from epp import signals
 
+    args = sys.argv[1:] if argv is None else argv
+    if "--version" in args or "-version" in args:
+        from epp import __version__
+
+        print(f"epp {__version__} (Python {sys.version.split()[0]})")
+        sys.exit(0)
     signals.ignore_during_startup()
-    opts, warnings = parse_options(sys.argv[1:] if argv is None else argv)
+    opts, warnings = parse_options(args)
+    if opts.validate_only:
+        from epp.runner import validate
+
+        sys.exit(validate(opts, warnings))
     from epp.runner import run  # heavy imports only after the flags are known to be good
 
     sys.exit(run(opts, warnings))

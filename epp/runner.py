@@ -121,6 +121,27 @@ def run(opts: Options, warnings: list[str]) -> int:
     return 0
 
 
+def validate(opts: Options, warnings: list[str]) -> int:
+    """--validate-only: the config and endpoint flags checked as at start-up, then described."""
+    from epp.configreport import describe
+
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    try:
+        config = load_options_config(opts)
+        if opts.static_endpoints:
+            try:
+                parse_static_endpoints(opts.static_endpoints)
+            except ValueError as exc:
+                raise ConfigError(f"--static-endpoints: {exc}") from None
+    except ConfigError as exc:
+        return _fail(exc, 2)
+    source = opts.config_file or ("--config-text" if opts.config_text else "")
+    source = source or (f"built-in {opts.config_name}" if opts.config_name else "built-in default (epp-default)")
+    sys.stdout.write(describe(config, source))
+    return 0
+
+
 def _fail(exc: BaseException, code: int) -> int:
     print(f"epp: error: {exc}", file=sys.stderr)
     return code
