@@ -261,6 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     lad.add_argument("--plan-only", action="store_true", help="print capacities, time scales and wall estimate")
 
+    pc = sub.add_parser(
+        "pickcost",
+        help="per-pick cost in process at 10/100/1,000 endpoints with the prefix index "
+        "full, and scrape cost at 100/1,000 -> bench/results/pickcost.md",
+    )
+    pc.add_argument("--picks", type=int, default=2000)
+    pc.add_argument("--repeats", type=int, default=2)
+
     ip = sub.add_parser("inference-perf", help="the same fleet driven by kubernetes-sigs/inference-perf")
     ip.add_argument("--router", default="epp")
     ip.add_argument("--rates", default="2,5")
@@ -401,6 +409,10 @@ def main(argv: list[str] | None = None) -> None:
                     args.results / "live-repeat.json",
                 )
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "pickcost":
+        from epp.bench.pickcost import run as run_pickcost
+
+        print(run_pickcost(RESULTS / "pickcost.md", repeats=args.repeats, picks=args.picks))
     elif args.cmd == "ladder":
         cmd_ladder(args)
     elif args.cmd == "kvcache":
