@@ -165,10 +165,10 @@ def run(out_path, sizes=(10, 100, 1000), repeats: int = 2, picks: int = 2000) ->
             "# Pick cost by pool size, and scrape cost (`epp-bench pickcost`)",
             "",
             f"Measured {time.strftime('%Y-%m-%d')} on {m['cpu']} ({m['cores']} cores), commit {git_commit()}. "
-            "In process, one thread, the default config (epp-default.yaml), the approximate prefix index filled to its "
-            "bound before timing (every endpoint's LRU at its capacity of blocks); a pick = produce + filters + scorers "
-            "+ picker (**schedule**) + pre_request (**record**: the pick written into the index), as the director "
-            "runs per request. Prompts ~4,000 tokens over 200 system prompts. See epp/bench/pickcost.py.",
+            "In process, one thread, the default config (epp-default.yaml), the approximate prefix index filled to "
+            "its bound before timing (every endpoint's LRU at its capacity of blocks); a pick = produce + filters + "
+            "scorers + picker (**schedule**) + pre_request (**record**: the pick written into the index), "
+            "as the director runs per request. Prompts ~4,000 tokens over 200 system prompts.",
             "",
             table(points),
             "",
