@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
+.PHONY: install system-deps run test bench bench-suite bench-pickcost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
 
 install: $(STAMP) system-deps
 
@@ -33,8 +33,18 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The canonical warm ladder (~25 min): epp vs round-robin and the cache-aware peers, 2 shapes x 2 seeds
+# -> bench/results/ladder.{json,md} + plots. LADDER_ARGS="--full" runs every shape and router (~2.5 h).
 bench: install
+	$(BIN)/epp-bench ladder $(LADDER_ARGS)
+
+# The round-1 suite (live + virtual time, cold 120-request points) -> bench/results/report.md
+bench-suite: install
 	$(BIN)/epp-bench report --repeat
+
+# Per-pick cost at 10/100/1,000 endpoints and scrape cost (~3 min) -> bench/results/pickcost.md
+bench-pickcost: install
+	$(BIN)/epp-bench pickcost
 
 # What the EPP adds to a request (Envoy alone vs Envoy + EPP), written to bench/results/overhead.*
 bench-overhead: install

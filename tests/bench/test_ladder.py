@@ -108,3 +108,13 @@ def test_report_compares_excess_over_the_floor_not_raw_p90(tmp_path):
     assert (tmp_path / "ladder-shared-prefix.png").stat().st_size > 10_000
     rows[1] = _row("epp", "s2", 1.1, 1, 0.40, 2300)  # seed 1 at 1.1: excess 0.30, the mean 0.20 vs 0.30
     assert "≤ 0.5x best peer at every stage ≥ 0.5 | **missed**" in "\n".join(ladderreport.targets(rows))
+
+
+def test_committed_ladder_report_is_the_render_of_the_committed_results(tmp_path):
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    files = [results / n for n in ("ladder.json", "ladder-peers.json", "ladder-more.json")]
+    md = ladderreport.render([json.loads(f.read_text()) for f in files], tmp_path)
+    assert md.read_text() == (results / "ladder.md").read_text()
