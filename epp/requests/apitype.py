@@ -1,4 +1,5 @@
-"""Which OpenAI API a request speaks, from its path (or its body when no path is known)."""
+"""Which API a request speaks (OpenAI's, or Anthropic's Messages), from its path (or its body when no
+path is known)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ class ApiType(str, Enum):
     RESPONSES = "responses"
     CONVERSATIONS = "conversations"
     EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"  # Anthropic's Messages API, as vLLM serves it at /v1/messages
 
 
 # Suffix order matters: "/chat/completions" must win over "/completions".
@@ -20,6 +22,7 @@ _SUFFIXES = (
     ("/chat/completions", ApiType.CHAT_COMPLETIONS),
     ("/completions", ApiType.COMPLETIONS),
     ("/embeddings", ApiType.EMBEDDINGS),
+    ("/v1/messages", ApiType.MESSAGES),
 )
 
 
@@ -37,7 +40,8 @@ def api_type_from_path(path: str | None) -> ApiType | None:
 def api_type_from_body(body: dict) -> ApiType:
     """NGINX shims send no pseudo-headers: infer the API from the fields present."""
     if "messages" in body:
-        return ApiType.CHAT_COMPLETIONS
+        # A top-level system prompt is Anthropic's; OpenAI puts it among the messages.
+        return ApiType.MESSAGES if "system" in body else ApiType.CHAT_COMPLETIONS
     if "items" in body:
         return ApiType.CONVERSATIONS
     if "input" in body:

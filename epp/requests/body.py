@@ -1,4 +1,4 @@
-"""OpenAI request bodies: parse, validate, and edit the model value in place.
+"""OpenAI (and Anthropic Messages) request bodies: parse, validate, and edit the model value in place.
 
 The raw bytes are kept: a body that needs no change is forwarded byte-identical, and a model
 rewrite splices only the value of the top-level `model` key, so numbers, key order and unicode
@@ -81,6 +81,19 @@ def _prefix_input(api: ApiType, data: dict[str, Any]) -> bytes:
         ):
             raise bad_request("invalid chat completions request: must have valid messages field")
         return orjson.dumps(messages)
+    if api is ApiType.MESSAGES:
+        messages = data.get("messages")
+        system = data.get("system")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), (str, list)) for m in messages)
+        ):
+            raise bad_request("invalid messages request: must have valid messages field")
+        if system is not None and not isinstance(system, (str, list)):
+            raise bad_request("invalid messages request: system must be a string or a list of content blocks")
+        # The system prompt first: requests that share it share a prefix, as the server caches it.
+        return orjson.dumps([{"system": system}, *messages])
     if api is ApiType.RESPONSES:
         if data.get("input") is None:
             raise bad_request("invalid responses request: must have input field")

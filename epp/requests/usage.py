@@ -1,4 +1,10 @@
-"""Token usage from model-server responses: SSE `data:` lines or a JSON body."""
+"""Token usage from model-server responses: SSE `data:` lines or a JSON body.
+
+OpenAI APIs report `usage` once (the last chunk of a stream, or the body). Anthropic's Messages
+API (vLLM's /v1/messages) splits it over a stream: `message_start` carries the input tokens,
+the closing `message_delta` the output tokens; its input excludes the cache reads, which it
+counts apart (`cache_read_input_tokens`, `cache_creation_input_tokens`).
+"""
 
 from __future__ import annotations
 
@@ -18,17 +24,32 @@ class Usage:
 def usage_from_object(obj: object) -> Usage | None:
     if not isinstance(obj, dict):
         return None
-    if obj.get("type") == "response.completed" and isinstance(obj.get("response"), dict):
+    kind = obj.get("type")
+    if kind == "response.completed" and isinstance(obj.get("response"), dict):
         obj = obj["response"]
+    elif kind == "message_start" and isinstance(obj.get("message"), dict):
+        obj = obj["message"]
     u = obj.get("usage")
     if not isinstance(u, dict):
         return None
+    if "prompt_tokens" not in u and ("cache_read_input_tokens" in u or "cache_creation_input_tokens" in u):
+        cached = _int(u.get("cache_read_input_tokens"))
+        prompt = _int(u.get("input_tokens")) + cached + _int(u.get("cache_creation_input_tokens"))
+        completion = _int(u.get("output_tokens"))
+        return Usage(prompt, completion, prompt + completion, cached)
     prompt = _int(u.get("prompt_tokens", u.get("input_tokens")))
     completion = _int(u.get("completion_tokens", u.get("output_tokens")))
     details = u.get("prompt_tokens_details") or u.get("prompt_token_details") or u.get("input_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     total = _int(u.get("total_tokens")) or prompt + completion
     return Usage(prompt, completion, total, cached)
+
+
+def _merge_messages_delta(start: Usage, delta: Usage) -> Usage:
+    """message_start's input with message_delta's (cumulative) output."""
+    prompt = max(start.prompt_tokens, delta.prompt_tokens)
+    cached = max(start.cached_tokens, delta.cached_tokens)
+    return Usage(prompt, delta.completion_tokens, prompt + delta.completion_tokens, cached)
 
 
 def usage_from_json_body(body: bytes) -> Usage | None:
@@ -116,20 +137,22 @@ def _object_end(data: bytes, start: int) -> int:
 
 
 class SseUsageScanner:
-    """Feeds SSE chunks as they pass; keeps the first usage object seen.
+    """Feeds SSE chunks as they pass; keeps the first usage object seen (for the Messages API,
+    message_start's, then completed by every message_delta after it).
 
     Chunks may split lines anywhere, so a partial trailing line is carried over. Only lines that
     mention "usage" are decoded: most token chunks are skipped without a JSON parse.
     """
 
-    __slots__ = ("_tail", "usage")
+    __slots__ = ("_open", "_tail", "usage")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self._tail = b""
+        self._open = False  # a Messages stream: usage goes on until its last message_delta
 
     def feed(self, chunk: bytes) -> None:
-        if self.usage is not None:
+        if self.usage is not None and not self._open:
             return
         data = self._tail + chunk if self._tail else chunk
         end = data.rfind(b"\n") + 1  # complete lines end here; the rest is carried over
@@ -145,10 +168,18 @@ class SseUsageScanner:
             if payload == b"[DONE]":
                 continue
             try:
-                usage = usage_from_object(orjson.loads(payload))
+                obj = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 continue
-            if usage is not None:
+            usage = usage_from_object(obj)
+            if usage is None:
+                continue
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            if kind == "message_start":
+                self.usage, self._open = usage, True
+            elif kind == "message_delta" and self.usage is not None:
+                self.usage = _merge_messages_delta(self.usage, usage)
+            elif self.usage is None:
                 self.usage = usage
                 return
 

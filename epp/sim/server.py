@@ -18,6 +18,7 @@ from typing import Protocol
 import orjson
 from aiohttp import web
 
+from epp.sim.anthropic import MessagesWriter, parse_messages
 from epp.sim.costmodel import CostModel
 from epp.sim.engine import FINISHED, Engine, EngineConfig, SimRequest, StepResult, TokenEvent
 from epp.sim.hftokenizer import HFTokenizer
@@ -122,6 +123,7 @@ class SimServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/v1/completions/render", self.render_completion)
@@ -262,6 +264,9 @@ class SimServer:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True, anthropic=True)
+
     def _prepare(self, p: ParsedRequest) -> SimRequest:
         cfg = self.cfg
         if p.model in cfg.names:
@@ -355,11 +360,12 @@ class SimServer:
             raise ApiError(404, f"The model `{p.model}` does not exist.", param="model")
         return self._prompt_ids(p)
 
-    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, chat: bool, anthropic: bool = False) -> web.StreamResponse:
         driver = self.driver
         assert driver is not None
         try:
-            p = parse_request(await request.read(), chat)
+            raw = await request.read()
+            p = parse_messages(raw) if anthropic else parse_request(raw, chat)
             req = self._prepare(p)
         except ApiError as e:
             return self._error(e)
@@ -376,6 +382,8 @@ class SimServer:
             except ValueError as e:
                 return self._error(ApiError(400, str(e)))
             submitted = True
+            if anthropic:
+                return await self._messages_response(request, p, req, sink)
             writer = ResponseWriter(chat, req.request_id, p.model)
             if p.stream:
                 return await self._stream(request, p, req, sink, writer)
@@ -393,6 +401,51 @@ class SimServer:
         finally:
             if submitted and req.status != FINISHED:
                 driver.abort(req.request_id)
+
+    async def _messages_response(
+        self, request: web.Request, p: ParsedRequest, req: SimRequest, sink: TokenSink
+    ) -> web.StreamResponse:
+        """/v1/messages: one JSON message, or its event stream (epp/sim/anthropic.py)."""
+        writer = MessagesWriter(p.model)
+        by_id = self._by_id
+        if not p.stream:
+            texts: list[str] = []
+            while True:
+                evs = await sink.take()
+                texts.extend(by_id[ev.token_id].text for ev in evs)
+                if evs[-1].finished:
+                    break
+            body = writer.full(
+                "".join(texts),
+                req.finish_reason,
+                req.num_prompt_tokens,
+                req.num_output_tokens,
+                max(0, req.num_cached_tokens),
+            )
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        first = True
+        while True:
+            evs = await sink.take()
+            parts: list[bytes] = []
+            if first:
+                parts.append(writer.start(req.num_prompt_tokens, max(0, req.num_cached_tokens)))
+                first = False
+            parts += [writer.token(by_id[ev.token_id].json) for ev in evs]
+            done = evs[-1].finished
+            if done:
+                parts.append(writer.end(req.finish_reason, req.num_output_tokens))
+            try:
+                await resp.write(b"".join(parts))
+            except (ConnectionError, RuntimeError):
+                return resp  # client went away; the finally in _generate aborts
+            if done:
+                break
+        await resp.write_eof()
+        return resp
 
     async def _stream(
         self, request: web.Request, p: ParsedRequest, req: SimRequest, sink: TokenSink, writer: ResponseWriter

@@ -128,3 +128,24 @@ def test_usage_from_responses_api_and_json():
     s = SseUsageScanner()
     s.feed(b'data: {"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}\n')
     assert s.usage.completion_tokens == 2
+
+
+def test_anthropic_messages_put_the_system_prompt_first_in_the_prefix():
+    import orjson as _orjson
+
+    from epp.requests.apitype import ApiType
+    from epp.requests.body import parse_request as _parse
+
+    body = {"model": "m", "max_tokens": 4, "system": "S" * 50, "messages": [{"role": "user", "content": "hi"}]}
+    req = _parse(_orjson.dumps(body), "/v1/messages")
+    assert req.api is ApiType.MESSAGES and req.model == "m"
+    assert req.prefix_input.startswith(b'[{"system":"SSSS')
+    # Without a path (NGINX shim), a top-level system prompt says Anthropic.
+    assert _parse(_orjson.dumps(body), None).api is ApiType.MESSAGES
+    for bad, msg in (({**body, "messages": []}, "messages"), ({**body, "system": 5}, "system")):
+        try:
+            _parse(_orjson.dumps(bad), "/v1/messages")
+        except Exception as exc:  # EppError with a 400
+            assert msg in str(exc)
+        else:
+            raise AssertionError(f"accepted {bad}")
