@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench bench-suite bench-pickcost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
+.PHONY: install system-deps run test lint bench bench-suite bench-pickcost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
 
 install: $(STAMP) system-deps
 
@@ -30,8 +30,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/epp-stack $(if $(GATEWAY),--gateway $(GATEWAY),)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff (lint + format) and mypy over epp/ (config in pyproject.toml); part of `make test`, so CI fails on them.
+lint: install
+	$(BIN)/ruff check epp tests
+	$(BIN)/ruff format --check epp tests
+	$(BIN)/mypy
 
 # The canonical warm ladder (~25 min): epp vs round-robin and the cache-aware peers, 2 shapes x 2 seeds
 # -> bench/results/ladder.{json,md} + plots. LADDER_ARGS="--full" runs every shape and router (~2.5 h).

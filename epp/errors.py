@@ -45,7 +45,7 @@ class EppError(Exception):
         self.code = code
         self.message = message
 
-    def __reduce__(self):  # raised in the body-parser worker process, re-raised here
+    def __reduce__(self) -> tuple[type[EppError], tuple[ErrorCode, str]]:  # raised in a parser worker, re-raised here
         return (EppError, (self.code, self.message))
 
     @property

@@ -7,9 +7,12 @@ Cold path: metric scrapers, pool gauges, endpoint sources (background tasks).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -18,6 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from epp import __version__, signals
 from epp.datalayer.datastore import Datastore
+from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
 from epp.datalayer.scraper import MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
@@ -142,6 +146,10 @@ def validate(opts: Options, warnings: list[str]) -> int:
     return 0
 
 
+def _forget_endpoint(remove: Callable[[str], None], ep: Endpoint) -> None:
+    remove(ep.name)
+
+
 def _fail(exc: BaseException, code: int) -> int:
     print(f"epp: error: {exc}", file=sys.stderr)
     return code
@@ -162,7 +170,7 @@ class Epp:
         for producer in config.producers:
             remove = getattr(producer, "remove_endpoint", None)
             if remove is not None:
-                self.datastore.subscribe(on_remove=lambda ep, r=remove: r(ep.name))
+                self.datastore.subscribe(on_remove=functools.partial(_forget_endpoint, remove))
         if opts.static_endpoints:
             self.datastore.replace_all(endpoints)
             self.datastore.mark_synced()
@@ -210,17 +218,18 @@ class Epp:
             reachability=self.director.reachability,
         )
         # -- transport (set up in start(): grpcio servicer, h2corn app in process, or workers) --
-        self.processor = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
+        # ExternalProcessor (grpcio), GrpcApp (h2corn in process) or DecisionServer (workers).
+        self.processor: Any = ExternalProcessor(self.director.exchange, opts.max_request_body_bytes)
         self._servers: list[grpc.aio.Server] = []
         self._h2servers: list = []  # H2Server, imported only when that transport runs
-        self.workers = None  # WorkerPool with --workers > 1
-        self.decisions = None  # its DecisionServer
+        self.workers: Any = None  # WorkerPool with --workers > 1 (epp.workers, imported only then)
+        self.decisions: Any = None  # its DecisionServer
         self._workdir: Path | None = None
-        self._unkick = None
+        self._unkick: Callable[[], None] | None = None
         self._ext_sock = None
         self._http: ObservabilityServer | None = None
         self.cert_reloader: tls.ReloadingCertificates | None = None
-        self.http_picker = None
+        self.http_picker: Any = None  # aiohttp AppRunner of the NGINX bridge contract, when served
         self.metrics_auth: MetricsAuth | None = None
         if metrics_auth_decision(opts)[0]:
             from epp.datalayer.kube.client import KubeConfigError
@@ -250,7 +259,10 @@ class Epp:
         # (datastore callbacks may come from a watch thread).
         loop = asyncio.get_running_loop()
         self.collector.on_update.append(self.flow.kick)
-        kick = lambda _ep: loop.call_soon_threadsafe(self.flow.kick)
+
+        def kick(_ep: Endpoint) -> None:
+            loop.call_soon_threadsafe(self.flow.kick)
+
         self._unkick = self.datastore.subscribe(on_add=kick, on_remove=kick)
         # Plugins with a cold path of their own (the KV-event ingester) follow the datastore.
         for plugin in self.config.plugins.values():

@@ -181,16 +181,18 @@ def run_overhead(
             for c in connections:
                 for setup, port in (("envoy", plain_port), ("envoy+epp", epp_gw)):
                     wrk.run(f"http://127.0.0.1:{port}/v1/completions", body_path, c, 2, workdir)  # warm-up
-                    cpu0 = procstat.tree_cpu_seconds(epp.popen.pid)  # worker processes count
+                    assert epp.popen is not None
+                    epp_pid = epp.popen.pid
+                    cpu0 = procstat.tree_cpu_seconds(epp_pid)  # worker processes count
                     r = wrk.run(f"http://127.0.0.1:{port}/v1/completions", body_path, c, seconds, workdir)
-                    cpu1 = procstat.tree_cpu_seconds(epp.popen.pid)
+                    cpu1 = procstat.tree_cpu_seconds(epp_pid)
                     pt = Point(
                         setup, size, c, r.requests, round(r.rps, 1), round(r.p50_ms, 3), round(r.p99_ms, 3), r.errors
                     )
                     if setup == "envoy+epp":
                         pt.epp_cpu_s_per_1k = round((cpu1 - cpu0) / max(r.requests, 1) * 1000, 3)
                         pt.epp_rss_mb = round(
-                            sum(procstat.rss_bytes(p) for p in procstat.descendants(epp.popen.pid)) / 2**20, 1
+                            sum(procstat.rss_bytes(q) for q in procstat.descendants(epp_pid)) / 2**20, 1
                         )
                     points.append(pt)
                     print(

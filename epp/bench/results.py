@@ -47,7 +47,8 @@ def git_commit() -> str:
 
 class ResultFile:
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
-        self.path, self.meta, self.rows = path, meta, []
+        self.path, self.meta = path, meta
+        self.rows: list[dict[str, Any]] = []
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

@@ -39,10 +39,10 @@ def _ms(text: str) -> float:
 
 
 def parse(output: str) -> WrkResult:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    reqs = int(re.search(r"(\d+) requests in", output).group(1))
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", output).group(1))
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", output).group(1))
+    rps = float(_find(r"Requests/sec:\s+([\d.]+)", output))
+    reqs = int(_find(r"(\d+) requests in", output))
+    p50 = _ms(_find(r"\s50%\s+(\S+)", output))
+    p99 = _ms(_find(r"\s99%\s+(\S+)", output))
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if m:
@@ -65,3 +65,10 @@ def run(url: str, body_path: Path, connections: int, seconds: float, workdir: Pa
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
     return parse(out.stdout)
+
+
+def _find(pattern: str, output: str) -> str:
+    m = re.search(pattern, output)
+    if m is None:
+        raise RuntimeError(f"wrk output has no match for {pattern!r}: {output[-300:]}")
+    return m.group(1)

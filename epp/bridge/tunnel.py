@@ -129,7 +129,8 @@ class TlsTunnel:
                 local.transport.close()
             return
         if local.closed:
-            remote.transport.close()
+            if remote.transport is not None:
+                remote.transport.close()
             return
         local.attach(remote)
 

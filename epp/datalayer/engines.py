@@ -190,10 +190,11 @@ def extract(engine: str | EngineConfig | None, families: Families) -> tuple[dict
     if isinstance(engine, EngineConfig):
         cfg = engine
     else:
-        cfg = ENGINES.get(engine or DEFAULT_ENGINE)
-        if cfg is None:
+        found = ENGINES.get(engine or DEFAULT_ENGINE)
+        if found is None:
             errors.append(f"unknown engine {engine!r}, using {DEFAULT_ENGINE}")
-            cfg = ENGINES[DEFAULT_ENGINE]
+            found = ENGINES[DEFAULT_ENGINE]
+        cfg = found
     fields: dict[str, Any] = {}
 
     def number(spec: MetricSpec | None, field: str, kind: type, required: bool = True) -> None:

@@ -199,7 +199,7 @@ class HttpxFetcher:
         await self._client.aclose()
 
 
-BACKENDS = {"aiohttp": AiohttpFetcher, "httpx": HttpxFetcher}
+BACKENDS: dict[str, type[AiohttpFetcher] | type[HttpxFetcher]] = {"aiohttp": AiohttpFetcher, "httpx": HttpxFetcher}
 DEFAULT_BACKEND = "aiohttp"
 
 

@@ -48,6 +48,7 @@ def _serve(ports: list[int], ready) -> None:
     }
 
     async def metrics(request: web.Request) -> web.Response:
+        assert request.transport is not None
         port = request.transport.get_extra_info("sockname")[1]
         return web.Response(body=pages[port], content_type="text/plain", charset="utf-8")
 

@@ -98,7 +98,7 @@ class MetricsCollector:
         self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
         self._stats: dict[str, ScrapeStats] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unsubscribe = None
+        self._unsubscribe: Callable[[], None] | None = None
         # Called after each page that updated an endpoint (flow control re-reads saturation).
         self.on_update: list[Callable[[], None]] = []
         if interval_gauge is not None:

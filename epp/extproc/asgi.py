@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Protocol
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
@@ -28,7 +28,7 @@ from epp.errors import EppError, ErrorCode
 from epp.extproc import wire
 from epp.extproc.framing import FramingError, MessageReader, Status, frames, parse_timeout, trailers
 from epp.extproc.stream import Exchange, StreamState, error_response
-from epp.observability.health import KNOWN_SERVICES, MAX_WATCHES, WATCH_POLL_SECONDS, HealthState
+from epp.observability.health import KNOWN_SERVICES, MAX_WATCHES, WATCH_POLL_SECONDS
 from epp.observability.logs import RateLimitedLog
 
 log = logging.getLogger("epp.extproc")
@@ -59,10 +59,18 @@ class _Gone(Exception):
     """The client reset the stream or closed the connection: nothing more can be sent."""
 
 
+class HealthSource(Protocol):
+    """The decision process's HealthState, or a worker's copy of what it last pushed."""
+
+    def status(self, service: str) -> int: ...
+
+    async def changed(self, timeout: float) -> None: ...
+
+
 class GrpcApp:
     """Serves Process (when `new_exchange` is set) and Health (when `health` is set)."""
 
-    def __init__(self, new_exchange: Callable[[], Exchange] | None, max_body: int, health: HealthState | None) -> None:
+    def __init__(self, new_exchange: Callable[[], Exchange] | None, max_body: int, health: HealthSource | None) -> None:
         self.new_exchange = new_exchange
         self.max_body = max_body
         self.max_message = max_body + (1 << 20)  # the body plus the envelope, as grpc.aio was configured
@@ -104,8 +112,10 @@ class GrpcApp:
     # ---- ext_proc ----------------------------------------------------------------------------
 
     async def _process(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        assert self.new_exchange is not None  # routed here only when there is one
         state = StreamState(self.new_exchange(), self.max_body)
         task = asyncio.current_task()
+        assert task is not None
         self._streams.add(task)
         self.active_streams += 1
         self.last_activity = time.monotonic()
@@ -216,9 +226,10 @@ class GrpcApp:
                 settle.cancel()
                 raise _Gone
             await asyncio.wait((settle,))  # the peer sent more while held: read it after the hold
-        if settle.exception() is not None:
+        exc = settle.exception()
+        if exc is not None:
             recv.cancel()
-            raise settle.exception()
+            raise exc
         return settle.result(), recv  # a done or pending receive(): the stream loop reads it next
 
     # ---- grpc.health.v1 ----------------------------------------------------------------------
@@ -252,6 +263,7 @@ class GrpcApp:
             await _end(send, Status.NOT_FOUND, f"unknown service {service!r}", started=False)
             return
         await _send(send, _START)
+        assert self.health is not None  # health paths are routed here only when it is served
         await _send_messages(
             send, [health_pb2.HealthCheckResponse(status=self.health.status(service)).SerializeToString()]
         )
@@ -259,7 +271,9 @@ class GrpcApp:
 
     async def _health_list(self, receive: Receive, send: Send) -> None:
         await self._read_unary(receive)  # HealthListRequest has no fields
-        statuses = {n: health_pb2.HealthCheckResponse(status=self.health.status(n)) for n in sorted(KNOWN_SERVICES)}
+        assert self.health is not None
+        health = self.health
+        statuses = {n: health_pb2.HealthCheckResponse(status=health.status(n)) for n in sorted(KNOWN_SERVICES)}
         await _send(send, _START)
         await _send_messages(send, [health_pb2.HealthListResponse(statuses=statuses).SerializeToString()])
         await _end(send, Status.OK)
@@ -273,17 +287,19 @@ class GrpcApp:
             return
         self.watches += 1
         task = asyncio.current_task()
+        assert task is not None and self.health is not None
+        health = self.health
         self._watch_tasks.add(task)
         gone = asyncio.ensure_future(_next(receive))  # the only thing the client can still send is its reset
         try:
             await _send(send, _START)
             last = None
             while True:
-                status = self.health.status(service)
+                status = health.status(service)
                 if status != last:
                     await _send_messages(send, [health_pb2.HealthCheckResponse(status=status).SerializeToString()])
                     last = status
-                changed = asyncio.ensure_future(self.health.changed(WATCH_POLL_SECONDS))
+                changed = asyncio.ensure_future(health.changed(WATCH_POLL_SECONDS))
                 await asyncio.wait((changed, gone), return_when=asyncio.FIRST_COMPLETED)
                 if gone.done():
                     changed.cancel()

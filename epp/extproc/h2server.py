@@ -17,6 +17,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h2corn
 import h2corn._lib
@@ -96,7 +97,7 @@ class H2Server:
         self._watcher: asyncio.Task | None = None
 
     def _config(self) -> Config:
-        kw = {}
+        kw: dict[str, Any] = {}
         if self.tls_files is not None:
             kw = {"certfile": self.tls_files.certfile, "keyfile": self.tls_files.keyfile}
         return Config(
@@ -113,7 +114,8 @@ class H2Server:
         )
 
     async def _generation(self) -> tuple[Server, asyncio.Task]:
-        server = Server(self.app, self._config())
+        # GrpcApp is a plain ASGI callable (dict scopes); h2corn's stub wants its TypedDict scopes.
+        server = Server(self.app, self._config())  # type: ignore[arg-type]
         task = asyncio.create_task(server.serve(), name=f"h2corn:{self.port}")
         try:
             await server.wait_started()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
@@ -107,7 +109,7 @@ def immediate_response(status: int, body: bytes) -> pb.ProcessingResponse:
     )
 
 
-def subset_hint(metadata_context) -> list[str] | None:
+def subset_hint(metadata_context: Any) -> list[str] | None:  # a protobuf Metadata message
     """`envoy.lb.subset_hint` / `x-gateway-destination-endpoint-subset` as a list, or None if absent."""
     fm = metadata_context.filter_metadata
     if "envoy.lb.subset_hint" not in fm:

@@ -169,7 +169,7 @@ def build_flow_settings(
         UsageLimitPolicy: "usage limit policy",
     }
 
-    def policy(where: str, name: str | None, default: str, kind: type) -> Any:
+    def policy(where: str, name: str | None, default: str, kind: type[Plugin]) -> Any:
         p = ref(f"{w}.{where}", name or default)
         if not isinstance(p, kind):
             raise ConfigError(f"{source}: {w}.{where}: plugin {p.name!r} ({p.type_name}) is not a {kinds[kind]}")

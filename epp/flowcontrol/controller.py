@@ -208,7 +208,7 @@ class FlowController:
         bands = self.registry.bands
         prios = tuple(b.priority for b in bands)
         if prios != self._ceilings_for:
-            self._ceilings_for, self._ceilings = prios, self.usage_limit.ceilings(list(prios))  # type: ignore[attr-defined]
+            self._ceilings_for, self._ceilings = prios, self.usage_limit.ceilings(list(prios))
         return self._ceilings[prios.index(band.priority)] if len(prios) > 1 else self._ceilings[0]
 
     def _go(self, t: Ticket, now: float) -> None:

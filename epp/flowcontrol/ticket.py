@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from epp.errors import EppError
 
@@ -65,7 +65,7 @@ class Ticket:
     done: asyncio.Future[None] | None = None
     labels: tuple[str, ...] = ()  # metric label values: fairness id, priority, model, target model
     parked_since: float = 0.0
-    gate: object = field(default=None)  # the PrefillGate parking it
+    gate: Any = field(default=None)  # the PrefillGate parking it (flowcontrol/prefill_gate.py imports this module)
 
     def finalize(self, outcome: Outcome) -> bool:
         """Record how the wait ended; False if it had already ended (a TTL racing a dispatch)."""

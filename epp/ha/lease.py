@@ -133,7 +133,8 @@ class LeaderElector:
             if exc.status == 404:
                 return None
             raise
-        return orjson.loads(resp.data)
+        # _preload_content=False returns the raw urllib3 response, not the V1Lease the stubs promise.
+        return orjson.loads(resp.data)  # type: ignore[attr-defined]
 
     def _spec(self, old: dict[str, Any] | None) -> dict[str, Any]:
         now = _micro_time()
@@ -148,9 +149,9 @@ class LeaderElector:
         }
 
     def _try_acquire_or_renew(self) -> bool:
-        lease = self._get()
+        lease: Any = self._get()
         if lease is None:
-            body = {
+            body: Any = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace},
@@ -158,7 +159,10 @@ class LeaderElector:
             }
             try:
                 self.coord.create_namespaced_lease(
-                    self.namespace, body, _preload_content=False, _request_timeout=self.tuning.request_timeout
+                    self.namespace,
+                    body,
+                    _preload_content=False,
+                    _request_timeout=self.tuning.request_timeout,
                 )
             except ApiException as exc:
                 if exc.status == 409:
@@ -177,7 +181,11 @@ class LeaderElector:
         lease["spec"] = self._spec(lease)
         try:
             self.coord.replace_namespaced_lease(
-                self.name, self.namespace, lease, _preload_content=False, _request_timeout=self.tuning.request_timeout
+                self.name,
+                self.namespace,
+                lease,
+                _preload_content=False,
+                _request_timeout=self.tuning.request_timeout,
             )
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote first
@@ -186,12 +194,16 @@ class LeaderElector:
         return True
 
     def _release(self) -> None:
-        lease = self._get()
+        lease: Any = self._get()
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
             return
         lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time()}
         self.coord.replace_namespaced_lease(
-            self.name, self.namespace, lease, _preload_content=False, _request_timeout=self.tuning.request_timeout
+            self.name,
+            self.namespace,
+            lease,
+            _preload_content=False,
+            _request_timeout=self.tuning.request_timeout,
         )
         log.info("released lease %s", self.name)
 

@@ -75,7 +75,7 @@ class HealthState:
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
-            loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
+            loop.call_soon_threadsafe(_settle, fut)
 
     async def changed(self, timeout: float) -> None:
         """Returns on the next notify() or after `timeout`, whichever is first."""
@@ -123,3 +123,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
                 await self.state.changed(WATCH_POLL_SECONDS)
         finally:
             self.watches -= 1
+
+
+def _settle(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

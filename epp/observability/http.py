@@ -16,6 +16,7 @@ costs one render at a time and never blocks the event loop that routes requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import logging
 import time
@@ -77,7 +78,7 @@ class _BoundedServer(web.Server):
             if h.transport is None and now - since > 5.0 and h not in self.busy:
                 del self.tracked[h]
 
-    def __call__(self):  # type: ignore[override]
+    def __call__(self):
         now = time.monotonic()
         if len(self.tracked) >= self.limits.max_connections:
             self._prune(now)
@@ -120,9 +121,12 @@ class MetricsPage:
         if fut is None:
             fut = asyncio.wrap_future(self._executor.submit(self._render, encoder, compress))
             self._inflight[key] = fut
-            fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            fut.add_done_callback(functools.partial(self._forget, key))
         body = await asyncio.shield(fut)
         return body, content_type, compress
+
+    def _forget(self, key: tuple[str, bool], _fut: asyncio.Future) -> None:
+        self._inflight.pop(key, None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

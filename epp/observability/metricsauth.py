@@ -23,6 +23,7 @@ Enforced when the EPP uses the Kubernetes API (--pool-name / --endpoint-selector
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -172,8 +173,11 @@ class MetricsAuth:
         if fut is None:
             fut = asyncio.wrap_future(self._executor.submit(fn))
             self._inflight[key] = fut
-            fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            fut.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(fut)
+
+    def _forget(self, key: Any, _fut: asyncio.Future) -> None:
+        self._inflight.pop(key, None)
 
     async def authenticate(self, token: str) -> User | None:
         key = hashlib.sha256(token.encode()).digest()  # raw tokens are not kept in memory

@@ -12,6 +12,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
@@ -20,7 +21,7 @@ from epp.flowcontrol.admission import LegacyAdmission
 from epp.flowcontrol.controller import FlowController
 from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.flowcontrol.ticket import Outcome, Ticket
-from epp.observability.metrics import EppMetrics
+from epp.observability.metrics import EppMetrics, ObjectiveSeries
 from epp.observability.modellabels import ModelLabels
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requestcontrol.relay import ResponseRelay
@@ -61,11 +62,10 @@ def uncached_tokens(cycle, endpoint: Endpoint, tokens: int) -> int:
     return max(0, tokens - info.matches.get(endpoint.name, 0) * info.block_size_tokens)
 
 
-class EndpointSource:
+class EndpointSource(Protocol):
     """What the director needs from the data layer: the current endpoints, cheaply."""
 
-    def endpoints(self) -> tuple[Endpoint, ...]:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def endpoints(self) -> tuple[Endpoint, ...]: ...
 
 
 class Director:
@@ -185,7 +185,7 @@ class Exchange:
         self.priority = 0
         self.request_size = 0
         self.prefill_pending = False
-        self.series = None
+        self.series: ObjectiveSeries | None = None
         self.long = False  # a long uncached prompt: counted by the prefill gate until its first byte
         self.gate: PrefillGate | None = None
         self.held_since: float | None = None
@@ -307,7 +307,12 @@ class Exchange:
         uncached = uncached_tokens(cycle, primary, tokens)
         gate = d.gate
         long = gate is not None and gate.is_long(uncached)
-        if long and may_hold and gate.holds(primary, uncached, time.monotonic() - self.start, len(candidates)):
+        if (
+            long
+            and may_hold
+            and gate is not None
+            and gate.holds(primary, uncached, time.monotonic() - self.start, len(candidates))
+        ):
             if self.held_since is None:
                 self.held_since = time.monotonic()
                 d.metrics.prefill_gate_held.inc()
@@ -582,6 +587,7 @@ class Exchange:
         m = self.d.metrics
         inc, tgt = self.incoming_label, self.target_label
         series = self.series
+        assert series is not None  # set together with the endpoint
         series.running.dec()
         if status and not 200 <= status < 300:  # the model server answered with an error
             m.request_error_total.labels(inc, tgt, ErrorCode.MODEL_SERVER_ERROR.value).inc()
@@ -597,11 +603,11 @@ class Exchange:
         duration = time.monotonic() - self.start
         series.request_duration.observe(duration)
         series.response_sizes.observe(relay.size)
-        u = relay.usage
-        if u is not None:
-            if u.prompt_tokens > 0:
-                series.input_tokens.observe(u.prompt_tokens)
-            if u.completion_tokens > 0:
-                series.output_tokens.observe(u.completion_tokens)
-                series.ntpot.observe(duration / u.completion_tokens)
-            series.prompt_cached_tokens.observe(u.cached_tokens)
+        usage = relay.usage
+        if usage is not None:
+            if usage.prompt_tokens > 0:
+                series.input_tokens.observe(usage.prompt_tokens)
+            if usage.completion_tokens > 0:
+                series.output_tokens.observe(usage.completion_tokens)
+                series.ntpot.observe(duration / usage.completion_tokens)
+            series.prompt_cached_tokens.observe(usage.cached_tokens)

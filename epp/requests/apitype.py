@@ -4,6 +4,7 @@ path is known)."""
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class ApiType(str, Enum):
@@ -37,7 +38,7 @@ def api_type_from_path(path: str | None) -> ApiType | None:
     return None
 
 
-def api_type_from_body(body: dict) -> ApiType:
+def api_type_from_body(body: dict[str, Any]) -> ApiType:
     """NGINX shims send no pseudo-headers: infer the API from the fields present."""
     if "messages" in body:
         # A top-level system prompt is Anthropic's; OpenAI puts it among the messages.

@@ -25,10 +25,11 @@ def usage_from_object(obj: object) -> Usage | None:
     if not isinstance(obj, dict):
         return None
     kind = obj.get("type")
-    if kind == "response.completed" and isinstance(obj.get("response"), dict):
-        obj = obj["response"]
-    elif kind == "message_start" and isinstance(obj.get("message"), dict):
-        obj = obj["message"]
+    inner = (
+        obj.get("response") if kind == "response.completed" else obj.get("message") if kind == "message_start" else None
+    )
+    if isinstance(inner, dict):
+        obj = inner
     u = obj.get("usage")
     if not isinstance(u, dict):
         return None

@@ -158,7 +158,7 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
 
     profile_specs = spec.scheduling_profiles
     if not profile_specs:
-        refs = [ProfilePluginRef(pluginRef=n) for n, p in plugins.items() if isinstance(p, (Filter, Scorer, Picker))]
+        refs = [ProfilePluginRef(plugin_ref=n) for n, p in plugins.items() if isinstance(p, (Filter, Scorer, Picker))]
         profile_specs = [ProfileSpec(name="default", plugins=refs)]
     profiles: dict[str, Profile] = {}
     first_picker = next((p for p in plugins.values() if isinstance(p, Picker)), None)
@@ -202,7 +202,7 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         except ValueError as exc:
             raise ConfigError(f"{source}: plugin {handler.name!r}: {exc}") from None
     if handler.type_name == "disagg-profile-handler":
-        missing = {handler.params.decode_profile} - set(profiles)  # type: ignore[attr-defined]
+        missing = {handler.params.decode_profile} - set(profiles)
         if missing:
             raise ConfigError(f"{source}: disagg-profile-handler needs a scheduling profile named {missing.pop()!r}")
     if handler.type_name == "single-profile-handler" and len(profiles) > 1:
@@ -237,7 +237,7 @@ def build_config(spec: EndpointPickerConfigSpec, source: str) -> LoadedConfig:
         spec=spec,
         plugins=plugins,
         profiles=profiles,
-        profile_handler=handler,  # type: ignore[arg-type]
+        profile_handler=handler,
         producers=[p for p in plugins.values() if isinstance(p, DataProducer)],
         pre_request=[p for p in plugins.values() if isinstance(p, PreRequest)],
         response_complete=[p for p in plugins.values() if isinstance(p, ResponseComplete)],

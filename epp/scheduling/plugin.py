@@ -22,13 +22,18 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+_BaseParams = Params
+
+
 class Plugin:
     type_name: ClassVar[str] = ""
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_BaseParams]] = _BaseParams
 
-    def __init__(self, name: str, params: Params) -> None:
+    def __init__(self, name: str, params: _BaseParams) -> None:
         self.name = name
-        self.params = params
+        # Each plugin's own `Params` model, built by the registry from that class attribute; typed
+        # Any here because every subclass reads its own fields from it.
+        self.params: Any = params
 
 
 class Category(str, Enum):

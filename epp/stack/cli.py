@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         for proc in reversed(procs):
             proc.stop()
 
-    signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
+    def on_term(*_: object) -> None:
+        stop_all()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         sim = Proc(
             "epp-sim",
@@ -118,7 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         while all(proc.alive for proc in procs):
             time.sleep(0.5)
         dead = next(proc for proc in procs if not proc.alive)
-        print(f"\n{dead.name} exited ({dead.popen.returncode}); last log lines:\n{dead.log_tail()}", file=sys.stderr)
+        print(
+            f"\n{dead.name} exited ({dead.popen.returncode if dead.popen else '?'}); "
+            f"last log lines:\n{dead.log_tail()}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)

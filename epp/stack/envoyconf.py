@@ -6,6 +6,7 @@ exercise exactly those files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def render(
     listen_port: int,
     admin_port: int,
     epp_port: int,
-    pool: list[tuple[str, int]] = (),
+    pool: Sequence[tuple[str, int]] = (),
     epp_tls: bool = True,
     failure_mode_allow: bool | None = None,
     lb: str | None = None,
@@ -63,7 +64,7 @@ def render(
         filters.remove(extproc)
         route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
         route["cluster"] = "baseline"
-        conf["static_resources"]["clusters"].append(_baseline_cluster(pool, lb))
+        conf["static_resources"]["clusters"].append(_baseline_cluster(list(pool), lb))
     return conf
 
 

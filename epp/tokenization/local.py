@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ class LocalTokenizer:
 
     def encode_text(self, text: str) -> list[int]:
         if self._split is None:
-            return self._cached(text)
+            return list(self._cached(text))
         out: list[int] = []
         specials = self._special_ids
         for part in self._split.split(text):
@@ -100,10 +101,10 @@ class LocalTokenizer:
                 out.extend(self._cached(part))
         return out
 
-    def _cached(self, segment: str) -> list[int]:
+    def _cached(self, segment: str) -> Sequence[int]:
         ids = self.segments.get(segment)
         if ids is None:
-            ids = self._tok.encode(segment, add_special_tokens=False).ids
+            ids = list(self._tok.encode(segment, add_special_tokens=False).ids)
             self.segments.put(segment, ids)
         return ids
 

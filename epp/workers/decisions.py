@@ -68,6 +68,7 @@ class DecisionServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None
         self._connections.add(task)
         streams = WorkerStreams()
         self.workers.append(streams)

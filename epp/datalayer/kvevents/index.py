@@ -162,10 +162,11 @@ class KVBlockIndex:
         if ev.parent is None:
             parent = root_key(lora or pod.model, self.hash_seed)
         else:
-            parent = pod.engine.get(ev.parent)
-            if parent is None:
+            known = pod.engine.get(ev.parent)
+            if known is None:
                 c.orphans += 1
                 return
+            parent = known
         keys = chain_keys(parent, ev.token_ids, ev.block_size, first, extras)
         for h, key in zip(ev.hashes, keys, strict=False):
             self._add(pod, key, h, tier_shift)

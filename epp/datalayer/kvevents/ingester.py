@@ -160,7 +160,11 @@ class KVEventIngester:
         while not self._stop.is_set():
             self._commands(poller)
             try:
-                ready = poller.poll(POLL_MS) if self._subs else (time.sleep(POLL_MS / 1000) or [])
+                if self._subs:
+                    ready = poller.poll(POLL_MS)
+                else:
+                    time.sleep(POLL_MS / 1000)
+                    ready = []
             except zmq.ZMQError:
                 continue
             for sock, _ev in ready:
