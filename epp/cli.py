@@ -27,7 +27,6 @@ IGNORED_FLAGS = (
     "lora-info-metric",
     "cache-info-metric",
     "enable-pprof",
-    "tracing",
     "zap-devel",
     "zap-log-level",
     "zap-stacktrace-level",
@@ -206,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: on with Kubernetes (--pool-name/--endpoint-selector), off in static mode",
     )
     flag("health-checking", False, "also serve gRPC health on the ext_proc port")
+    flag(
+        "tracing",
+        False,
+        "OpenTelemetry traces over OTLP, configured by the OTEL_* environment (docs/tracing.md; default off)",
+    )
     flag("ha-enable-leader-election", False, "leader election (Kubernetes mode)")
     a(
         "--ha-mode",
@@ -371,6 +375,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         extproc_transport=ns.extproc_transport,
         workers=workers,
         validate_only=ns.validate_only,
+        tracing=ns.tracing,
     )
     return opts, warnings
 

@@ -42,5 +42,6 @@ class Options:
     graceful_shutdown_timeout: float = 60.0  # SIGTERM: serve until traffic stops, at most this long
     http_picker_port: int = 0  # 0 = off; NGINX bridge contract served by the EPP itself
     workers: int = 1  # ext_proc worker processes (epp/workers/); 1 = streams served in this process
+    tracing: bool = False  # --tracing: OpenTelemetry spans over OTLP (epp/observability/tracing.py)
     validate_only: bool = False  # --validate-only: load and describe the config, start nothing
     extproc_transport: str = "h2corn"  # h2corn (Rust HTTP/2, hand-written gRPC framing) | grpcio

@@ -116,8 +116,18 @@ def run(opts: Options, warnings: list[str]) -> int:
             tls.from_dir(opts.cert_path)  # a bad certificate is a config error, not a failed bind later
     except (ConfigError, CertificateError) as exc:
         return _fail(exc, 2)
+    if opts.tracing:
+        from epp.observability import tracing
+
+        tracing.setup(True)
     try:
-        asyncio.run(serve(opts, config, endpoints))
+        try:
+            asyncio.run(serve(opts, config, endpoints))
+        finally:
+            if opts.tracing:
+                from epp.observability import tracing
+
+                tracing.shutdown()  # flush what is queued
     except (SourceError, CertificateError) as exc:
         return _fail(exc, 2)
     except OSError as exc:  # BindError names the port; anything else here is a runtime failure too

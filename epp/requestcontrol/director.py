@@ -23,6 +23,7 @@ from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.flowcontrol.ticket import Outcome, Ticket
 from epp.observability.metrics import EppMetrics, ObjectiveSeries
 from epp.observability.modellabels import ModelLabels
+from epp.observability.tracing import RequestTrace, now_ns, request_trace, top_scores
 from epp.requestcontrol.exchange import IncomingRequest, ResponseHeadersDecision, RouteDecision
 from epp.requestcontrol.relay import ResponseRelay
 from epp.requests.body import ParsedRequest, parse_request, passthrough_request, replace_model
@@ -31,7 +32,7 @@ from epp.routing.objectives import ObjectiveStore
 from epp.routing.rewrites import RewriteStore
 from epp.scheduling.plugins.precise_prefix import TokenProducer
 from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
-from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.scheduler import SCORES_KEY, Scheduler
 from epp.scheduling.types import SchedulingRequest, SchedulingResult
 
 log = logging.getLogger("epp.director")
@@ -167,6 +168,7 @@ class Exchange:
         "token_ids",
         "tokenizing",
         "tokens",
+        "trace",
     )
 
     def __init__(self, director: Director) -> None:
@@ -200,6 +202,7 @@ class Exchange:
         self.req: IncomingRequest | None = None  # what a waiting request is routed with
         self.token_ids: Sequence[int] | None = None  # the prompt's tokens (token-producer), [] when unknown
         self.tokenizing: asyncio.Future[Sequence[int]] | None = None  # the model server tokenizing it
+        self.trace: RequestTrace | None = request_trace()  # None unless --tracing
 
     # ---- request path ------------------------------------------------------------------------
 
@@ -226,6 +229,9 @@ class Exchange:
             # Only a client that breaks the protocol routes a finished exchange (a response
             # before its request); counting it would add load nothing ever releases.
             raise self._fail(EppError(ErrorCode.BAD_REQUEST, "request routed after its exchange ended"))
+        trace = self.trace
+        if trace is not None and not trace.begun:
+            trace.begin(req.headers, now_ns())
         if self.parsed is None:
             if self.parsing is not None:
                 if not self.parsing.done():
@@ -244,6 +250,18 @@ class Exchange:
                 self._prepare(req)
         parsed = self.parsed
         assert parsed is not None
+        if trace is not None and not trace.parsed:
+            trace.parsed = True
+            trace.phase(
+                "epp.parse",
+                trace.t_begin,
+                now_ns(),
+                {
+                    "epp.api": parsed.api.value,
+                    "gen_ai.request.model": self.incoming_model,
+                    "epp.target_model": self.target_model,
+                },
+            )
         if self.token_ids is None and not self._tokenize(parsed, may_hold):
             return None
         headers = req.headers
@@ -271,6 +289,8 @@ class Exchange:
                     raise self._fail(err) from err
                 if ticket.outcome is not Outcome.DISPATCHED:
                     self.req = req
+                    if trace is not None and not trace.t_wait:
+                        trace.t_wait = now_ns()
                     return None
                 self.admitted = True
         target = self.target_model
@@ -294,7 +314,11 @@ class Exchange:
                 stream=parsed.stream,
                 token_ids=token_ids or None,
             )
+            if trace is not None and trace.t_wait:
+                trace.phase("epp.flow_control.wait", trace.t_wait, now_ns())
+                trace.t_wait = 0
             t0 = time.perf_counter()
+            t0_ns = now_ns() if trace is not None else 0
             result, cycle = d.scheduler.schedule(sreq, candidates)
             d.metrics.scheduler_e2e.observe(time.perf_counter() - t0)
         except EppError as err:
@@ -321,6 +345,8 @@ class Exchange:
             self.held_at = (primary, uncached)
             self.ticket = flow.park(self, self.ticket, gate, self.start)
             self.req = req
+            if trace is not None and not trace.t_wait:
+                trace.t_wait = now_ns()
             return None
         self._unhold()
         d.metrics.scheduler_attempts.labels(
@@ -342,6 +368,22 @@ class Exchange:
         extra = self._request_id_header(req)
         if result.request_headers:
             extra.extend(result.request_headers)
+        if trace is not None:
+            scored = cycle.get(SCORES_KEY)
+            t_end = trace.t_routed = now_ns()
+            trace.phase(
+                "epp.schedule",
+                t0_ns,
+                t_end,
+                {
+                    "epp.endpoint": primary.hostport,
+                    "epp.candidates": len(candidates),
+                    "epp.scores.top": top_scores(*scored) if scored else primary.hostport,
+                },
+            )
+            traceparent = trace.traceparent()
+            if traceparent:
+                extra.append(("traceparent", traceparent))
         self.relay.routed(self.incoming_model, target, result.response_headers)
         return RouteDecision(destination, body, extra, self._removals(req))
 
@@ -544,6 +586,27 @@ class Exchange:
             self.finish(completed=True)
         return data
 
+    def _end_trace(self, completed: bool) -> None:
+        trace = self.trace
+        assert trace is not None
+        status, usage, ep = self.relay.status, self.relay.usage, self.endpoint
+        attrs: dict[str, str | int] = {"http.response.status_code": status}
+        if usage is not None:
+            attrs["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            attrs["gen_ai.usage.output_tokens"] = usage.completion_tokens
+        if ep is not None and trace.t_routed:
+            trace.phase("epp.response", trace.t_routed, now_ns(), attrs)
+        root = dict(attrs, **{"gen_ai.request.model": self.incoming_model, "gen_ai.response.model": self.target_model})
+        if ep is not None:
+            root["epp.endpoint"] = ep.hostport
+        error = (
+            None
+            if completed and (not status or 200 <= status < 300)
+            else ("aborted" if not completed else f"HTTP {status}")
+        )
+        trace.end(root, error)
+        self.trace = None
+
     def first_byte(self) -> None:
         """The first response byte: the server has finished this request's prefill."""
         if self.prefill_pending and self.endpoint is not None:
@@ -555,6 +618,8 @@ class Exchange:
         if self.closed:
             return
         self.closed = True
+        if self.trace is not None:
+            self._end_trace(completed)
         self._unhold()  # a held request whose client went away
         ticket = self.ticket
         if ticket is not None:

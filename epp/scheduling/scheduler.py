@@ -10,6 +10,8 @@ from epp.errors import EppError, ErrorCode
 from epp.scheduling.config import LoadedConfig, Profile
 from epp.scheduling.types import CycleState, ProfileResult, SchedulingRequest, SchedulingResult
 
+SCORES_KEY = "scheduler/last-profile-scores"  # (endpoints, weighted totals) of the last profile run
+
 
 class Scheduler:
     def __init__(self, config: LoadedConfig) -> None:
@@ -60,4 +62,5 @@ def run_profile(
             totals[i] += weight * (0.0 if s < 0 else 1.0 if s > 1 else s)
     if profile.picker is None:
         raise EppError(ErrorCode.INTERNAL, f"profile {profile.name!r} has no picker")
+    cycle[SCORES_KEY] = (endpoints, totals)  # for a trace's top scores: two references, no copy
     return ProfileResult(profile.picker.pick(cycle, req, endpoints, totals))

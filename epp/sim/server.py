@@ -203,6 +203,10 @@ class SimServer:
 
     async def _add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(self._headers)
+        # What a traced model server would parent its spans on, shown to the client for tests.
+        traceparent = request.headers.get("traceparent")
+        if traceparent:
+            response.headers["x-sim-traceparent"] = traceparent
 
     def _error(self, e: ApiError) -> web.Response:
         return web.Response(status=e.status, body=e.body(), content_type="application/json")
