@@ -186,7 +186,8 @@ def test_deployment_args_are_accepted_by_the_real_parser_and_match_the_pool(monk
     assert opts.pool_group == pool["apiVersion"].split("/")[0]
     assert opts.bind_address == "0.0.0.0"
     assert opts.ha_enable_leader_election == (one("Deployment")["spec"]["replicas"] > 1)
-    assert warnings == ["flag --tracing is accepted for compatibility and has no effect"]
+    assert warnings == []  # --tracing=false is a real flag now (docs/tracing.md)
+    assert opts.tracing is False
     # The config file the args name is in the mounted ConfigMap, and it loads.
     mount = container["volumeMounts"][0]["mountPath"]
     assert opts.config_file.startswith(mount + "/")
