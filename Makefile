@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OTEL_VERSION := 1.45.2
 
 .PHONY: install system-deps run test lint bench bench-suite bench-pickcost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
 
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# xds-protos ships its own, older copy of opentelemetry/proto/*_pb2.py and overwrites
+	# opentelemetry-proto's files when pip happens to install it later; --tracing needs the latter.
+	$(BIN)/pip install --quiet --force-reinstall --no-deps opentelemetry-proto==$(OTEL_VERSION)
 	touch $(STAMP)
 
 # Local stack: an epp-sim fleet, the EPP and real Envoy on 127.0.0.1:8081 (Ctrl-C stops all).
