@@ -109,6 +109,25 @@ def immediate_response(status: int, body: bytes) -> pb.ProcessingResponse:
     )
 
 
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+
+
+def served_endpoint(metadata_context: Any) -> str | None:  # a protobuf Metadata message
+    """`envoy.lb` / `x-gateway-destination-endpoint-served` on a response message: where the
+    gateway actually sent the request (Envoy's override_host `selected_host_key`, Istio 1.30+)."""
+    fm = metadata_context.filter_metadata
+    if LB_NAMESPACE not in fm:
+        return None
+    v = fm[LB_NAMESPACE].fields.get(SERVED_KEY)
+    if v is None or v.WhichOneof("kind") != "string_value":
+        return None
+    value: str = v.string_value
+    # It becomes a response header: anything but a short printable ASCII address is not one.
+    if not value or len(value) > 256 or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
 def subset_hint(metadata_context: Any) -> list[str] | None:  # a protobuf Metadata message
     """`envoy.lb.subset_hint` / `x-gateway-destination-endpoint-subset` as a list, or None if absent."""
     fm = metadata_context.filter_metadata

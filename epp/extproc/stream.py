@@ -34,7 +34,7 @@ class Exchange(Protocol):
     def route(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: held, see try_resume()
     async def wait_to_route(self, retry: Callable[[], bool]) -> None: ...
     def route_headers_only(self, req: IncomingRequest) -> RouteDecision | None: ...  # None: as route()
-    def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision: ...
+    def response_headers(self, headers: dict[str, str], served: str | None = None) -> ResponseHeadersDecision: ...
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None: ...
     def finish(self, completed: bool) -> None: ...
 
@@ -105,7 +105,8 @@ class StreamState:
         if kind == "request_trailers":
             return self._request_trailers(req)
         if kind == "response_headers":
-            return self._response_headers(req.response_headers)
+            served = msg.served_endpoint(req.metadata_context) if req.HasField("metadata_context") else None
+            return self._response_headers(req.response_headers, served)
         if kind == "response_body":
             return self._response_body(req.response_body.body, req.response_body.end_of_stream)
         if kind == "response_trailers":
@@ -217,8 +218,8 @@ class StreamState:
 
     # ---- response --------------------------------------------------------------------------
 
-    def _response_headers(self, hs: pb.HttpHeaders):
-        decision = self.exchange.response_headers(headers_to_dict(hs.headers))
+    def _response_headers(self, hs: pb.HttpHeaders, served: str | None):
+        decision = self.exchange.response_headers(headers_to_dict(hs.headers), served)
         out = [msg.response_headers_response(decision.set_headers, decision.remove_headers)]
         if hs.end_of_stream:
             self.response_eos = True

@@ -384,7 +384,7 @@ class Exchange:
             traceparent = trace.traceparent()
             if traceparent:
                 extra.append(("traceparent", traceparent))
-        self.relay.routed(self.incoming_model, target, result.response_headers)
+        self.relay.routed(self.incoming_model, target, result.response_headers, result.served_endpoint_header)
         return RouteDecision(destination, body, extra, self._removals(req))
 
     def _tokenize(self, parsed: ParsedRequest, may_hold: bool) -> bool:
@@ -574,8 +574,8 @@ class Exchange:
 
     # ---- response path -----------------------------------------------------------------------
 
-    def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
-        return self.relay.headers(headers)
+    def response_headers(self, headers: dict[str, str], served: str | None = None) -> ResponseHeadersDecision:
+        return self.relay.headers(headers, served)
 
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None:
         """The bytes to forward now (None: held for the model name write-back)."""

@@ -29,6 +29,7 @@ class ResponseRelay:
         "incoming_model",
         "json_usage",
         "rewrites",
+        "served_header",
         "size",
         "sse",
         "status",
@@ -41,6 +42,7 @@ class ResponseRelay:
         self.incoming_model = ""
         self.target_model = ""
         self.extra_headers: list[tuple[str, str]] = []  # from the scheduling result's response headers
+        self.served_header: str | None = None  # echo the gateway's served endpoint in this header
         self.status = 0  # the response's HTTP status (0 until response headers arrive)
         self.streaming = False
         self.sse: SseUsageScanner | None = None
@@ -51,12 +53,20 @@ class ResponseRelay:
         self.size = 0
         self.rewrites = False
 
-    def routed(self, incoming_model: str, target_model: str, extra_headers: list[tuple[str, str]]) -> None:
+    def routed(
+        self,
+        incoming_model: str,
+        target_model: str,
+        extra_headers: list[tuple[str, str]],
+        served_header: str | None = None,
+    ) -> None:
         self.incoming_model, self.target_model = incoming_model, target_model
         self.extra_headers = extra_headers
+        self.served_header = served_header
         self.rewrites = bool(incoming_model) and incoming_model != target_model
 
-    def headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
+    def headers(self, headers: dict[str, str], served: str | None = None) -> ResponseHeadersDecision:
+        """`served`: the endpoint the gateway reports it sent the request to, when it does."""
         status = headers.get(":status", "200")
         self.status = int(status) if status.isdigit() and len(status) == 3 else 0
         self.streaming = "text/event-stream" in headers.get("content-type", "")
@@ -69,6 +79,8 @@ class ResponseRelay:
         decision = ResponseHeadersDecision([("x-went-into-resp-headers", "true")])
         if self.extra_headers:
             decision.set_headers.extend(self.extra_headers)
+        if self.served_header and served:
+            decision.set_headers.append((self.served_header, served))
         if self.rewrites and "content-length" in headers:
             # The body length changes when the model name is written back; let Envoy re-frame it.
             decision.remove_headers.append("content-length")

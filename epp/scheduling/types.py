@@ -41,6 +41,8 @@ class SchedulingResult:
     # Headers to add to the request sent upstream (e.g. x-prefiller-host-port) and to the response.
     request_headers: list[tuple[str, str]] = field(default_factory=list)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    # A response header whose value is the endpoint the gateway reports it served (conformance).
+    served_endpoint_header: str | None = None
 
     @property
     def targets(self) -> list[Endpoint]:

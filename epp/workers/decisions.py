@@ -176,6 +176,7 @@ class DecisionServer:
                 relay.extra_headers,
                 relay.incoming_model,
                 relay.target_model,
+                relay.served_header,
             ]
         )
 

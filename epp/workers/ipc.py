@@ -8,7 +8,8 @@ Worker -> decision process:
     [FINISH, id, completed, status, usage, size]     the exchange ended (exactly once per id)
     [STREAMS, worker, active, last_activity]         open streams, for the SIGTERM drain
 Decision process -> worker:
-    [DECISION, id, destination, body|None, set_headers, remove_headers, response_headers, incoming, target]
+    [DECISION, id, destination, body|None, set_headers, remove_headers, response_headers, incoming, target,
+     served_header|None]
     [ERROR, id, code, message]
     [HEALTH, {service: status}]
 """

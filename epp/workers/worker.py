@@ -152,9 +152,9 @@ class RemoteExchange:
         await asyncio.shield(self.waiter)
 
     def decided(self, m: list) -> None:
-        _, _, destination, body, set_headers, remove_headers, response_headers, incoming, target = m
+        _, _, destination, body, set_headers, remove_headers, response_headers, incoming, target, served = m
         self.decision = RouteDecision(destination, body, [tuple(h) for h in set_headers], remove_headers)
-        self.relay.routed(incoming, target, [tuple(h) for h in response_headers])
+        self.relay.routed(incoming, target, [tuple(h) for h in response_headers], served)
         self.prefill_pending = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -164,8 +164,8 @@ class RemoteExchange:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
-    def response_headers(self, headers: dict[str, str]) -> ResponseHeadersDecision:
-        return self.relay.headers(headers)
+    def response_headers(self, headers: dict[str, str], served: str | None = None) -> ResponseHeadersDecision:
+        return self.relay.headers(headers, served)
 
     def response_chunk(self, chunk: bytes, eos: bool) -> bytes | None:
         if self.prefill_pending and chunk:

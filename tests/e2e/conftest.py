@@ -65,16 +65,28 @@ class Gateway:
         return sum(int(line.split(": ")[1]) for line in text.splitlines() if ": " in line)
 
 
-@pytest.fixture
-def procs(tmp_path: Path):
-    started: list[Proc] = []
-    yield started, tmp_path
+def _stop_all(started: list[Proc]) -> None:
     failed = []
     for p in reversed(started):
         p.stop()
         failed.append(f"--- {p.name} ---\n{p.log_tail(20)}")
     # Keep process logs visible when a test fails.
     print("\n".join(failed))
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    started: list[Proc] = []
+    yield started, tmp_path
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory):
+    """Processes shared by a module's tests (a topology that is slow to start and not changed by them)."""
+    started: list[Proc] = []
+    yield started, tmp_path_factory.mktemp("procs")
+    _stop_all(started)
 
 
 @pytest.fixture
@@ -109,6 +121,10 @@ def sim_fleet(procs):
 
 @pytest.fixture
 def epp_server(procs):
+    return epp_starter(procs)
+
+
+def epp_starter(procs):
     started, tmp = procs
 
     def start(endpoints: list[str], *args: str, tls: bool = True) -> EppProc:
@@ -138,6 +154,10 @@ def epp_server(procs):
 
 @pytest.fixture
 def envoy(procs):
+    return envoy_starter(procs)
+
+
+def envoy_starter(procs):
     started, tmp = procs
 
     def start(

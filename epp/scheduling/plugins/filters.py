@@ -9,8 +9,8 @@ from pydantic import Field
 
 from epp.datalayer.endpoint import Endpoint
 from epp.flowcontrol import saturation
-from epp.scheduling.plugin import Filter, Params, register
-from epp.scheduling.types import CycleState, SchedulingRequest
+from epp.scheduling.plugin import Filter, Params, PreRequest, register
+from epp.scheduling.types import CycleState, SchedulingRequest, SchedulingResult
 
 TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
 
@@ -27,6 +27,21 @@ class HeaderBasedTestingFilter(Filter):
         if not wanted:
             return []
         return [e for e in endpoints if e.address in wanted or e.hostport in wanted]
+
+
+SERVED_ENDPOINT_HEADER = "x-conformance-test-served-endpoint"
+
+
+@register
+class DestinationEndpointServedVerifier(PreRequest):
+    """Conformance-test plugin: the response carries `x-conformance-test-served-endpoint` with the
+    endpoint the gateway says it served (`envoy.lb` / `x-gateway-destination-endpoint-served` on
+    the response messages), so the suite can check the gateway followed the pick."""
+
+    type_name = "destination-endpoint-served-verifier"
+
+    def pre_request(self, cycle: CycleState, req: SchedulingRequest, result: SchedulingResult) -> None:
+        result.served_endpoint_header = SERVED_ENDPOINT_HEADER
 
 
 ROLE_LABEL = "llm-d.ai/role"

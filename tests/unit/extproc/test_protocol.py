@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from epp.datalayer.endpoint import Endpoint
-from epp.extproc.messages import BODY_CHUNK_LIMIT
+from epp.extproc.messages import BODY_CHUNK_LIMIT, pb
 from epp.scheduling import configs
 from tests.support.extproc_client import (
     BUFFERED,
@@ -329,6 +329,46 @@ schedulingProfiles:
         assert out[0].immediate_response.body.startswith(
             b"inference error: ResourceExhausted - failed to find target endpoint"
         )
+
+
+def served_metadata(value) -> pb.ProcessingRequest:
+    r = response_headers({":status": "200", "content-type": "application/json"})
+    fields = r.metadata_context.filter_metadata["envoy.lb"].fields
+    if isinstance(value, str):
+        fields["x-gateway-destination-endpoint-served"].string_value = value
+    else:
+        fields["x-gateway-destination-endpoint-served"].number_value = value
+    return r
+
+
+async def test_served_endpoint_verifier_echoes_the_gateways_served_endpoint():
+    async with running_epp(eps(2), configs.text("conformance")) as (_epp, ch):
+        selection = request_headers(extra={"test-epp-endpoint-selection": "127.0.0.2"})
+        for served, expected in [
+            ("127.0.0.2:8000", "127.0.0.2:8000"),
+            ("127.0.0.2:8000\r\nx-evil: 1", None),  # never a header injection
+            ("x" * 300, None),
+            (8000.0, None),  # not a string
+        ]:
+            out = await run_stream(
+                ch, [selection, request_body(completion()), served_metadata(served), response_body(b"{}", True)]
+            )
+            assert set_headers(out[0].request_headers.response)["x-gateway-destination-endpoint"] == "127.0.0.2:8000"
+            resp = next(o for o in out if o.HasField("response_headers"))
+            assert set_headers(resp.response_headers.response).get("x-conformance-test-served-endpoint") == expected
+    # Without the verifier in the config, the gateway's metadata is not echoed.
+    async with running_epp(eps(2)) as (_epp, ch):
+        out = await run_stream(
+            ch,
+            [
+                request_headers(),
+                request_body(completion()),
+                served_metadata("127.0.0.1:8000"),
+                response_body(b"{}", True),
+            ],
+        )
+        resp = next(o for o in out if o.HasField("response_headers"))
+        assert "x-conformance-test-served-endpoint" not in set_headers(resp.response_headers.response)
 
 
 async def test_sheddable_request_is_429_when_saturated_without_flow_control():
