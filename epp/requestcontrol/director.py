@@ -639,6 +639,12 @@ class Exchange:
             self.tokenizing = None
         ep = self.endpoint
         if ep is None:
+            if completed and self.result is None and self.relay.usage is not None:
+                # A stream first seen at its response (a gateway that skips the request phases,
+                # or a stream moved between replicas): nothing was routed or counted in flight
+                # here, but its tokens were served and are counted, under the model labels the
+                # EPP knows (none).
+                self._record_usage(self.d.metrics.series(self.incoming_label, self.target_label), None)
             return
         ep.inflight.release(self.tokens, self.prefill_pending, self.long)
         self.d.flow.kick()
@@ -668,11 +674,17 @@ class Exchange:
         duration = time.monotonic() - self.start
         series.request_duration.observe(duration)
         series.response_sizes.observe(relay.size)
-        usage = relay.usage
-        if usage is not None:
-            if usage.prompt_tokens > 0:
-                series.input_tokens.observe(usage.prompt_tokens)
-            if usage.completion_tokens > 0:
-                series.output_tokens.observe(usage.completion_tokens)
+        self._record_usage(series, duration)
+
+    def _record_usage(self, series: ObjectiveSeries, duration: float | None) -> None:
+        """Token metrics from the response's usage; NTPOT only when the whole request was timed."""
+        usage = self.relay.usage
+        if usage is None:
+            return
+        if usage.prompt_tokens > 0:
+            series.input_tokens.observe(usage.prompt_tokens)
+        if usage.completion_tokens > 0:
+            series.output_tokens.observe(usage.completion_tokens)
+            if duration is not None:
                 series.ntpot.observe(duration / usage.completion_tokens)
-            series.prompt_cached_tokens.observe(usage.cached_tokens)
+        series.prompt_cached_tokens.observe(usage.cached_tokens)

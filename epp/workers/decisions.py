@@ -89,6 +89,8 @@ class DecisionServer:
                     hold = holds.pop(rid, None)
                     if hold is not None:
                         hold.cancel()
+                    if ex is None and completed and usage:
+                        ex = self.director.exchange()  # a stream first seen at its response
                     if ex is not None:
                         streams.routed = len(exchanges)
                         streams.last_activity = time.monotonic()

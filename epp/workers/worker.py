@@ -181,7 +181,9 @@ class RemoteExchange:
             return
         self.closed = True
         self.client.waiting.pop(self.id, None)
-        if self.asked:
+        # Also a stream never routed here that carried usage (first seen at its response): the
+        # decision process counts its tokens.
+        if self.asked or (completed and self.relay.usage is not None):
             r = self.relay
             u = r.usage
             usage = [u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens] if u else None

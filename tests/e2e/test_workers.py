@@ -127,3 +127,41 @@ def test_workers_flag_is_checked():
     for bad in (["--workers", "0"], ["--workers", "many"], ["--workers", "2", "--extproc-transport", "grpcio"]):
         with pytest.raises(SystemExit):
             parse_options([*base, *bad])
+
+
+def test_usage_of_streams_first_seen_at_their_response_is_counted_by_the_decision_process(sim_fleet, epp_server):
+    """A worker relays a stream it never routed (no request phases): its usage still reaches
+    the decision process's token metrics, from whichever worker carried it."""
+    import grpc
+
+    from tests.support import extproc_client as xc
+
+    fleet = sim_fleet(1)
+    epp = epp_server(fleet.hostports, "--workers", "2", tls=False)
+    sse = (
+        b'data: {"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":4}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+
+    async def streams(n: int) -> None:
+        for _ in range(n):  # a channel per stream: the kernel spreads connections over the workers
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{epp.grpc_port}") as ch:
+                out = await xc.run_stream(
+                    ch,
+                    [
+                        xc.response_headers({":status": "200", "content-type": "text/event-stream"}),
+                        xc.response_body(sse, True),
+                    ],
+                )
+                assert xc.streamed_body(out, "response_body")[0] == sse
+
+    asyncio.run(streams(10))
+    labels = '{model_name="",target_model_name=""}'
+
+    def counted() -> list[str]:
+        return metric(epp.metrics(), f"inference_objective_input_tokens_sum{labels}")
+
+    assert until(lambda: counted() == [f"inference_objective_input_tokens_sum{labels} 210.0"]), counted()
+    assert metric(epp.metrics(), f"inference_objective_output_tokens_sum{labels}") == [
+        f"inference_objective_output_tokens_sum{labels} 40.0"
+    ]

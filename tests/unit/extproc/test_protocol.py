@@ -178,6 +178,40 @@ async def test_sse_chunks_are_echoed_as_they_come_and_usage_is_recorded():
     )
 
 
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        (
+            "text/event-stream",
+            b'data: {"object":"chat.completion.chunk","model":"m1","choices":[]}\n\n'
+            b'data: {"object":"chat.completion.chunk","model":"m1","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":4}}\n\n'
+            b"data: [DONE]\n\n",
+        ),
+        (
+            "application/json",
+            b'{"object":"text_completion","model":"m1","usage":{"prompt_tokens":21,"completion_tokens":4}}',
+        ),
+    ],
+    ids=["sse", "json"],
+)
+async def test_usage_of_a_stream_first_seen_at_its_response_is_recorded(content_type, body):
+    """A gateway that skips the request phases still gets its tokens counted (model labels empty:
+    the EPP never saw the request); nothing is counted in flight."""
+    async with running_epp(eps(1)) as (epp, ch):
+        out = await run_stream(
+            ch, [response_headers({":status": "200", "content-type": content_type}), response_body(body, True)]
+        )
+        assert kinds(out)[0] == "response_headers"
+        assert streamed_body(out, "response_body")[0] == body
+    reg = epp.metrics.registry
+    labels = {"model_name": "", "target_model_name": ""}
+    assert reg.get_sample_value("inference_objective_input_tokens_sum", labels) == 21
+    assert reg.get_sample_value("inference_objective_output_tokens_sum", labels) == 4
+    # Not a request the EPP timed: no duration, no NTPOT.
+    assert reg.get_sample_value("inference_objective_request_duration_seconds_count", labels) == 0
+    assert sum(e.inflight.requests for e in epp.datastore.endpoints()) == 0
+
+
 async def test_response_trailers_flush_buffered_body_then_trailers_response():
     async with running_epp(eps(1)) as (_epp, ch):
         out = await run_stream(
