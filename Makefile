@@ -10,15 +10,16 @@ OTEL_VERSION := 1.45.2
 install: $(STAMP) system-deps
 
 # Debian packages the tests and benchmarks drive for real: nginx + njs (NGINX gateway), wrk (load),
-# h2load from nghttp2-client (ext_proc load straight to the EPP, `epp-bench overhead --part capacity`).
-SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk nghttp2-client
+# h2load from nghttp2-client (ext_proc load straight to the EPP, `epp-bench overhead --part capacity`),
+# prometheus + promtool (the dashboard and rules in deploy/observability/ tested against a real one).
+SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk nghttp2-client prometheus
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing >/dev/null; }; \
+	  $$SUDO apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -46,6 +46,7 @@ from epp.routing.rewrites import RewriteStore
 from epp.scheduling.config import LoadedConfig, load_config
 from epp.scheduling.plugin import ConfigError
 from epp.scheduling.scheduler import Scheduler
+from epp.scheduling.timing import PluginTimer
 from epp.sources import SourceError, SourceTargets, build_sources
 
 log = logging.getLogger("epp")
@@ -175,6 +176,8 @@ class Epp:
         # decision core that reads it, then (in start()) the workers and servers around them.
         self.metrics = EppMetrics()
         self.metrics.info.labels(__version__, "epp").set(1)
+        if not opts.ha_enable_leader_election:
+            self.metrics.leader.set(1)  # no election: every replica serves, as a leader would
         # -- data layer (cold path: scraping) --
         self.datastore = Datastore()
         for producer in config.producers:
@@ -200,7 +203,7 @@ class Epp:
             opts, SourceTargets(config, self.datastore, objectives, rewrites, self.metrics, self.health)
         )
         # -- decision core (hot path: one pick per request) --
-        self.scheduler = Scheduler(config)
+        self.scheduler = Scheduler(config, PluginTimer(self.metrics.plugin_duration))
         for warning in config.flow.warnings:
             log.warning("%s", warning)
         self.flow = FlowController(

@@ -5,7 +5,7 @@ One registry per process (not the global default) so tests can start several EPP
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _DURATION_BUCKETS = (
     0.005,
@@ -108,6 +108,9 @@ class ObjectiveSeries:
 class EppMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        # process_cpu_seconds_total, process_resident_memory_bytes...: what the EPP itself costs
+        # (of the decision process; ext_proc workers are processes of their own).
+        ProcessCollector(registry=r)
         self.request_total = Counter(
             "inference_objective_request", "Requests successfully scheduled.", (*_OBJ, "priority"), registry=r
         )
@@ -260,7 +263,11 @@ class EppMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
-        self.leader = Gauge("epp_leader", "1 while this replica holds the leader-election lease.", registry=r)
+        self.leader = Gauge(
+            "epp_leader",
+            "1 while this replica may serve: it holds the leader-election lease, or runs without leader election.",
+            registry=r,
+        )
         self.worker_requests = Counter(
             "epp_extproc_worker_requests",
             "Requests routed for each ext_proc worker process (--workers > 1): "

@@ -5,17 +5,22 @@ Synchronous on purpose: nothing in a cycle waits on I/O, so it runs inline on th
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from epp.datalayer.endpoint import Endpoint
 from epp.errors import EppError, ErrorCode
 from epp.scheduling.config import LoadedConfig, Profile
+from epp.scheduling.timing import PluginTimer
 from epp.scheduling.types import CycleState, ProfileResult, SchedulingRequest, SchedulingResult
 
 SCORES_KEY = "scheduler/last-profile-scores"  # (endpoints, weighted totals) of the last profile run
+TIMER_KEY = "scheduler/plugin-timer"  # set on the cycles whose plugins are timed, for pre_request
 
 
 class Scheduler:
-    def __init__(self, config: LoadedConfig) -> None:
+    def __init__(self, config: LoadedConfig, plugin_timer: PluginTimer | None = None) -> None:
         self.config = config
+        self.plugin_timer = plugin_timer
         self.profiles = config.profiles
         self.handler = config.profile_handler
         self.producers = config.producers
@@ -23,8 +28,14 @@ class Scheduler:
 
     def schedule(self, req: SchedulingRequest, candidates: list[Endpoint]) -> tuple[SchedulingResult, CycleState]:
         cycle = CycleState()
+        timer = self.plugin_timer.sample() if self.plugin_timer is not None else None
+        if timer is not None:
+            cycle[TIMER_KEY] = timer
         for producer in self.producers:
+            t0 = perf_counter()
             producer.produce(cycle, req, candidates)
+            if timer is not None:
+                timer.observe("PrepareData", producer, t0)
         results: dict[str, ProfileResult | None] = {}
         # Profile handlers may run profiles in several rounds (e.g. decode, then maybe prefill).
         for _ in range(len(self.profiles) + 1):
@@ -32,20 +43,31 @@ class Scheduler:
             if not chosen:
                 break
             for name, profile in chosen.items():
-                results[name] = run_profile(profile, cycle, req, candidates)
+                results[name] = run_profile(profile, cycle, req, candidates, timer)
         result = self.handler.process_results(cycle, req, results)
         return result, cycle
 
     def pre_request(self, cycle: CycleState, req: SchedulingRequest, result: SchedulingResult) -> None:
+        timer = cycle.get(TIMER_KEY)
         for plugin in self.pre_request_plugins:
+            t0 = perf_counter()
             plugin.pre_request(cycle, req, result)
+            if timer is not None:
+                timer.observe("PreRequest", plugin, t0)
 
 
 def run_profile(
-    profile: Profile, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]
+    profile: Profile,
+    cycle: CycleState,
+    req: SchedulingRequest,
+    endpoints: list[Endpoint],
+    timer: PluginTimer | None = None,
 ) -> ProfileResult | None:
     for f in profile.filters:
+        t0 = perf_counter()
         endpoints = f.filter(cycle, req, endpoints)
+        if timer is not None:
+            timer.observe("Filter", f, t0)
         if not endpoints:
             return None
     n = len(endpoints)
@@ -55,7 +77,10 @@ def run_profile(
     for scorer, weight in profile.scorers:
         if weight == 0:
             continue
+        t0 = perf_counter()
         scores = scorer.score(cycle, req, endpoints)
+        if timer is not None:
+            timer.observe("Scorer", scorer, t0)
         for i in range(n):
             s = scores[i]
             # Clamp to [0, 1]: one misbehaving scorer must not drown out the others.
@@ -63,4 +88,8 @@ def run_profile(
     if profile.picker is None:
         raise EppError(ErrorCode.INTERNAL, f"profile {profile.name!r} has no picker")
     cycle[SCORES_KEY] = (endpoints, totals)  # for a trace's top scores: two references, no copy
-    return ProfileResult(profile.picker.pick(cycle, req, endpoints, totals))
+    t0 = perf_counter()
+    picked = profile.picker.pick(cycle, req, endpoints, totals)
+    if timer is not None:
+        timer.observe("Picker", profile.picker, t0)
+    return ProfileResult(picked)
