@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OTEL_VERSION := 1.45.2
 
-.PHONY: install system-deps run test lint bench bench-suite bench-pickcost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
+.PHONY: install system-deps run test lint bench bench-suite bench-pickcost bench-tracecost bench-overhead bench-nginx bench-reliability bench-flowcontrol bench-kvcache clean
 
 install: $(STAMP) system-deps
 
@@ -56,6 +56,10 @@ bench-suite: install
 # Per-pick cost at 10/100/1,000 endpoints and scrape cost (~3 min) -> bench/results/pickcost.md
 bench-pickcost: install
 	$(BIN)/epp-bench pickcost
+
+# Per-request cost of tracing off / unsampled / on beside the code before it (~3 min) -> bench/results/tracecost.md
+bench-tracecost: install
+	$(BIN)/epp-bench tracecost
 
 # What the EPP adds to a request (Envoy alone vs Envoy + EPP), written to bench/results/overhead.*
 bench-overhead: install

@@ -269,6 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--picks", type=int, default=2000)
     pc.add_argument("--repeats", type=int, default=2)
 
+    tc = sub.add_parser(
+        "tracecost",
+        help="per-request cost of tracing off / unsampled / on, beside the code before it -> "
+        "bench/results/tracecost.md",
+    )
+    tc.add_argument("--rounds", type=int, default=5)
+    tc.add_argument("--requests", type=int, default=3000)
+    tc.add_argument("--baseline", default="0b9e97d", help="the commit to compare with (default: before --tracing)")
     ip = sub.add_parser("inference-perf", help="the same fleet driven by kubernetes-sigs/inference-perf")
     ip.add_argument("--router", default="epp")
     ip.add_argument("--rates", default="2,5")
@@ -409,6 +417,12 @@ def main(argv: list[str] | None = None) -> None:
                     args.results / "live-repeat.json",
                 )
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "tracecost":
+        from epp.bench.tracecost import run as run_tracecost
+
+        print(
+            run_tracecost(RESULTS / "tracecost.md", rounds=args.rounds, requests=args.requests, baseline=args.baseline)
+        )
     elif args.cmd == "pickcost":
         from epp.bench.pickcost import run as run_pickcost
 

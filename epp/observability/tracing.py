@@ -29,9 +29,9 @@ _tracer: Any = None
 _provider: Any = None
 
 
-def setup(enabled: bool) -> bool:
+def setup(enabled: bool, exporter: Any = None) -> bool:
     """Install the SDK's tracer provider when `enabled`; False (and tracing stays off) when the
-    OpenTelemetry packages are missing."""
+    OpenTelemetry packages are missing. `exporter`: a SpanExporter instead of OTLP (benchmarks)."""
     global _tracer, _provider
     if not enabled:
         return False
@@ -46,7 +46,7 @@ def setup(enabled: bool) -> bool:
     # The SDK reads OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER(_ARG) and OTEL_RESOURCE_ATTRIBUTES itself.
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "epp")})
     _provider = TracerProvider(resource=resource)
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _provider.add_span_processor(BatchSpanProcessor(exporter if exporter is not None else OTLPSpanExporter()))
     _tracer = _provider.get_tracer(TRACER_NAME)
     log.info(
         "tracing on: OTLP to %s",
@@ -73,28 +73,31 @@ def request_trace() -> RequestTrace | None:
 class RequestTrace:
     """The spans of one request, recorded as its phases end."""
 
-    __slots__ = ("_ctx", "_root", "_tracer", "begun", "parsed", "t_begin", "t_routed", "t_wait")
+    __slots__ = ("_ctx", "_root", "_tracer", "begun", "parsed", "recording", "t_begin", "t_routed", "t_wait")
 
     def __init__(self, tracer: Any) -> None:
         self._tracer = tracer
         self._root: Any = None
         self._ctx: Any = None
         self.begun = self.parsed = False
+        # False once the sampler has dropped this request: only its traceparent is still made
+        # (so the model server follows the decision), no child span and no attribute.
+        self.recording = False
         self.t_begin = self.t_wait = self.t_routed = 0  # ns; t_wait 0 = has not waited
 
     def begin(self, headers: Mapping[str, str], start_ns: int) -> None:
         self.begun, self.t_begin = True, start_ns
         from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        parent = TraceContextTextMapPropagator().extract(headers)
+        parent = _propagator().extract(headers)
         self._root = self._tracer.start_span(
             "gateway.request", context=parent, kind=trace.SpanKind.SERVER, start_time=start_ns
         )
+        self.recording = self._root.is_recording()
         self._ctx = trace.set_span_in_context(self._root)
 
     def phase(self, name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any] | None = None) -> None:
-        if self._root is None:
+        if not self.recording:
             return
         span = self._tracer.start_span(name, context=self._ctx, start_time=start_ns, attributes=attributes)
         span.end(end_time=end_ns)
@@ -103,22 +106,35 @@ class RequestTrace:
         """The W3C header for the upstream request: the model server's spans become children."""
         if self._root is None:
             return None
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         carrier: dict[str, str] = {}
-        TraceContextTextMapPropagator().inject(carrier, context=self._ctx)
+        _propagator().inject(carrier, context=self._ctx)
         return carrier.get("traceparent")
 
     def end(self, attributes: Mapping[str, Any], error: str | None = None) -> None:
         if self._root is None:
             return
-        from opentelemetry.trace import Status, StatusCode
+        if self.recording:
+            from opentelemetry.trace import Status, StatusCode
 
-        self._root.set_attributes(dict(attributes))
-        if error:
-            self._root.set_status(Status(StatusCode.ERROR, error))
+            self._root.set_attributes(dict(attributes))
+            if error:
+                self._root.set_status(Status(StatusCode.ERROR, error))
         self._root.end()
         self._root = None
+        self.recording = False
+
+
+_PROPAGATOR: Any = None
+
+
+def _propagator() -> Any:
+    """W3C trace context (one instance: it keeps no state per request)."""
+    global _PROPAGATOR
+    if _PROPAGATOR is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _PROPAGATOR = TraceContextTextMapPropagator()
+    return _PROPAGATOR
 
 
 def top_scores(endpoints: Sequence[Any], totals: Sequence[float], k: int = 3) -> str:

@@ -369,18 +369,20 @@ class Exchange:
         if result.request_headers:
             extra.extend(result.request_headers)
         if trace is not None:
+            trace.t_routed = now_ns()
+        if trace is not None and trace.recording:
             scored = cycle.get(SCORES_KEY)
-            t_end = trace.t_routed = now_ns()
             trace.phase(
                 "epp.schedule",
                 t0_ns,
-                t_end,
+                trace.t_routed,
                 {
                     "epp.endpoint": primary.hostport,
                     "epp.candidates": len(candidates),
                     "epp.scores.top": top_scores(*scored) if scored else primary.hostport,
                 },
             )
+        if trace is not None:
             traceparent = trace.traceparent()
             if traceparent:
                 extra.append(("traceparent", traceparent))
@@ -589,6 +591,10 @@ class Exchange:
     def _end_trace(self, completed: bool) -> None:
         trace = self.trace
         assert trace is not None
+        self.trace = None
+        if not trace.recording:  # sampled out: close the root, nothing to describe
+            trace.end({})
+            return
         status, usage, ep = self.relay.status, self.relay.usage, self.endpoint
         attrs: dict[str, str | int] = {"http.response.status_code": status}
         if usage is not None:
@@ -605,7 +611,6 @@ class Exchange:
             else ("aborted" if not completed else f"HTTP {status}")
         )
         trace.end(root, error)
-        self.trace = None
 
     def first_byte(self) -> None:
         """The first response byte: the server has finished this request's prefill."""

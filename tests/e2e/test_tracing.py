@@ -65,3 +65,32 @@ def test_a_request_is_traced_with_its_phases_and_the_model_server_joins(sim_flee
         seen = r.headers["x-sim-traceparent"].split("-")
         assert seen[1] == TRACE and seen[2] == root.span_id.hex()
         assert epp.proc.alive
+
+
+def test_a_request_the_sampler_drops_exports_nothing_and_passes_the_decision_on(
+    sim_fleet, epp_server, envoy, monkeypatch
+):
+    with OtlpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1.0")
+        fleet = sim_fleet(1)
+        epp = epp_server(fleet.hostports, "--tracing")
+        gw = envoy("original-dst", epp)
+        body = {"model": MODEL, "prompt": "Do not trace me.", "max_tokens": 3}
+        # The gateway's parent says "not sampled" (flags 00): the EPP follows it.
+        r = httpx.post(
+            f"{gw.url}/v1/completions", json=body, timeout=30, headers={"traceparent": f"00-{TRACE}-{GATEWAY_SPAN}-00"}
+        )
+        assert r.status_code == 200
+        seen = r.headers["x-sim-traceparent"].split("-")
+        assert seen[1] == TRACE and seen[3] == "00"  # same trace, still not sampled, for the model server
+        # A sampled request after it is exported, so the receiver was listening all along.
+        r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not rx.spans():
+            time.sleep(0.1)
+        assert rx.spans() and not [s for s in rx.spans() if s.trace_id.hex() == TRACE]
