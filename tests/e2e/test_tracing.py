@@ -14,15 +14,19 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 GATEWAY_SPAN = "b7ad6b7169203331"
 
 
+def traced_gateway(rx, monkeypatch, sim_fleet, epp_server, envoy, replicas: int, **env: str):
+    """Fleet, `epp --tracing` exporting to `rx` (flushed every 100 ms), Envoy in front."""
+    settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+    for k, v in {**settings, "OTEL_BSP_SCHEDULE_DELAY": "100", **env}.items():
+        monkeypatch.setenv(k, v)
+    fleet = sim_fleet(replicas)
+    epp = epp_server(fleet.hostports, "--tracing")
+    return epp, envoy("original-dst", epp)
+
+
 def test_a_request_is_traced_with_its_phases_and_the_model_server_joins(sim_fleet, epp_server, envoy, monkeypatch):
     with OtlpReceiver() as rx:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        monkeypatch.setenv("OTEL_SERVICE_NAME", "epp-under-test")
-        fleet = sim_fleet(2)
-        epp = epp_server(fleet.hostports, "--tracing")
-        gw = envoy("original-dst", epp)
+        epp, gw = traced_gateway(rx, monkeypatch, sim_fleet, epp_server, envoy, 2, OTEL_SERVICE_NAME="epp-under-test")
         body = {
             "model": MODEL,
             "prompt": "Trace me, please. " * 20,
@@ -71,14 +75,16 @@ def test_a_request_the_sampler_drops_exports_nothing_and_passes_the_decision_on(
     sim_fleet, epp_server, envoy, monkeypatch
 ):
     with OtlpReceiver() as rx:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "1.0")
-        fleet = sim_fleet(1)
-        epp = epp_server(fleet.hostports, "--tracing")
-        gw = envoy("original-dst", epp)
+        _, gw = traced_gateway(
+            rx,
+            monkeypatch,
+            sim_fleet,
+            epp_server,
+            envoy,
+            1,
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG="1.0",
+        )
         body = {"model": MODEL, "prompt": "Do not trace me.", "max_tokens": 3}
         # The gateway's parent says "not sampled" (flags 00): the EPP follows it.
         r = httpx.post(
