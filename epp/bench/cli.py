@@ -269,6 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     pc.add_argument("--picks", type=int, default=2000)
     pc.add_argument("--repeats", type=int, default=2)
 
+    ps = sub.add_parser(
+        "poolscale", help="the warm ladder in virtual time at 8/32/128 replicas -> bench/results/poolscale.{json,md}"
+    )
+    ps.add_argument("--sizes", default="8,32,128")
+    ps.add_argument("--seeds", default="1")
+    ps.add_argument("--routers", default="epp,envoy-lr,envoy-rr", help="epp, epp:<config>, envoy-lr, envoy-rr")
+    ps.add_argument("--shape", default="shared-prefix")
+    ps.add_argument("--out", type=Path, default=RESULTS / "poolscale.json")
     tc = sub.add_parser(
         "tracecost",
         help="per-request cost of tracing off / unsampled / on, beside the code before it -> "
@@ -417,6 +425,28 @@ def main(argv: list[str] | None = None) -> None:
                     args.results / "live-repeat.json",
                 )
         print(f"wrote {write_report(args.results)}")
+    elif args.cmd == "poolscale":
+        import json as _json
+        import time as _time
+
+        from epp.bench import poolscale
+
+        opts = poolscale.ScaleOptions(
+            shape=args.shape,
+            sizes=tuple(int(x) for x in args.sizes.split(",")),
+            routers=tuple(args.routers.split(",")),
+            seeds=tuple(int(x) for x in args.seeds.split(",")),
+        )
+        t0 = _time.perf_counter()
+        rows = poolscale.run(opts)
+        wall = _time.perf_counter() - t0
+        args.out.write_text(
+            _json.dumps({"meta": {"wall_s": round(wall, 1), "shape": opts.shape}, "rows": rows}, indent=1)
+        )
+        live = poolscale.load_live([RESULTS / "ladder.json", RESULTS / "ladder-peers.json"])
+        text = poolscale.render(rows, opts, live, wall)
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
     elif args.cmd == "tracecost":
         from epp.bench.tracecost import run as run_tracecost
 

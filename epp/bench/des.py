@@ -22,7 +22,7 @@ import orjson
 
 from epp.bench.configs import resolve_config
 from epp.bench.summary import Outcome, summarize
-from epp.bench.workloads import MODEL, BenchRequest, Workload, poisson_arrivals
+from epp.bench.workloads import MODEL, BenchRequest, FleetSpec, Workload, poisson_arrivals
 from epp.datalayer.endpoint import Endpoint, EndpointMetrics
 from epp.flowcontrol.prefill_gate import PrefillGate
 from epp.requestcontrol.director import uncached_tokens
@@ -244,8 +244,51 @@ def run_point(
     scrape_interval: float = 0.05,
 ) -> dict:
     """One load point: a fresh virtual fleet, Poisson arrivals at `qps`, every request to completion."""
-    spec = workload.fleet
     reqs = workload.requests
+    arrivals = poisson_arrivals(len(reqs), qps, seed)
+    records, engines = simulate(workload.fleet, reqs, arrivals, router, seed, scrape_interval)
+    outs = [
+        Outcome(
+            True,
+            rec.arrival,
+            rec.ttft,
+            rec.e2e,
+            [b - a for a, b in pairwise(rec.token_times)],
+            rec.completion_tokens,
+            f"sim-{rec.replica}",
+        )
+        for rec in records
+    ]
+    hits = sum(e.stats.prefix_cache_hits for e in engines)
+    queries = sum(e.stats.prefix_cache_queries for e in engines)
+    return summarize(
+        outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
+        router=router.name,
+        workload=workload.name,
+        qps=qps,
+        load=load,
+        servers=[f"sim-{k}" for k in range(len(engines))],
+        prefix_hits=hits,
+        prefix_queries=queries,
+        extra={
+            "mode": "des",
+            "seed": seed,
+            "preemptions": sum(e.stats.preemptions for e in engines),
+            "lora_loads": sum(e.stats.lora_loads for e in engines),
+        },
+    )
+
+
+def simulate(
+    spec: FleetSpec,
+    reqs: list[BenchRequest],
+    arrivals: list[float],
+    router: DesRouter,
+    seed: int,
+    scrape_interval: float = 0.05,
+) -> tuple[list, list[Engine]]:
+    """Requests at their arrival times through `router` onto a fresh virtual fleet, every one to
+    completion: the records (`request_id` = index into `reqs`) and the engines."""
     cfg = EngineConfig(
         num_gpu_blocks=spec.num_gpu_blocks,
         max_model_len=min(131_072, spec.num_gpu_blocks * 16),
@@ -255,7 +298,6 @@ def run_point(
     lora_ids = {a: k + 1 for k, a in enumerate(spec.lora_modules)}
     engines = [Engine(cfg, CostModel(), lora_ids=lora_ids) for _ in range(spec.replicas)]
     fleet = VirtualFleet(engines, keep_token_times=True)
-    arrivals = poisson_arrivals(len(reqs), qps, seed)
     trace = [
         TraceItem(
             arrivals[i], token_ids(r), r.max_tokens, lora=None if r.model == MODEL else r.model, request_id=str(i)
@@ -298,36 +340,7 @@ def run_point(
 
     fleet.on_step = on_step
     records = fleet.run_trace(trace, route=lambda item, f: policy.route(int(item.request_id), f))
-    outs = [
-        Outcome(
-            True,
-            rec.arrival,
-            rec.ttft,
-            rec.e2e,
-            [b - a for a, b in pairwise(rec.token_times)],
-            rec.completion_tokens,
-            f"sim-{rec.replica}",
-        )
-        for rec in records
-    ]
-    hits = sum(e.stats.prefix_cache_hits for e in engines)
-    queries = sum(e.stats.prefix_cache_queries for e in engines)
-    return summarize(
-        outs + [Outcome(False, 0.0, None, None, [], 0, "")] * (len(reqs) - len(records)),
-        router=router.name,
-        workload=workload.name,
-        qps=qps,
-        load=load,
-        servers=[f"sim-{k}" for k in range(len(engines))],
-        prefix_hits=hits,
-        prefix_queries=queries,
-        extra={
-            "mode": "des",
-            "seed": seed,
-            "preemptions": sum(e.stats.preemptions for e in engines),
-            "lora_loads": sum(e.stats.lora_loads for e in engines),
-        },
-    )
+    return records, engines
 
 
 def des_router(spec: str) -> DesRouter:

@@ -70,8 +70,12 @@ def stage_workload(
     shape: str, seed: int, stage: int, n: int, replicas: int = 8, num_gpu_blocks: int = 4096
 ) -> Workload:
     """Stage `stage` (0 = warm-up) of `shape`: the prompt set is a function of `seed` alone, the
-    questions, output lengths and order of (`seed`, `stage`)."""
-    p = SHAPES[shape]
+    questions, output lengths and order of (`seed`, `stage`). On a fleet of other than 8
+    replicas the prefix groups scale with it, so each server's share of the prompt set (and the
+    resident share of KV) stays the shape's."""
+    p = dict(SHAPES[shape])
+    if replicas != 8 and "groups" in p:
+        p["groups"] = max(1, round(p["groups"] * replicas / 8))
     rng = random.Random(f"ladder/{shape}/{seed}/{stage}")
     w = Words(rng)
     fleet = FleetSpec(replicas, num_gpu_blocks)
