@@ -416,7 +416,9 @@ class FlowController:
             if t.state is not State.PARKED:
                 continue
             if placed:
-                if extra <= 0 or not any(e.inflight.long_prefills < t.gate.max_per_endpoint for e in endpoints):
+                gate = t.gate
+                assert gate is not None  # a parked ticket is parked by a gate
+                if extra <= 0 or not any(e.inflight.long_prefills < gate.max_per_endpoint for e in endpoints):
                     return
                 extra -= 1
             was = t.state

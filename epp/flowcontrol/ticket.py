@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from epp.errors import EppError
 
 if TYPE_CHECKING:
+    from epp.flowcontrol.prefill_gate import PrefillGate
     from epp.flowcontrol.registry import Band, FlowQueue
 
 
@@ -65,7 +66,7 @@ class Ticket:
     done: asyncio.Future[None] | None = None
     labels: tuple[str, ...] = ()  # metric label values: fairness id, priority, model, target model
     parked_since: float = 0.0
-    gate: Any = field(default=None)  # the PrefillGate parking it (flowcontrol/prefill_gate.py imports this module)
+    gate: PrefillGate | None = field(default=None)  # the gate parking it (a type-only import: it imports this module)
 
     def finalize(self, outcome: Outcome) -> bool:
         """Record how the wait ended; False if it had already ended (a TTL racing a dispatch)."""
