@@ -12,9 +12,11 @@ install: $(STAMP) system-deps
 # Debian packages the tests and benchmarks drive for real: nginx + njs (NGINX gateway), wrk (load),
 # h2load from nghttp2-client (ext_proc load straight to the EPP, `epp-bench overhead --part capacity`),
 # prometheus + promtool (the dashboard and rules in deploy/observability/ tested against a real one).
+# "ok installed" only: a removed package keeps a dpkg record (config-files) that dpkg -s accepts.
 SYSTEM_PACKAGES := nginx libnginx-mod-http-js wrk nghttp2-client prometheus
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

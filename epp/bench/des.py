@@ -247,18 +247,7 @@ def run_point(
     reqs = workload.requests
     arrivals = poisson_arrivals(len(reqs), qps, seed)
     records, engines = simulate(workload.fleet, reqs, arrivals, router, seed, scrape_interval)
-    outs = [
-        Outcome(
-            True,
-            rec.arrival,
-            rec.ttft,
-            rec.e2e,
-            [b - a for a, b in pairwise(rec.token_times)],
-            rec.completion_tokens,
-            f"sim-{rec.replica}",
-        )
-        for rec in records
-    ]
+    outs = [outcome(rec) for rec in records]
     hits = sum(e.stats.prefix_cache_hits for e in engines)
     queries = sum(e.stats.prefix_cache_queries for e in engines)
     return summarize(
@@ -276,6 +265,19 @@ def run_point(
             "preemptions": sum(e.stats.preemptions for e in engines),
             "lora_loads": sum(e.stats.lora_loads for e in engines),
         },
+    )
+
+
+def outcome(rec) -> Outcome:
+    """A virtual fleet's record as the live harness's Outcome (server named sim-<replica>)."""
+    return Outcome(
+        True,
+        rec.arrival,
+        rec.ttft,
+        rec.e2e,
+        [b - a for a, b in pairwise(rec.token_times)],
+        rec.completion_tokens,
+        f"sim-{rec.replica}",
     )
 
 

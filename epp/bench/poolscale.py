@@ -19,11 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 from epp.bench.capacity import fleet_capacity
-from epp.bench.des import DesRouter, des_router, simulate, token_ids
+from epp.bench.des import DesRouter, des_router, outcome, simulate, token_ids
 from epp.bench.floor import FloorState
 from epp.bench.ladder import DEFAULT_LOADS, stage_workload
 from epp.bench.summary import Outcome, percentile, summarize
@@ -78,18 +77,7 @@ def run_size(replicas: int, seed: int, opts: ScaleOptions, progress: Callable[[s
                 continue
             lo, hi = bounds[j]
             recs = [by_index[i] for i in range(lo, hi) if i in by_index]
-            outs = [
-                Outcome(
-                    True,
-                    r.arrival,
-                    r.ttft,
-                    r.e2e,
-                    [b - a for a, b in pairwise(r.token_times)],
-                    r.completion_tokens,
-                    f"sim-{r.replica}",
-                )
-                for r in recs
-            ]
+            outs = [outcome(r) for r in recs]
             outs += [Outcome(False, 0.0, None, None, [], 0, "")] * ((hi - lo) - len(recs))
             row = summarize(
                 outs,
