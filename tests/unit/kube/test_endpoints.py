@@ -179,6 +179,8 @@ async def test_stalled_watch_is_detected_and_reopened(kubeapi):
         kubeapi, tuning=WatchTuning(backoff_initial=0.1, backoff_max=0.5, stall_timeout=1.0, watch_timeout=(60, 60))
     ) as (epp, _ch):
         await until(lambda: len(epp.datastore) == 1)
+        # The pods watch can deliver before the pool's watch has opened: stall both, once both are open.
+        await until(lambda: kubeapi.watch_count() >= 2, what="pool and pods watches open")
         assert kubeapi.stall_watches() >= 2
         kubeapi.create(PODS, pod("vllm-1", "10.0.0.2"))  # not delivered on the stalled stream
         await until(lambda: len(epp.datastore) == 2, timeout=4, what="re-opened watch delivers the pod")
