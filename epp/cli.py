@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="http",
         help="scheme of model-server /metrics scrapes (default http)",
     )
+    a(
+        "--metrics-scraper",
+        choices=("process", "inline"),
+        default="process",
+        help="where model-server pages are fetched and parsed: process (default; a child process, so picks "
+        "never wait behind a page) or inline (on the EPP's own event loop); see docs/datalayer.md",
+    )
     flag(
         "model-server-metrics-https-insecure-skip-verify",
         True,
@@ -352,6 +359,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         disable_endpoint_subset_filter=ns.disable_endpoint_subset_filter,
         refresh_metrics_interval=ns.refresh_metrics_interval,
         model_server_metrics_scheme=ns.model_server_metrics_scheme,
+        metrics_scraper=ns.metrics_scraper,
         model_server_metrics_https_insecure_skip_verify=ns.model_server_metrics_https_insecure_skip_verify,
         refresh_prometheus_metrics_interval=ns.refresh_prometheus_metrics_interval,
         metrics_staleness_threshold=ns.metrics_staleness_threshold,

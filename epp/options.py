@@ -21,6 +21,7 @@ class Options:
     disable_endpoint_subset_filter: bool = False
     refresh_metrics_interval: float = 0.05
     model_server_metrics_scheme: str = "http"  # http | https
+    metrics_scraper: str = "process"  # process (scrapechild.py) | inline (on the EPP's loop)
     model_server_metrics_https_insecure_skip_verify: bool = True  # the reference's default
     refresh_prometheus_metrics_interval: float = 5.0
     metrics_staleness_threshold: float = 2.0

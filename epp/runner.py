@@ -23,7 +23,8 @@ from epp import __version__, signals
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.reachability import ReachabilityPolicy
-from epp.datalayer.scraper import MetricsCollector
+from epp.datalayer.scrapeprocess import ProcessCollector
+from epp.datalayer.scraper import CollectorBase, MetricsCollector
 from epp.datalayer.static_source import parse_static_endpoints
 from epp.drain import drain
 from epp.extproc import tls
@@ -187,7 +188,8 @@ class Epp:
         if opts.static_endpoints:
             self.datastore.replace_all(endpoints)
             self.datastore.mark_synced()
-        self.collector = MetricsCollector(
+        collector_class = ProcessCollector if opts.metrics_scraper == "process" else MetricsCollector
+        self.collector: CollectorBase = collector_class(
             self.datastore,
             interval=opts.refresh_metrics_interval,
             scheme=opts.model_server_metrics_scheme,

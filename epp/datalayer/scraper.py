@@ -1,13 +1,21 @@
-"""One scrape loop per endpoint, all on one event loop and one shared HTTP client.
+"""Scraping model servers' /metrics into `Endpoint.metrics`: the bookkeeping both scrape
+loops share, and the loop that runs inside the EPP process.
 
-Each loop fetches the endpoint's metrics URL (`endpoint.metrics_url` with the configured
-scheme), parses only the families its engine needs, and swaps in a new `EndpointMetrics`
-(readers that took a reference keep a consistent snapshot). A slow scrape delays the next
-one instead of stacking them: the loop waits for the fetch, then sleeps whatever is left of
-the interval (like Go's ticker dropping missed ticks). The interval is the configured one
-stretched to the pool's scrape budget (scrapebudget.py), re-read on every round so the
-schedule follows the pool as it grows and shrinks. Errors are counted and logged at debug,
-at most once per endpoint per LOG_EVERY seconds.
+CollectorBase follows the datastore (a scrape loop per endpoint), keeps per-endpoint counters,
+and applies each attempt's outcome (scrape.py) to its endpoint: a new `EndpointMetrics`
+swapped in whole (readers that took a reference keep a consistent snapshot), the reachability
+counters the candidate filter reads, rate-limited debug logs. Two loops feed it:
+
+* MetricsCollector (here, `--metrics-scraper inline`): one asyncio task per endpoint on the
+  EPP's own event loop and one shared HTTP client;
+* ProcessCollector (scrapeprocess.py, the default): the same loops in a child process, so
+  fetching and parsing pages never delays a pick (docs/datalayer.md).
+
+A slow scrape delays the next one instead of stacking them: the loop waits for the fetch, then
+sleeps whatever is left of the interval (like Go's ticker dropping missed ticks). The interval
+is the configured one stretched to the pool's scrape budget (scrapebudget.py), re-read on
+every round so the schedule follows the pool as it grows and shrinks. Errors are counted and
+logged at debug, at most once per endpoint per LOG_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -22,29 +30,13 @@ from dataclasses import dataclass
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
-from epp.datalayer.engines import DEFAULT_ENGINE, WANTED, extract
-from epp.datalayer.fetch import (
-    DEFAULT_BACKEND,
-    DEFAULT_MAX_PAGE_BYTES,
-    Fetcher,
-    FetchError,
-    PageTooLarge,
-    TlsError,
-    make_fetcher,
-)
-from epp.datalayer.promtext import parse_bytes
+from epp.datalayer.fetch import DEFAULT_BACKEND, DEFAULT_MAX_PAGE_BYTES, Fetcher, make_fetcher
+from epp.datalayer.scrape import ANSWERED, NO_ANSWER, OK, SCHEMES, ScrapeResult, scrape_once, scrape_url
 from epp.datalayer.scrapebudget import MAX_SCRAPES_PER_SECOND, effective_interval
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 10.0  # seconds between debug lines about the same endpoint's failures
-SCHEMES = ("http", "https")
-
-
-def scrape_url(ep: Endpoint, scheme: str) -> str:
-    """The endpoint's metrics URL with `scheme` (Endpoint builds it for http)."""
-    url = ep.metrics_url
-    return scheme + url[url.index("://") :]
 
 
 @dataclass(slots=True)
@@ -60,15 +52,15 @@ class ScrapeStats:
     _warned: bool = False
 
 
-class MetricsCollector:
+class CollectorBase:
+    """Endpoint bookkeeping and outcome handling; subclasses run the loops (`_begin`, `_end`)."""
+
     def __init__(
         self,
         datastore: Datastore,
         interval: float = 0.05,
         timeout: float = 1.0,
         *,
-        fetcher: Fetcher | None = None,
-        backend: str = DEFAULT_BACKEND,
         scheme: str = "http",
         insecure_skip_verify: bool = True,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
@@ -78,7 +70,7 @@ class MetricsCollector:
         """`interval` is the floor of the per-endpoint period (`--refresh-metrics-interval`);
         `max_scrapes_per_second` caps the whole pool's rate (<= 0: no cap); `interval_gauge`, a
         prometheus Gauge, then always reads `effective_interval`. `insecure_skip_verify` and
-        `max_page_bytes` configure the fetcher made at start (not a `fetcher` passed in)."""
+        `max_page_bytes` configure the fetcher."""
         if interval <= 0 or timeout <= 0:
             raise ValueError(f"scrape interval and timeout must be positive (got {interval}, {timeout})")
         if scheme not in SCHEMES:
@@ -93,9 +85,7 @@ class MetricsCollector:
         self.max_page_bytes = max_page_bytes
         self.max_scrapes_per_second = max_scrapes_per_second
         self._effective = interval
-        self._fetcher = fetcher
-        self._backend = backend
-        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
+        self._scraped: set[Endpoint] = set()
         self._stats: dict[str, ScrapeStats] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -111,7 +101,7 @@ class MetricsCollector:
         return self._effective
 
     def _reschedule(self) -> None:
-        self._effective = effective_interval(self.interval, len(self._tasks), self.max_scrapes_per_second)
+        self._effective = effective_interval(self.interval, len(self._scraped), self.max_scrapes_per_second)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -119,13 +109,10 @@ class MetricsCollector:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
-        if self._fetcher is None:
-            self._fetcher = make_fetcher(
-                self._backend, max_bytes=self.max_page_bytes, insecure_skip_verify=self.insecure_skip_verify
-            )
+        await self._open()
         self._unsubscribe = self._ds.subscribe(on_add=self._added, on_remove=self._removed)
         for ep in self._ds.endpoints():
-            self._start_task(ep)
+            self._start(ep)
 
     async def stop(self) -> None:
         if self._loop is None:
@@ -133,16 +120,25 @@ class MetricsCollector:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
+        gone = list(self._scraped)
+        self._scraped.clear()
         self._reschedule()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._fetcher is not None:
-            await self._fetcher.aclose()
-            self._fetcher = None
+        await self._close(gone)
         self._loop = None
+
+    async def _open(self) -> None:
+        """Get ready to scrape (make the client, start the child)."""
+
+    async def _close(self, endpoints: list[Endpoint]) -> None:
+        """Stop every loop (those of `endpoints` were running) and release what _open made."""
+
+    def _begin(self, ep: Endpoint) -> None:
+        """Start scraping `ep` (on the loop; `_effective` already counts it)."""
+        raise NotImplementedError
+
+    def _end(self, ep: Endpoint) -> None:
+        """Stop scraping `ep` (on the loop)."""
+        raise NotImplementedError
 
     # ---- observability ----------------------------------------------------------------
 
@@ -152,15 +148,15 @@ class MetricsCollector:
 
     def scraping(self) -> list[str]:
         """Names of endpoints with a running scrape loop."""
-        return [ep.name for ep in self._tasks]
+        return [ep.name for ep in self._scraped]
 
     # ---- datastore callbacks (may arrive from a source thread) -------------------------
 
     def _added(self, ep: Endpoint) -> None:
-        self._on_loop(self._start_task, ep)
+        self._on_loop(self._start, ep)
 
     def _removed(self, ep: Endpoint) -> None:
-        self._on_loop(self._stop_task, ep)
+        self._on_loop(self._stop, ep)
 
     def _on_loop(self, fn, ep: Endpoint) -> None:
         loop = self._loop
@@ -178,82 +174,55 @@ class MetricsCollector:
         except RuntimeError:  # the loop closed between the check and the call: nothing to do
             pass
 
-    def _start_task(self, ep: Endpoint) -> None:
-        if self._loop is None or ep in self._tasks:
+    def _start(self, ep: Endpoint) -> None:
+        if self._loop is None or ep in self._scraped:
             return
-        stats = self._stats[ep.name] = ScrapeStats()
-        self._tasks[ep] = self._loop.create_task(self._run(ep, stats), name=f"scrape:{ep.name}")
+        self._stats[ep.name] = ScrapeStats()
+        self._scraped.add(ep)
         self._reschedule()
+        self._begin(ep)
 
-    def _stop_task(self, ep: Endpoint) -> None:
-        task = self._tasks.pop(ep, None)
-        if task is not None:
-            task.cancel()
-            self._reschedule()
-            # Forget the counters too: with pod churn, names of dead pods would pile up.
-            self._stats.pop(ep.name, None)
-
-    # ---- the loop ---------------------------------------------------------------------
-
-    async def _run(self, ep: Endpoint, stats: ScrapeStats) -> None:
-        # Spread the first scrapes over one interval so N loops do not fire in lockstep (this
-        # runs after every endpoint known at start has its task, so the interval fits the pool).
-        await asyncio.sleep(random.random() * self._effective)
-        url = scrape_url(ep, self.scheme)
-        while True:
-            started = time.monotonic()
-            await self._scrape_once(ep, url, stats)
-            stats.last_duration = elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self._effective - elapsed))
-
-    async def _scrape_once(self, ep: Endpoint, url: str, stats: ScrapeStats) -> None:
-        fetcher = self._fetcher
-        if fetcher is None:
+    def _stop(self, ep: Endpoint) -> None:
+        if ep not in self._scraped:
             return
-        try:
-            # The fetcher's own timeout covers the connection; this one also bounds a server
-            # that trickles bytes forever.
-            async with asyncio.timeout(self.timeout):
-                body = await fetcher.get(url, self.timeout)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
+        self._scraped.discard(ep)
+        self._reschedule()
+        self._end(ep)
+        # Forget the counters too: with pod churn, names of dead pods would pile up.
+        self._stats.pop(ep.name, None)
+
+    # ---- outcomes -----------------------------------------------------------------------
+
+    def apply(self, ep: Endpoint, result: ScrapeResult) -> None:
+        """What one attempt's outcome does to its endpoint (on the loop)."""
+        stats = self._stats.get(ep.name)
+        if stats is None or ep not in self._scraped:
+            return  # removed while the attempt ran
+        stats.last_duration = result.duration
+        if result.kind == NO_ANSWER:
             ep.reach.scrape_failures += 1
-            self._fail(ep, stats, f"timeout after {self.timeout:g}s")
-            return
-        except FetchError as e:  # the server answered (status, size cap, TLS), only not with a page
-            ep.reach.scrape_failures = 0
-            self._fail(ep, stats, str(e))
-            if isinstance(e, (TlsError, PageTooLarge)) and not stats._warned:
-                # Settings or a hostile server, not a passing fault: say so once where operators look.
-                stats._warned = True
-                log.warning("scrape %s (%s): %s", ep.name, url, e)
-            return
-        except Exception as e:  # connection refused/reset, protocol errors: nobody answered
-            ep.reach.scrape_failures += 1
-            self._fail(ep, stats, f"{type(e).__name__}: {e}")
+            self._fail(ep, stats, result.why)
             return
         ep.reach.scrape_failures = 0
-        try:
-            families = parse_bytes(body, WANTED.get(ep.engine) or WANTED[DEFAULT_ENGINE])
-            fields, errors = extract(ep.engine, families)
-        except Exception as e:  # neither should raise; if one does, the loop must live on
-            self._fail(ep, stats, f"parse: {type(e).__name__}: {e}")
+        if result.kind != OK:
+            self._fail(ep, stats, result.why)
+            if result.kind == ANSWERED and result.warn and not stats._warned:
+                # Settings or a hostile server, not a passing fault: say so once where operators look.
+                stats._warned = True
+                log.warning("scrape %s (%s): %s", ep.name, scrape_url(ep.metrics_url, self.scheme), result.why)
             return
-        if fields:
-            fields["update_time"] = time.monotonic()
-            fields["interval_stretch"] = max(0.0, self._effective - self.interval)
-            fields["picks_seen"] = ep.inflight.picks
-            ep.metrics = dataclasses.replace(ep.metrics, **fields)
-            for listener in self.on_update:
-                listener()
-            ep.reach.last_scrape_failed = False
-            stats.ok += 1
-            stats.last_error = "; ".join(errors)
-            if errors:
-                self._log(ep, stats, stats.last_error)
-        else:
-            self._fail(ep, stats, "; ".join(errors) or "no metrics in page")
+        fields = result.fields
+        fields["update_time"] = time.monotonic()
+        fields["interval_stretch"] = max(0.0, self._effective - self.interval)
+        fields["picks_seen"] = ep.inflight.picks
+        ep.metrics = dataclasses.replace(ep.metrics, **fields)
+        for listener in self.on_update:
+            listener()
+        ep.reach.last_scrape_failed = False
+        stats.ok += 1
+        stats.last_error = result.why
+        if result.why:
+            self._log(ep, stats, result.why)
 
     def _fail(self, ep: Endpoint, stats: ScrapeStats, why: str) -> None:
         ep.reach.last_scrape_failed = True
@@ -271,9 +240,69 @@ class MetricsCollector:
         log.debug(
             "scrape %s (%s): %s [%d similar suppressed]",
             ep.name,
-            scrape_url(ep, self.scheme),
+            scrape_url(ep.metrics_url, self.scheme),
             why,
             stats._suppressed,
         )
         stats._last_log = now
         stats._suppressed = 0
+
+
+class MetricsCollector(CollectorBase):
+    """The scrape loops on the EPP's own event loop (`--metrics-scraper inline`)."""
+
+    def __init__(
+        self,
+        datastore: Datastore,
+        interval: float = 0.05,
+        timeout: float = 1.0,
+        *,
+        fetcher: Fetcher | None = None,
+        backend: str = DEFAULT_BACKEND,
+        **kw,
+    ) -> None:
+        """`fetcher` replaces the one made at start from `backend` and the TLS/size settings."""
+        super().__init__(datastore, interval, timeout, **kw)
+        self._fetcher = fetcher
+        self._backend = backend
+        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
+
+    async def _open(self) -> None:
+        if self._fetcher is None:
+            self._fetcher = make_fetcher(
+                self._backend, max_bytes=self.max_page_bytes, insecure_skip_verify=self.insecure_skip_verify
+            )
+
+    async def _close(self, endpoints: list[Endpoint]) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+            self._fetcher = None
+
+    def _begin(self, ep: Endpoint) -> None:
+        assert self._loop is not None
+        self._tasks[ep] = self._loop.create_task(self._run(ep), name=f"scrape:{ep.name}")
+
+    def _end(self, ep: Endpoint) -> None:
+        task = self._tasks.pop(ep, None)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, ep: Endpoint) -> None:
+        # Spread the first scrapes over one interval so N loops do not fire in lockstep (this
+        # runs after every endpoint known at start has its task, so the interval fits the pool).
+        await asyncio.sleep(random.random() * self._effective)
+        url = scrape_url(ep.metrics_url, self.scheme)
+        while True:
+            started = time.monotonic()
+            fetcher = self._fetcher
+            if fetcher is None:
+                return
+            result = await scrape_once(fetcher, url, ep.engine, self.timeout)
+            result.duration = elapsed = time.monotonic() - started
+            self.apply(ep, result)
+            await asyncio.sleep(max(0.0, self._effective - elapsed))

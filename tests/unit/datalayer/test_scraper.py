@@ -1,4 +1,5 @@
-"""MetricsCollector against real HTTP servers on 127.0.0.1.
+"""The scrape loops against real HTTP servers on 127.0.0.1: MetricsCollector (inline, each
+HTTP backend) and ProcessCollector (a real scrape child process), held to the same behaviour.
 
 No assertion depends on timing: every wait polls a condition with a generous deadline.
 """
@@ -6,13 +7,16 @@ No assertion depends on timing: every wait polls a condition with a generous dea
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 
 import pytest
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
-from epp.datalayer.scraper import MetricsCollector
+from epp.datalayer.scrapeprocess import ProcessCollector
+from epp.datalayer.scraper import CollectorBase, MetricsCollector
 from epp.datalayer.vllmpage import VllmState, vllm_page
 
 from .conftest import wait_until
@@ -28,12 +32,16 @@ def _ep(port: int, engine: str = "vllm") -> Endpoint:
     return Endpoint(name=f"127.0.0.1:{port}", address="127.0.0.1", port=port, engine=engine)
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["aiohttp", "httpx", "process"])
 async def collector_factory(request):
-    made: list[MetricsCollector] = []
+    made: list[CollectorBase] = []
 
-    async def make(ds: Datastore, timeout: float = 1.0) -> MetricsCollector:
-        c = MetricsCollector(ds, interval=INTERVAL, timeout=timeout, backend=request.param)
+    async def make(ds: Datastore, timeout: float = 1.0) -> CollectorBase:
+        c: CollectorBase
+        if request.param == "process":
+            c = ProcessCollector(ds, interval=INTERVAL, timeout=timeout)
+        else:
+            c = MetricsCollector(ds, interval=INTERVAL, timeout=timeout, backend=request.param)
         await c.start()
         made.append(c)
         return c
@@ -157,11 +165,12 @@ async def test_engine_per_endpoint(metrics_server_factory, collector_factory):
     assert collector.stats()[ep.name].ok >= 1 and "cache_config_info" in collector.stats()[ep.name].last_error
 
 
-async def test_stop_is_clean_and_idempotent(metrics_server_factory):
+@pytest.mark.parametrize("kind", [MetricsCollector, ProcessCollector])
+async def test_stop_is_clean_and_idempotent(metrics_server_factory, kind):
     server = await metrics_server_factory(_page())
     ds = Datastore()
     ds.upsert(_ep(server.port))
-    c = MetricsCollector(ds, interval=INTERVAL)
+    c = kind(ds, interval=INTERVAL)
     await c.start()
     await wait_until(lambda: server.hits >= 1)
     await c.stop()
@@ -174,3 +183,38 @@ async def test_stop_is_clean_and_idempotent(metrics_server_factory):
 def test_rejects_non_positive_interval():
     with pytest.raises(ValueError):
         MetricsCollector(Datastore(), interval=0)
+
+
+async def test_a_killed_scrape_process_is_replaced_and_scraping_resumes(metrics_server_factory):
+    server = await metrics_server_factory(_page(waiting=1))
+    ds = Datastore()
+    ep = ds.upsert(_ep(server.port))
+    c = ProcessCollector(ds, interval=INTERVAL)
+    await c.start()
+    try:
+        await wait_until(lambda: ep.metrics.waiting_queue_size == 1)
+        first = c.pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await wait_until(lambda: c.restarts == 1 and c.pid() not in (None, first), timeout=10)
+        server.body = _page(waiting=7)  # only a scrape by the new child can bring this in
+        await wait_until(lambda: ep.metrics.waiting_queue_size == 7, timeout=10)
+        assert c.scraping() == [ep.name]
+    finally:
+        await c.stop()
+
+
+async def test_the_scrape_process_ends_by_itself_when_the_epp_side_closes(metrics_server_factory):
+    server = await metrics_server_factory(_page())
+    ds = Datastore()
+    ds.upsert(_ep(server.port))
+    c = ProcessCollector(ds, interval=INTERVAL)
+    await c.start()
+    await wait_until(lambda: server.hits >= 1)
+    proc = c._proc
+    assert proc is not None
+    await c.stop()
+    assert proc.returncode == 0  # it saw its socket end and exited: not killed
+    hits = server.hits
+    await asyncio.sleep(5 * INTERVAL)
+    assert server.hits == hits
