@@ -1,5 +1,8 @@
 """Sample a process's RSS, open file descriptors and CPU at a fixed period, and fit slopes.
 
+A sample sums the process and every process below it: the EPP's scrape process, body-parser
+worker and ext_proc workers are part of what it costs.
+
 For the soak and the bounded-memory stages: a leak shows as a positive RSS or fd slope once
 every cache the process legitimately fills is full.
 """
@@ -13,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from epp.bench.procstat import cpu_seconds, rss_bytes
+from epp.bench.procstat import cpu_seconds, descendants, rss_bytes
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -58,9 +61,15 @@ class Sampler:
         self._t0 = time.monotonic()
 
     def sample(self) -> ProcSample:
-        s = ProcSample(
-            time.monotonic() - self._t0, rss_bytes(self.pid) / 1e6, fd_count(self.pid), cpu_seconds(self.pid)
-        )
+        rss = fds = 0
+        cpu = 0.0
+        os.kill(self.pid, 0)  # ProcessLookupError once the process itself is gone
+        for pid in descendants(self.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # exited in between
+                rss += rss_bytes(pid)
+                fds += fd_count(pid)
+                cpu += cpu_seconds(pid)
+        s = ProcSample(time.monotonic() - self._t0, rss / 1e6, fds, cpu)
         self.samples.append(s)
         return s
 

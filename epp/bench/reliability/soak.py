@@ -10,7 +10,7 @@ room, and every minute records the CPU this stack and all other processes used. 
 so a slowdown during the soak shows as failures instead of a lower rate. Prompts are distinct
 and ~600 characters, so the prefix index fills (the simulators report 2,048 KV blocks each,
 which bounds it) early in the run.
-The EPP's RSS and open file descriptors are sampled every 5 s; slopes are fitted over the
+The EPP's RSS and open file descriptors (its child processes included) are sampled every 5 s; slopes are fitted over the
 second half of the run, after the index is full. Bounds: 0 failures, RSS slope ≤ 0.1 MB/min,
 fd count flat.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from epp.bench.procstat import descendants
 from epp.bench.reliability.load import LoadResult, closed_loop, open_loop
 from epp.bench.reliability.picks import sample_value
 from epp.bench.reliability.procsample import Sampler, machine_busy_s, processes_cpu_s, second_half, slope_per_minute
@@ -144,7 +145,9 @@ def run(cfg: RunConfig, workdir: Path, progress: Progress) -> StageResult:
         rate = round(asyncio.run(_sustained_rate(gw, measured, 6.0 if cfg.quick else 20.0, progress)), 1)
         progress(f"soak: soaking at {rate:.0f} req/s for {cfg.soak_s:g} s")
         sampler = Sampler(epp.pid, period_s=2.0 if cfg.quick else 5.0).start()
-        pids = [p.popen.pid for p in st.procs if p.popen is not None and p.alive] + [os.getpid()]
+        # Each process with its children (the EPP's scrape process, Envoy under its shim).
+        pids = [d for p in st.procs if p.popen is not None and p.alive for d in descendants(p.popen.pid)]
+        pids.append(os.getpid())
         load, index, minutes = asyncio.run(_soak(gw, epp, rate, cfg.soak_s, sampler, pids, progress))
         samples = sampler.stop()
         alive = epp.proc.alive
