@@ -147,67 +147,73 @@ class GrpcApp:
         reader = MessageReader(self.max_message)
         fast = wire.response_body_chunk
         pending: asyncio.Future | None = None  # a receive() started while a request was held
-        while True:
+        try:
+            while True:
+                if pending is not None:
+                    m, pending = await pending, None
+                else:
+                    m = await receive()
+                if m["type"] != "http.request":
+                    raise _Gone
+                data = m.get("body", b"")
+                if data:
+                    try:
+                        messages = reader.feed(data)
+                    except FramingError as err:
+                        return err.status, err.message, True
+                    for message in messages:
+                        parsed = fast(message)
+                        if parsed is not None:
+                            out = state.response_body_wire(parsed[0], parsed[1])
+                            if out is not None:
+                                if out:
+                                    await _send(
+                                        send, {"type": "http.response.body", "body": frames(out), "more_body": True}
+                                    )
+                                continue
+                        try:
+                            req = _FromString(message)
+                        except DecodeError:
+                            _corrupt_log.warning(
+                                "ext_proc stream from %s sent a message that is not a "
+                                "ProcessingRequest; closed with INVALID_ARGUMENT",
+                                _peer(scope),
+                            )
+                            return (
+                                Status.INVALID_ARGUMENT,
+                                ("message is not an envoy.service.ext_proc.v3.ProcessingRequest"),
+                                True,
+                            )
+                        try:
+                            responses, close = state.handle(req)
+                            if state.held is not None:  # the prefill gate holds it: wait, then route again
+                                responses, pending = await self._hold(state, receive)
+                        except EppError as err:
+                            await _send_messages(send, [error_response(err).SerializeToString()])
+                            return Status.OK, "", True
+                        except _Gone:
+                            raise
+                        except Exception:
+                            _internal_log.log(
+                                logging.ERROR, "internal error while processing an ext_proc message", exc_info=True
+                            )
+                            internal = error_response(EppError(ErrorCode.INTERNAL, "internal error"))
+                            await _send_messages(send, [internal.SerializeToString()])
+                            return Status.OK, "", True
+                        if responses:
+                            await _send_messages(send, [r.SerializeToString() for r in responses])
+                        if close:
+                            return Status.OK, "", True
+                if not m.get("more_body", False):
+                    if reader.partial:
+                        return Status.INTERNAL, "the stream ended inside a message", False
+                    return Status.OK, "", False
+        finally:
             if pending is not None:
-                m, pending = await pending, None
-            else:
-                m = await receive()
-            if m["type"] != "http.request":
-                raise _Gone
-            data = m.get("body", b"")
-            if data:
-                try:
-                    messages = reader.feed(data)
-                except FramingError as err:
-                    return err.status, err.message, True
-                for message in messages:
-                    parsed = fast(message)
-                    if parsed is not None:
-                        out = state.response_body_wire(parsed[0], parsed[1])
-                        if out is not None:
-                            if out:
-                                await _send(
-                                    send, {"type": "http.response.body", "body": frames(out), "more_body": True}
-                                )
-                            continue
-                    try:
-                        req = _FromString(message)
-                    except DecodeError:
-                        _corrupt_log.warning(
-                            "ext_proc stream from %s sent a message that is not a "
-                            "ProcessingRequest; closed with INVALID_ARGUMENT",
-                            _peer(scope),
-                        )
-                        return (
-                            Status.INVALID_ARGUMENT,
-                            ("message is not an envoy.service.ext_proc.v3.ProcessingRequest"),
-                            True,
-                        )
-                    try:
-                        responses, close = state.handle(req)
-                        if state.held is not None:  # the prefill gate holds it: wait, then route again
-                            responses, pending = await self._hold(state, receive)
-                    except EppError as err:
-                        await _send_messages(send, [error_response(err).SerializeToString()])
-                        return Status.OK, "", True
-                    except _Gone:
-                        raise
-                    except Exception:
-                        _internal_log.log(
-                            logging.ERROR, "internal error while processing an ext_proc message", exc_info=True
-                        )
-                        await _send_messages(
-                            send, [error_response(EppError(ErrorCode.INTERNAL, "internal error")).SerializeToString()]
-                        )
-                        return Status.OK, "", True
-                    if responses:
-                        await _send_messages(send, [r.SerializeToString() for r in responses])
-                    if close:
-                        return Status.OK, "", True
-            if not m.get("more_body", False):
-                if reader.partial:
-                    return Status.INTERNAL, "the stream ended inside a message", False
-                return Status.OK, "", False
+                # A receive() started during a hold and not read because the call ended (an
+                # answer that closes it, an error): take its outcome, or a stream reset raised
+                # into it later would be logged as "Task exception was never retrieved".
+                _discard(pending)
 
     @staticmethod
     async def _hold(state: StreamState, receive: Receive) -> tuple[list[pb.ProcessingResponse], asyncio.Future | None]:
@@ -215,22 +221,25 @@ class GrpcApp:
         (and the request) at once instead of at the gate's maxWait."""
         settle = asyncio.ensure_future(state.settle_hold())
         recv = asyncio.ensure_future(_next(receive))
-        done, _ = await asyncio.wait((settle, recv), return_when=asyncio.FIRST_COMPLETED)
-        if settle not in done:
-            m = recv.result()
-            # A reset ends it; so does the end of the request stream while the request waits in
-            # the waiting room: Envoy closes its side gracefully (ext_proc_graceful_grpc_close)
-            # only when its client has gone and it wants no answer. A body still being parsed
-            # is not a wait: a plain gRPC client may half-close and still read its answer.
-            if m["type"] != "http.request" or (not m.get("more_body", False) and state.waiting()):
-                settle.cancel()
-                raise _Gone
-            await asyncio.wait((settle,))  # the peer sent more while held: read it after the hold
-        exc = settle.exception()
-        if exc is not None:
-            recv.cancel()
-            raise exc
-        return settle.result(), recv  # a done or pending receive(): the stream loop reads it next
+        try:
+            done, _ = await asyncio.wait((settle, recv), return_when=asyncio.FIRST_COMPLETED)
+            if settle not in done:
+                m = recv.result()
+                # A reset ends it; so does the end of the request stream while the request waits
+                # in the waiting room: Envoy closes its side gracefully (ext_proc_graceful_grpc_close)
+                # only when its client has gone and it wants no answer. A body still being parsed
+                # is not a wait: a plain gRPC client may half-close and still read its answer.
+                if m["type"] != "http.request" or (not m.get("more_body", False) and state.waiting()):
+                    raise _Gone
+                await asyncio.wait((settle,))  # the peer sent more while held: read it after the hold
+            responses = settle.result()
+        except BaseException:
+            # Gone, failed, or cancelled (the call's deadline, shutdown): neither task may outlive
+            # the call, or its outcome fails later unread ("Task exception was never retrieved").
+            _discard(settle)
+            _discard(recv)
+            raise
+        return responses, recv  # a done or pending receive(): the stream loop reads it next
 
     # ---- grpc.health.v1 ----------------------------------------------------------------------
 
@@ -308,6 +317,14 @@ class GrpcApp:
             gone.cancel()
             self._watch_tasks.discard(task)
             self.watches -= 1
+
+
+def _discard(task: asyncio.Future) -> None:
+    """Cancel `task`, or take its outcome if it has one, so nothing is left unread."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 async def _next(receive: Receive) -> dict[str, Any]:

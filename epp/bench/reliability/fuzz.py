@@ -355,8 +355,23 @@ class EppProgram(FuzzTarget):
         return sum(read_picks(self.proc.metrics_url).values())
 
     def errors(self) -> list[str]:
+        """Each error in the EPP's log with what follows it (its traceback, the task asyncio
+        names) up to the next timestamped line: what is needed to find the cause."""
         log = self.proc.proc.log_tail(100_000) if self.proc else ""
-        return [line for line in log.splitlines() if "Traceback" in line or " ERROR " in line or '"error"' in line]
+        out: list[str] = []
+        block: list[str] | None = None
+        for line in log.splitlines():
+            starts = line[:4].isdigit()  # "2026-..." : a new log record
+            if " ERROR " in line or '"error"' in line or ("Traceback" in line and block is None):
+                block = [line]
+                out.append("")
+            elif starts:
+                block = None
+            elif block is not None:
+                block.append(line.strip())
+            if block is not None:
+                out[-1] = " | ".join(block)
+        return out
 
     def rss(self) -> int:
         return rss_bytes(self.proc.pid) if self.alive else 0

@@ -5,6 +5,7 @@ h2corn still having what the EPP patches."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import grpc
 import h2corn._lib
@@ -86,3 +87,73 @@ async def test_an_open_health_watch_does_not_hold_the_shutdown():
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         # h2corn's graceful drain would wait for the watch (60 s by default): stop() ends it.
         await asyncio.wait_for(epp.stop(grace=0.5), 10)
+
+
+FLOW = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: estimated-ttft-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: estimated-ttft-scorer
+  - pluginRef: max-score-picker
+flowControl:
+  defaultRequestTTL: {ttl}
+"""
+
+
+async def _unhandled_while(run) -> list[str]:
+    """What asyncio reports as unhandled (a task's exception nobody read) while `run()` runs."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        await run()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    return [f"{c.get('message')}: {c.get('future') or c.get('exception')}" for c in unhandled]
+
+
+async def _waiting_request(ch, deadline: float) -> xc.Conversation:
+    conv = xc.Conversation(ch, timeout=deadline)
+    await conv.send(xc.request_headers())
+    await conv.send(xc.request_body(b'{"model":"m","prompt":"hi"}'))
+    return conv
+
+
+async def test_a_call_answered_at_the_end_of_its_wait_leaves_nothing_behind():
+    # The request waits (no endpoint yet) and is answered 503 when its TTL ends, closing the
+    # call while a receive() started during the wait is still out.
+    async def run() -> None:
+        async with running_epp([], FLOW.format(ttl="300ms")) as (_epp, ch):
+            for _ in range(3):
+                conv = await _waiting_request(ch, 10)
+                assert (await conv.recv()).immediate_response.status.code == 503
+                conv.call.cancel()  # the client goes, as Envoy's does after an immediate response
+            await asyncio.sleep(0.5)
+
+    assert await _unhandled_while(run) == []
+
+
+async def test_a_call_whose_deadline_ends_its_wait_leaves_nothing_behind():
+    # Found by the 20,000-stream fuzz ("Task exception was never retrieved" in the EPP's log):
+    # the call's grpc-timeout cancels a request that waits in the EPP; the wait's own tasks
+    # (the hold, the receive watching the client) must go with it, not fail later unread.
+    async def run() -> None:
+        async with running_epp([], FLOW.format(ttl="60s")) as (epp, ch):
+            for _ in range(3):
+                conv = await _waiting_request(ch, 0.3)
+                with pytest.raises(grpc.aio.AioRpcError) as exc:
+                    await conv.recv()
+                assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.3)
+            assert epp.flow.registry.count == 0  # the deadline took them out of the queue too
+
+    assert await _unhandled_while(run) == []
