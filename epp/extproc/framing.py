@@ -55,40 +55,63 @@ def frames(messages: list[bytes]) -> bytes:
 
 class MessageReader:
     """Splits the request's DATA chunks into gRPC messages (a message may span chunks, a chunk
-    may hold several messages)."""
+    may hold several messages).
 
-    __slots__ = ("_pending", "max_message")
+    A message spanning many chunks (a large body chunk arrives in 16 KB DATA frames) is kept as
+    a list of pieces and joined once it is complete: concatenating on every chunk would copy
+    it over and over (quadratic in its size), which held the event loop for tens of ms per
+    megabyte (the big-response stage of bench/results/reliability.md)."""
+
+    __slots__ = ("_have", "_need", "_pieces", "max_message")
 
     def __init__(self, max_message: int) -> None:
-        self._pending = b""
+        self._pieces: list[bytes] = []
+        self._have = 0  # bytes in _pieces
+        self._need = 0  # bytes the message begun in _pieces needs, header included (0: unknown yet)
         self.max_message = max_message
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._pending + data if self._pending else data
+        if self._pieces:
+            self._pieces.append(data)
+            self._have += len(data)
+            if self._need == 0 and self._have >= 5:
+                head = b"".join(self._pieces)
+                self._pieces = [head]
+                self._need = 5 + self._size(head, 0)
+            if self._need == 0 or self._have < self._need:
+                return []
+            data = b"".join(self._pieces)
+            self._pieces, self._have, self._need = [], 0, 0
         out: list[bytes] = []
-        i, n = 0, len(buf)
+        i, n = 0, len(data)
         while n - i >= 5:
-            if buf[i] != 0:
-                raise FramingError(
-                    Status.UNIMPLEMENTED, "compressed messages are not accepted (no grpc-encoding was offered)"
-                )
-            size = int.from_bytes(buf[i + 1 : i + 5], "big")
-            if size > self.max_message:
-                raise FramingError(
-                    Status.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the {self.max_message}-byte limit"
-                )
-            end = i + 5 + size
+            end = i + 5 + self._size(data, i)
             if end > n:
+                self._need = end - i
                 break
-            out.append(buf[i + 5 : end])
+            out.append(data[i + 5 : end])
             i = end
-        self._pending = buf[i:] if i < n else b""
+        if i < n:
+            rest = data[i:] if i else data
+            self._pieces, self._have = [rest], len(rest)
         return out
+
+    def _size(self, buf: bytes, i: int) -> int:
+        if buf[i] != 0:
+            raise FramingError(
+                Status.UNIMPLEMENTED, "compressed messages are not accepted (no grpc-encoding was offered)"
+            )
+        size = int.from_bytes(buf[i + 1 : i + 5], "big")
+        if size > self.max_message:
+            raise FramingError(
+                Status.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds the {self.max_message}-byte limit"
+            )
+        return size
 
     @property
     def partial(self) -> bool:
         """A message has begun but not ended (the client half-closed mid-message)."""
-        return bool(self._pending)
+        return bool(self._pieces)
 
 
 def trailers(status: Status, message: str = "") -> list[tuple[bytes, bytes]]:

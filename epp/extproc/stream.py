@@ -258,7 +258,7 @@ class StreamState:
             return []
         if len(data) <= msg.BODY_CHUNK_LIMIT:
             return [wire.streamed_body(data, eos)]
-        return [r.SerializeToString() for r in msg.streamed_body_responses(data, eos, response=True)]
+        return wire.streamed_bodies(data, eos, msg.BODY_CHUNK_LIMIT)
 
     def waiting(self) -> bool:
         """Whether a half-close now means the client has gone: the held request waits for room

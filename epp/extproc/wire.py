@@ -133,3 +133,11 @@ def streamed_body(body: bytes, end_of_stream: bool, response: bool = True) -> by
             _EOS_TRUE if end_of_stream else b"",
         )
     )
+
+
+def streamed_bodies(body: bytes, end_of_stream: bool, limit: int) -> list[bytes]:
+    """`body` as consecutive streamed_response messages of at most `limit` bytes each, EoS on
+    the last: what messages.streamed_body_responses() builds, without protobuf objects."""
+    starts = range(0, len(body), limit) if body else range(1)
+    last = starts[-1]
+    return [streamed_body(body[i : i + limit], end_of_stream and i == last) for i in starts]

@@ -4,13 +4,16 @@ Issue 13 found such a body (an embeddings batch) buffered and parsed on the even
 holding every other pick for up to 1.1 s. Two fake servers (badservers.py `big`) behind the
 EPP and Envoy; a client downloads the 80 MB /v1/embeddings answer through Envoy (the EPP sees
 every byte in FULL_DUPLEX_STREAMED) while picks are probed straight over ext_proc at 50/s.
-Bound: those picks' p99 < 50 ms.
+Bound: those picks' p99 < 50 ms. The downloads run in a process of their own: reading 80 MB
+on the probe's event loop would delay the probe itself, not the EPP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -41,11 +44,16 @@ async def _downloads(url: str, n: int) -> list[tuple[int, int, float]]:
     return out
 
 
+def _downloads_in_process(url: str, n: int) -> list[tuple[int, int, float]]:
+    return asyncio.run(_downloads(url, n))
+
+
 async def _during(grpc_port: int, url: str, n: int):
     stop = asyncio.Event()
     probe = asyncio.create_task(probe_picks(grpc_port, rate=50, seconds=600, stop=stop))
     try:
-        downloads = await _downloads(url, n)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            downloads = await asyncio.get_running_loop().run_in_executor(pool, _downloads_in_process, url, n)
     finally:
         stop.set()
     return downloads, await probe

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,3 +97,33 @@ def test_timeouts_and_trailers():
     assert parse_timeout(b"123456789S") is None and parse_timeout(b"S") is None and parse_timeout(b"5x") is None
     assert trailers(Status.OK) == [(b"grpc-status", b"0")]
     assert trailers(Status.INTERNAL, "100% bad\n") == [(b"grpc-status", b"13"), (b"grpc-message", b"100%25 bad%0A")]
+
+
+@given(
+    messages=st.lists(st.binary(max_size=300), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=30),
+)
+def test_reader_gives_the_same_messages_however_the_stream_is_cut(messages, cuts):
+    stream = b"".join(frame(m) for m in messages)
+    points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})
+    r = MessageReader(1000)
+    got = []
+    for a, b in itertools.pairwise(points):
+        got.extend(r.feed(stream[a:b]))
+    assert got == messages and not r.partial
+
+
+def test_reader_refuses_an_oversize_message_from_its_header_alone():
+    r = MessageReader(10)
+    r.feed(b"\x00\x00")  # the header itself arrives in pieces
+    with pytest.raises(FramingError) as err:
+        r.feed(b"\x00\x00\x0b")
+    assert err.value.status is Status.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("size", [0, 1, 62_000, 62_001, 124_000, 256_000])
+@pytest.mark.parametrize("eos", [False, True])
+def test_a_large_response_chunk_is_split_byte_for_byte_as_protobuf_splits_it(size, eos):
+    body = (bytes(range(256)) * 1001)[:size]
+    expected = [r.SerializeToString() for r in msg.streamed_body_responses(body, eos, response=True)]
+    assert wire.streamed_bodies(body, eos, msg.BODY_CHUNK_LIMIT) == expected
