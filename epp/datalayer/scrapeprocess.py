@@ -29,7 +29,6 @@ from typing import Any
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
-from epp.datalayer.fetch import DEFAULT_BACKEND
 from epp.datalayer.scrape import ScrapeResult, scrape_url
 from epp.datalayer.scrapechild import ADD, INTERVAL, REMOVE, ChildSettings
 from epp.datalayer.scraper import CollectorBase
@@ -42,17 +41,8 @@ _SET_FIELDS = frozenset({"active_models", "waiting_models", "served_models"})
 
 
 class ProcessCollector(CollectorBase):
-    def __init__(
-        self,
-        datastore: Datastore,
-        interval: float = 0.05,
-        timeout: float = 1.0,
-        *,
-        backend: str = DEFAULT_BACKEND,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, datastore: Datastore, interval: float = 0.05, timeout: float = 1.0, **kw: Any) -> None:
         super().__init__(datastore, interval, timeout, **kw)
-        self.backend = backend
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: asyncio.StreamReader | None = None

@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
@@ -61,6 +62,7 @@ class CollectorBase:
         interval: float = 0.05,
         timeout: float = 1.0,
         *,
+        backend: str = DEFAULT_BACKEND,
         scheme: str = "http",
         insecure_skip_verify: bool = True,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
@@ -70,7 +72,7 @@ class CollectorBase:
         """`interval` is the floor of the per-endpoint period (`--refresh-metrics-interval`);
         `max_scrapes_per_second` caps the whole pool's rate (<= 0: no cap); `interval_gauge`, a
         prometheus Gauge, then always reads `effective_interval`. `insecure_skip_verify` and
-        `max_page_bytes` configure the fetcher."""
+        `max_page_bytes` configure the fetcher, an HTTP client of `backend` (fetch.py)."""
         if interval <= 0 or timeout <= 0:
             raise ValueError(f"scrape interval and timeout must be positive (got {interval}, {timeout})")
         if scheme not in SCHEMES:
@@ -78,6 +80,7 @@ class CollectorBase:
         if max_page_bytes <= 0:
             raise ValueError(f"max_page_bytes must be positive (got {max_page_bytes})")
         self._ds = datastore
+        self.backend = backend
         self.interval = interval
         self.timeout = timeout
         self.scheme = scheme
@@ -258,19 +261,17 @@ class MetricsCollector(CollectorBase):
         timeout: float = 1.0,
         *,
         fetcher: Fetcher | None = None,
-        backend: str = DEFAULT_BACKEND,
-        **kw,
+        **kw: Any,
     ) -> None:
-        """`fetcher` replaces the one made at start from `backend` and the TLS/size settings."""
+        """`fetcher` replaces the one made at start from the backend and TLS/size settings."""
         super().__init__(datastore, interval, timeout, **kw)
         self._fetcher = fetcher
-        self._backend = backend
         self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
 
     async def _open(self) -> None:
         if self._fetcher is None:
             self._fetcher = make_fetcher(
-                self._backend, max_bytes=self.max_page_bytes, insecure_skip_verify=self.insecure_skip_verify
+                self.backend, max_bytes=self.max_page_bytes, insecure_skip_verify=self.insecure_skip_verify
             )
 
     async def _close(self, endpoints: list[Endpoint]) -> None:
