@@ -61,9 +61,12 @@ class UtilizationDetector:
         # load: fail open (as the reachability filter does) and judge them all by our counts.
         trust_down = unseen and not all(_unanswering(e) for e in endpoints)
         total = 0.0
+        # One pass with everything inlined (EndpointMetrics.stale, unseen_picks): flow control
+        # reads this on arrivals, and in a pool of 1,000 endpoints it is a loop of 1,000.
         for e in endpoints:
             m = e.metrics
-            if m.stale(stale, now):
+            seen = m.update_time
+            if seen == 0.0 or now - seen > stale + m.interval_stretch:
                 if unseen and not (trust_down and _unanswering(e)):
                     # No fresh page from a server that answers (not scraped yet, a page we cannot
                     # read): judge it by what the EPP itself sent it that has not started. The
@@ -72,7 +75,11 @@ class UtilizationDetector:
                 else:
                     total += 1.0
                 continue
-            waiting = m.waiting_queue_size + (unseen_picks(e) if unseen else 0)
+            waiting = m.waiting_queue_size
+            if unseen:
+                f = e.inflight
+                picked = f.picks - m.picks_seen
+                waiting += picked if picked < f.prefill_requests else f.prefill_requests
             a, b = waiting / q, m.kv_cache_usage_percent / kv
             total += a if a > b else b
         return total / len(endpoints)

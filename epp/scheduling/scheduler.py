@@ -81,10 +81,8 @@ def run_profile(
         scores = scorer.score(cycle, req, endpoints)
         if timer is not None:
             timer.observe("Scorer", scorer, t0)
-        for i in range(n):
-            s = scores[i]
-            # Clamp to [0, 1]: one misbehaving scorer must not drown out the others.
-            totals[i] += weight * (0.0 if s < 0 else 1.0 if s > 1 else s)
+        # Clamp to [0, 1]: one misbehaving scorer must not drown out the others.
+        totals = [t + weight * (0.0 if s < 0 else 1.0 if s > 1 else s) for t, s in zip(totals, scores, strict=True)]
     if profile.picker is None:
         raise EppError(ErrorCode.INTERNAL, f"profile {profile.name!r} has no picker")
     cycle[SCORES_KEY] = (endpoints, totals)  # for a trace's top scores: two references, no copy
