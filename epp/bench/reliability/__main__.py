@@ -39,12 +39,12 @@ def _progress(t0: float):
     return say
 
 
-def _load(path: Path) -> tuple[dict[str, StageResult], dict]:
+def _load(path: Path) -> dict[str, StageResult]:
     try:
         doc = json.loads(path.read_text())
-        return {d["name"]: StageResult.from_dict(d) for d in doc["stages"]}, doc.get("meta", {})
+        return {d["name"]: StageResult.from_dict(d) for d in doc["stages"]}
     except (OSError, ValueError, KeyError, TypeError):
-        return {}, {}
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     sidecar = out.with_suffix(".json")
     # With --only, the other stages keep the figures of the run that last measured them.
-    kept, before = _load(sidecar) if args.only and sidecar.exists() else ({}, {})
+    kept = _load(sidecar) if args.only and sidecar.exists() else {}
     kept = {n: r for n, r in kept.items() if n not in names}
-    if kept and before:
-        meta["full_run"] = before.get("full_run") or (
-            f"stages not rerun are from {before['date']} (`{before['command']}`, commit `{before['commit']}`, "
-            f"{before['wall_s'] / 60:.1f} minutes)"
-        )
+    if kept:
+        # Each stage records its own run (date, commit); a note carried over from an older run
+        # would go stale as soon as those stages are rerun one by one.
+        meta["full_run"] = "the other stages keep the figures of their own last run (the table's measured column)"
     results: list[StageResult] = []
 
     def save() -> Path:
