@@ -10,6 +10,9 @@ place on the EPP's side (scraper.CollectorBase.apply), so the two loops cannot d
 from __future__ import annotations
 
 import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +66,28 @@ async def scrape_once(fetcher: Fetcher, url: str, engine: str, timeout: float) -
     if not fields:
         return ScrapeResult(UNUSABLE, why="; ".join(errors) or "no metrics in page")
     return ScrapeResult(OK, fields, "; ".join(errors))
+
+
+async def scrape_loop(
+    fetcher: Fetcher,
+    url: str,
+    engine: str,
+    timeout: float,
+    interval: Callable[[], float],
+    deliver: Callable[[ScrapeResult], Awaitable[None] | None],
+) -> None:
+    """Scrape `url` every `interval()` seconds until cancelled, handing each outcome to `deliver`.
+
+    A slow scrape delays the next one instead of stacking them: the next starts one interval
+    after the previous one started, or at once if it took longer. `interval` is re-read every
+    round, so the schedule follows the scrape budget as the pool grows and shrinks."""
+    # Spread the first scrapes over one interval so N loops do not fire in lockstep.
+    await asyncio.sleep(random.random() * interval())
+    while True:
+        started = time.monotonic()
+        result = await scrape_once(fetcher, url, engine, timeout)
+        result.duration = elapsed = time.monotonic() - started
+        delivered = deliver(result)
+        if delivered is not None:
+            await delivered
+        await asyncio.sleep(max(0.0, interval() - elapsed))

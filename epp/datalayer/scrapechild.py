@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from epp.datalayer.fetch import Fetcher, make_fetcher
-from epp.datalayer.scrape import scrape_once
+from epp.datalayer.scrape import ScrapeResult, scrape_loop
 from epp.workers import ipc
 
 ADD, REMOVE, INTERVAL = 1, 2, 3
@@ -71,17 +69,11 @@ class Scraper:
             self.interval = float(message[1])
 
     async def _run(self, eid: int, url: str, engine: str) -> None:
-        # Spread the first scrapes over one interval so N loops do not fire in lockstep.
-        await asyncio.sleep(random.random() * self.interval)
-        while True:
-            started = time.monotonic()
-            result = await scrape_once(self._fetcher, url, engine, self.settings.timeout)
-            elapsed = time.monotonic() - started
-            self._writer.write(
-                ipc.encode([eid, result.kind, wire_fields(result.fields), result.why, result.warn, elapsed])
-            )
+        async def deliver(r: ScrapeResult) -> None:
+            self._writer.write(ipc.encode([eid, r.kind, wire_fields(r.fields), r.why, r.warn, r.duration]))
             await self._writer.drain()
-            await asyncio.sleep(max(0.0, self.interval - elapsed))
+
+        await scrape_loop(self._fetcher, url, engine, self.settings.timeout, lambda: self.interval, deliver)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any
 from epp.datalayer.datastore import Datastore
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.fetch import DEFAULT_BACKEND, DEFAULT_MAX_PAGE_BYTES, Fetcher, make_fetcher
-from epp.datalayer.scrape import ANSWERED, NO_ANSWER, OK, SCHEMES, ScrapeResult, scrape_once, scrape_url
+from epp.datalayer.scrape import ANSWERED, NO_ANSWER, OK, SCHEMES, ScrapeResult, scrape_loop, scrape_url
 from epp.datalayer.scrapebudget import MAX_SCRAPES_PER_SECOND, effective_interval
 
 log = logging.getLogger(__name__)
@@ -294,16 +293,10 @@ class MetricsCollector(CollectorBase):
             task.cancel()
 
     async def _run(self, ep: Endpoint) -> None:
-        # Spread the first scrapes over one interval so N loops do not fire in lockstep (this
-        # runs after every endpoint known at start has its task, so the interval fits the pool).
-        await asyncio.sleep(random.random() * self._effective)
+        # Started after every endpoint known at start has its task, so the first scrapes are
+        # spread over an interval that fits the pool.
+        assert self._fetcher is not None  # made in _open, before any loop starts
         url = scrape_url(ep.metrics_url, self.scheme)
-        while True:
-            started = time.monotonic()
-            fetcher = self._fetcher
-            if fetcher is None:
-                return
-            result = await scrape_once(fetcher, url, ep.engine, self.timeout)
-            result.duration = elapsed = time.monotonic() - started
-            self.apply(ep, result)
-            await asyncio.sleep(max(0.0, self._effective - elapsed))
+        await scrape_loop(
+            self._fetcher, url, ep.engine, self.timeout, lambda: self._effective, lambda r: self.apply(ep, r)
+        )
