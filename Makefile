@@ -76,9 +76,9 @@ bench-nginx: install
 bench-reliability: install
 	$(BIN)/python -m epp.bench.reliability $(RELIABILITY_ARGS)
 
-# Flow control live (~12 min): priority, fairness and queueing scenarios through Envoy + EPP on epp-sim
+# Flow control live (~19 min): priority, fairness and the two queueing scenarios through Envoy + EPP on epp-sim
 # -> bench/results/flowcontrol.{json,md} + flowcontrol-<scenario>.png (docs/bench.md).
-# FLOWCONTROL_ARGS="--quick" (~2 min, writes flowcontrol-quick.*), "--scenario priority", "--seeds 1,2".
+# FLOWCONTROL_ARGS="--quick" (~3 min, writes flowcontrol-quick.*), "--scenario priority", "--seeds 1,2".
 bench-flowcontrol: install
 	$(BIN)/epp-bench flowcontrol $(FLOWCONTROL_ARGS)
 	$(BIN)/epp-bench drain

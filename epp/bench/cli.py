@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
         help="flow control live (priority, fairness, queueing) -> "
         "bench/results/flowcontrol.{json,md} and flowcontrol-<scenario>.png",
     )
-    fc.add_argument("--scenario", choices=("priority", "fairness", "queueing", "all"), default="all")
+    fc.add_argument(
+        "--scenario", choices=("priority", "fairness", "queueing", "queueing-bounded", "all"), default="all"
+    )
     fc.add_argument("--seeds", default="1", help="comma-separated seeds; every scenario runs once per seed")
     fc.add_argument(
         "--quick",
@@ -355,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     fc.add_argument("--replicas", type=int, default=8)
     fc.add_argument("--max-wall-rps", type=float, default=40.0)
     fc.add_argument("--drain-s", type=float, default=45.0, help="wall seconds a run may go on after its last arrival")
+    fc.add_argument(
+        "--server-args",
+        default="",
+        help="extra epp-sim flags for every fleet, e.g. '--max-num-seqs 16' (servers with a bounded batch)",
+    )
     fc.add_argument(
         "--out",
         type=Path,

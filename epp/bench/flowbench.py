@@ -14,6 +14,9 @@ Three scenarios, each run on a fresh epp-sim fleet and a freshly started EPP + E
   global-strict (goal >= 0.95).
 * **queueing** — the `shared-prefix` and `sharegpt-like` workloads at 0.9 and 1.2 of capacity,
   epp-default against epp-default + flow control (the `epp-bench run` measurement, `live._run_point`).
+* **queueing-bounded** — the same on servers with a capped batch (`--max-num-seqs 16`) and ~1,000
+  requests per point: past capacity a backlog builds, in the servers' queues or, with flow control,
+  in the EPP (late binding). Headline: TTFT p90 / p99 and throughput with flow control over without.
 
 Capacity is the cost-model rate of epp/bench/capacity.py (ideal prefix reuse, decode batches of 16);
 time runs `time_scale` wall seconds per simulated second so the busiest run of a scenario sends at
@@ -270,10 +273,22 @@ class QueueingScenario:
     workload_params: dict[str, dict] = field(
         default_factory=lambda: {"shared-prefix": {"prompts_per_group": 15}, "sharegpt-like": {"n": 360}}
     )
+    server_args: tuple[str, ...] = ()  # extra epp-sim flags for this scenario's fleets
 
 
 QUEUEING = QueueingScenario()
-SCENARIOS = ("priority", "fairness", "queueing")
+# The same comparison where a server queue exists: vLLM-like servers whose running batch is capped
+# (`--max-num-seqs 16`, about the batch the capacity arithmetic assumes), and ~1,000 requests per
+# point so 1.2 x capacity stays overloaded long enough for a backlog to build. Without flow control
+# the backlog waits in the servers' first-come-first-served queues, bound to the server picked at
+# arrival; with it, past the detector's threshold the rest waits in the EPP and goes to whichever
+# server has room first (late binding).
+QUEUEING_BOUNDED = QueueingScenario(
+    name="queueing-bounded",
+    workload_params={"shared-prefix": {"prompts_per_group": 42}, "sharegpt-like": {"n": 1000}},
+    server_args=("--max-num-seqs", "16"),
+)
+SCENARIOS = ("priority", "fairness", "queueing", "queueing-bounded")
 
 
 @dataclass
@@ -286,6 +301,9 @@ class FlowBenchOptions:
     quick: bool = False
     configs: dict[str, str] = field(default_factory=lambda: dict(CONFIGS))
     variants: tuple[str, ...] | None = None  # override every scenario's variant list
+    # Extra epp-sim flags for every fleet (e.g. `--max-num-seqs 16`: servers whose batch is bounded,
+    # so past capacity requests wait in a server queue unless the EPP holds them).
+    server_args: tuple[str, ...] = ()
 
 
 def quick_scenarios() -> dict[str, Any]:
@@ -299,11 +317,14 @@ def quick_scenarios() -> dict[str, Any]:
             loads=(1.2,),
             workload_params={"sharegpt-like": {"n": 120}},
         ),
+        "queueing-bounded": replace(
+            QUEUEING_BOUNDED, workloads=("sharegpt-like",), loads=(1.2,), workload_params={"sharegpt-like": {"n": 240}}
+        ),
     }
 
 
 def full_scenarios() -> dict[str, Any]:
-    return {"priority": PRIORITY, "fairness": FAIRNESS, "queueing": QUEUEING}
+    return {"priority": PRIORITY, "fairness": FAIRNESS, "queueing": QUEUEING, "queueing-bounded": QUEUEING_BOUNDED}
 
 
 QUICK_DURATION = 2.0
@@ -547,7 +568,7 @@ def run_flow_scenario(
             skipped[key] = f"unknown config variant {variant!r} (known: {', '.join(opts.configs)})"
             log(f"    {variant}: skipped: {skipped[key]}")
             continue
-        fleet = start_fleet(FleetSpec(opts.replicas), ts, workdir)
+        fleet = start_fleet(FleetSpec(opts.replicas, extra=opts.server_args), ts, workdir)
         try:
             try:
                 router = _start(variant, opts.configs[variant], fleet, workdir)
@@ -590,7 +611,7 @@ def run_queueing(
         ts = time_scale_for(max(sc.loads) * cap, lopts)
         info[wname] = {"capacity": round(cap, 2), "time_scale": ts, "requests_per_point": len(base.requests)}
         log(
-            f"  queueing {wname} (seed {seed}): {len(base.requests)} requests per point, capacity {cap:.1f} req/s, "
+            f"  {sc.name} {wname} (seed {seed}): {len(base.requests)} requests per point, capacity {cap:.1f} req/s, "
             f"time scale {ts}"
         )
         for variant in variants:
@@ -598,7 +619,8 @@ def run_queueing(
             if variant not in opts.configs:
                 skipped[key] = f"unknown config variant {variant!r}"
                 continue
-            fleet = start_fleet(base.fleet, ts, workdir)
+            extra = base.fleet.extra + sc.server_args + opts.server_args
+            fleet = start_fleet(replace(base.fleet, extra=extra), ts, workdir)
             try:
                 try:
                     router = _start(variant, opts.configs[variant], fleet, workdir)
@@ -713,6 +735,7 @@ def describe_scenarios(scenarios: dict[str, Any], names: list[str], opts: FlowBe
                 "workloads": list(sc.workloads),
                 "loads": list(sc.loads),
                 "workload_params": sc.workload_params,
+                "server_args": [*sc.server_args, *opts.server_args],
             }
     return out
 
@@ -799,6 +822,7 @@ def main(args: Any, meta: Callable[[dict], dict], results_dir: Path) -> None:
         quick=args.quick,
         configs=configs,
         variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
+        server_args=tuple(args.server_args.split()),
     )
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     scenarios = quick_scenarios() if args.quick else full_scenarios()
@@ -824,6 +848,7 @@ def main(args: Any, meta: Callable[[dict], dict], results_dir: Path) -> None:
                 "replicas": opts.replicas,
                 "max_wall_rps": opts.max_wall_rps,
                 "drain_s": opts.drain_s,
+                "server_args": list(opts.server_args),
                 "static_objectives": STATIC_OBJECTIVES,
                 "fairness_baseline": FAIRNESS_BASELINE,
                 "configs": {k: v for k, v in configs.items() if k in used},

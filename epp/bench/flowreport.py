@@ -169,8 +169,9 @@ def _engaged_section(rows: list[dict]) -> list[str]:
                         f"{lab.get('fairness_id', '?')}/{lab.get('priority', '?')}/{lab.get('outcome', '?')}: "
                         f"{v / n / ts:.3f}"
                     )
+        run = r.get("run") or f"{r.get('workload')} {r.get('load')} seed {r.get('seed')}"
         lines.append(
-            f"| {r.get('scenario')} | {r.get('variant')} | {r.get('run', r.get('load'))} | "
+            f"| {r.get('scenario')} | {r.get('variant')} | {run} | "
             f"{mt.get('dispatches_total', 0):g} | {'; '.join(outcomes) or '–'} | {'; '.join(waits) or '–'} |"
         )
     if lines:
@@ -188,6 +189,109 @@ def _engaged_section(rows: list[dict]) -> list[str]:
     else:
         out += ["No run's EPP counted anything in its flow-control metrics: nothing went through flow control."]
     return [*out, ""]
+
+
+QUEUEING_TITLES = {
+    "queueing": "Queueing: existing workloads past capacity",
+    "queueing-bounded": "Queueing where a server queue exists: servers with a bounded batch",
+}
+QUEUEING_BASELINE = "default-nofc"  # "without flow control" in the paired table
+
+
+def _mean_wait(r: dict) -> float | None:
+    """Mean simulated seconds a run's requests spent in flow control (None: nothing went through it)."""
+    mt = r.get("epp_flow_control_metrics") or {}
+    total = sum(v for k, v in mt.items() if k.startswith("request_queue_duration_seconds_sum"))
+    n = sum(v for k, v in mt.items() if k.startswith("request_queue_duration_seconds_count"))
+    return total / n / (r.get("time_scale") or 1.0) if n else None
+
+
+def queueing_pairs(rows: list[dict], scenario: str, baseline: str = QUEUEING_BASELINE) -> list[dict]:
+    """Each flow-control variant's point beside the baseline's point of the same workload, load and seed."""
+    qrows = [r for r in rows if r.get("scenario") == scenario]
+    base = {(r["workload"], r["load"], r["seed"]): r for r in qrows if r["variant"] == baseline}
+    out = []
+    for r in qrows:
+        b = base.get((r["workload"], r["load"], r["seed"]))
+        if r["variant"] == baseline or b is None:
+            continue
+        out.append(
+            {
+                "workload": r["workload"],
+                "load": r["load"],
+                "seed": r["seed"],
+                "variant": r["variant"],
+                "p90": (b["ttft_p90"], r["ttft_p90"], _ratio(r["ttft_p90"], b["ttft_p90"])),
+                "p99": (b["ttft_p99"], r["ttft_p99"], _ratio(r["ttft_p99"], b["ttft_p99"])),
+                "tok_s": (
+                    b["output_tokens_per_s"],
+                    r["output_tokens_per_s"],
+                    _ratio(r["output_tokens_per_s"], b["output_tokens_per_s"]),
+                ),
+                "ok": (b["success_rate"], r["success_rate"]),
+                "from_queue": (r.get("epp_flow_control_metrics") or {}).get("dispatches_total", 0.0),
+                "mean_wait": _mean_wait(r),
+            }
+        )
+    return sorted(out, key=lambda p: (p["workload"], p["load"], p["seed"], p["variant"]))
+
+
+def _queueing_section(name: str, q: dict, rows: list[dict], info: dict, plot: str | None) -> list[str]:
+    server = " ".join(q.get("server_args") or [])
+    out = [f"## {QUEUEING_TITLES.get(name, name)}", ""]
+    out += [
+        f"Workloads {', '.join(q['workloads'])} (params {q['workload_params']}) at "
+        f"{', '.join(str(x) for x in q['loads'])} of capacity"
+        + (f", epp-sim with `{server}`" if server else "")
+        + "; the `epp-bench run` measurement (TTFT over successful requests, out tok/s = output tokens of "
+        "successful requests from the first arrival to the last completion). "
+        + "; ".join(
+            f"{w}: capacity {v['capacity']} req/s, time scale {v['time_scale']}, "
+            f"{v['requests_per_point']} requests per point"
+            for k, d in info.items()
+            if k.startswith(f"{name}/")
+            for w, v in d.items()
+        )
+        + ".",
+        "",
+    ]
+    pairs = queueing_pairs(rows, name)
+    if pairs:
+        out += [
+            f"With flow control against without (`{QUEUEING_BASELINE}`), same arrivals and lengths: ratios "
+            "below 1 are better for TTFT, above 1 for throughput. `from queue` counts requests the EPP held and "
+            "dispatched later; `mean wait` is the mean simulated time requests spent in flow control.",
+            "",
+            "| workload | load | seed | variant | TTFT p90 without / with (s) | p90 ratio | TTFT p99 without / with "
+            "(s) | p99 ratio | out tok/s without / with | tok/s ratio | from queue | mean wait (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in pairs:
+            out.append(
+                f"| {p['workload']} | {p['load']} | {p['seed']} | {p['variant']} | "
+                f"{_f(p['p90'][0])} / {_f(p['p90'][1])} | {_f(p['p90'][2], 2)} | "
+                f"{_f(p['p99'][0])} / {_f(p['p99'][1])} | {_f(p['p99'][2], 2)} | "
+                f"{_f(p['tok_s'][0], 1)} / {_f(p['tok_s'][1], 1)} | {_f(p['tok_s'][2], 3)} | "
+                f"{p['from_queue']:g} | {_f(p['mean_wait'])} |"
+            )
+        out.append("")
+    out += [
+        "| workload | load | variant | seed | ok rate | TTFT p50 / p90 / p99 (s) | e2e p90 (s) | out tok/s | "
+        "prefix hit | errors | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    qrows = sorted((r for r in rows if r.get("scenario") == name), key=lambda r: (r["workload"], r["load"], r["seed"]))
+    for r in qrows:
+        errs = ", ".join(f"{k} {v}" for k, v in (r.get("errors") or {}).items()) or "–"
+        out.append(
+            f"| {r['workload']} | {r['load']} | {r['variant']} | {r['seed']} | {r['success_rate']} | "
+            f"{_f(r['ttft_p50'])} / {_f(r['ttft_p90'])} / {_f(r['ttft_p99'])} | {_f(r['e2e_p90'])} | "
+            f"{r['output_tokens_per_s']} | {_f(r.get('prefix_cache_hit_rate'))} | {errs} | {r['wall_s']} |"
+        )
+    out.append("")
+    if plot:
+        out += [f"![{name}]({plot})", ""]
+    return out
 
 
 def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
@@ -277,42 +381,9 @@ def render(data: dict, plot_names: dict[str, str] | None = None) -> str:
         if "fairness" in plot_names:
             out += [f"![fairness]({plot_names['fairness']})", ""]
 
-    if "queueing" in scen:
-        q = scen["queueing"]
-        out += ["## Queueing: existing workloads past capacity", ""]
-        out += [
-            f"Workloads {', '.join(q['workloads'])} (params {q['workload_params']}) at "
-            f"{', '.join(str(x) for x in q['loads'])} of capacity; the `epp-bench run` measurement (TTFT over "
-            "successful requests, out tok/s = output tokens of successful requests from the first arrival to the "
-            "last completion). "
-            + "; ".join(
-                f"{w}: capacity {v['capacity']} req/s, time scale {v['time_scale']}, "
-                f"{v['requests_per_point']} requests per point"
-                for k, d in info.items()
-                if k.startswith("queueing/")
-                for w, v in d.items()
-            )
-            + ".",
-            "",
-        ]
-        out += [
-            "| workload | load | variant | seed | ok rate | TTFT p50 / p90 / p99 (s) | e2e p90 (s) | out tok/s | "
-            "prefix hit | errors | wall s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        qrows = sorted(
-            (r for r in rows if r.get("scenario") == "queueing"), key=lambda r: (r["workload"], r["load"], r["seed"])
-        )
-        for r in qrows:
-            errs = ", ".join(f"{k} {v}" for k, v in (r.get("errors") or {}).items()) or "–"
-            out.append(
-                f"| {r['workload']} | {r['load']} | {r['variant']} | {r['seed']} | {r['success_rate']} | "
-                f"{_f(r['ttft_p50'])} / {_f(r['ttft_p90'])} / {_f(r['ttft_p99'])} | {_f(r['e2e_p90'])} | "
-                f"{r['output_tokens_per_s']} | {_f(r.get('prefix_cache_hit_rate'))} | {errs} | {r['wall_s']} |"
-            )
-        out.append("")
-        if "queueing" in plot_names:
-            out += [f"![queueing]({plot_names['queueing']})", ""]
+    for name, q in scen.items():
+        if "workloads" in q:
+            out += _queueing_section(name, q, rows, info, plot_names.get(name))
 
     out += _engaged_section(rows)
     skipped = meta.get("skipped") or {}
@@ -454,8 +525,8 @@ def plot_fairness(rows: list[dict], meta: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_queueing(rows: list[dict], meta: dict, path: Path) -> Path | None:
-    qrows = [r for r in rows if r.get("scenario") == "queueing"]
+def plot_queueing(rows: list[dict], meta: dict, path: Path, scenario: str = "queueing") -> Path | None:
+    qrows = [r for r in rows if r.get("scenario") == scenario]
     if not qrows:
         return None
     import matplotlib
@@ -503,10 +574,15 @@ def write_outputs(data: dict, json_path: Path) -> list[Path]:
     stem = json_path.with_suffix("")
     plots: dict[str, str] = {}
     written = []
-    for name, plotter in PLOTTERS.items():
-        if name not in (data["meta"].get("scenarios") or {}):
+    for name, desc in (data["meta"].get("scenarios") or {}).items():
+        # A one-scenario run is already named for it (flowcontrol-queueing.json): no second suffix.
+        path = Path(f"{stem}.png") if stem.name.endswith(f"-{name}") else Path(f"{stem}-{name}.png")
+        if name in PLOTTERS:
+            p = PLOTTERS[name](data["rows"], data["meta"], path)
+        elif "workloads" in desc:
+            p = plot_queueing(data["rows"], data["meta"], path, name)
+        else:
             continue
-        p = plotter(data["rows"], data["meta"], Path(f"{stem}-{name}.png"))
         if p is not None:
             plots[name] = p.name
             written.append(p)

@@ -162,6 +162,66 @@ def test_report_headlines_compare_each_variant_with_its_own_baseline() -> None:
     assert "<code>flowcontrol</code>" in md  # the config text each variant ran with
 
 
+def _qrow(scenario: str, variant: str, load: float, p90: float, tok: float, **metrics: float) -> dict:
+    return {
+        "scenario": scenario,
+        "workload": "sharegpt-like",
+        "load": load,
+        "variant": variant,
+        "seed": 1,
+        "success_rate": 1.0,
+        "ttft_p50": p90 / 2,
+        "ttft_p90": p90,
+        "ttft_p99": p90 * 2,
+        "e2e_p90": 3.0,
+        "output_tokens_per_s": tok,
+        "wall_s": 30,
+        "time_scale": 2.0,
+        "epp_flow_control_metrics": dict(metrics),
+    }
+
+
+def test_each_queueing_scenario_pairs_flow_control_with_the_same_point_without_it() -> None:
+    waited = {
+        "dispatches_total": 600.0,
+        "request_queue_duration_seconds_sum{fairness_id=default-flow,outcome=Dispatched,priority=0}": 800.0,
+        "request_queue_duration_seconds_count{fairness_id=default-flow,outcome=Dispatched,priority=0}": 1000.0,
+    }
+    rows = [
+        _qrow("queueing", "default-nofc", 1.2, 0.40, 2400.0),
+        _qrow("queueing", "default-fc", 1.2, 0.42, 2376.0),
+        _qrow("queueing-bounded", "default-nofc", 1.2, 2.0, 2800.0),
+        _qrow("queueing-bounded", "default-fc", 1.2, 1.6, 2772.0, **waited),
+        _qrow("queueing-bounded", "default-fc", 0.9, 0.2, 2000.0),  # no baseline at 0.9: not paired
+    ]
+    desc = {"variants": ["default-nofc", "default-fc"], "workloads": ["sharegpt-like"], "loads": [0.9, 1.2]}
+    meta = {
+        "scenarios": {
+            "queueing": {**desc, "workload_params": {}},
+            "queueing-bounded": {**desc, "workload_params": {}, "server_args": ["--max-num-seqs", "16"]},
+        },
+        "scenario_info": {
+            "queueing/1": {"sharegpt-like": {"capacity": 96.0, "time_scale": 2.9, "requests_per_point": 360}},
+            "queueing-bounded/1": {"sharegpt-like": {"capacity": 94.6, "time_scale": 2.8, "requests_per_point": 1000}},
+        },
+    }
+    md = render({"meta": meta, "rows": rows})
+    plain, bounded = md.split("## Queueing where a server queue exists")
+    assert "| sharegpt-like | 1.2 | 1 | default-fc | 0.400 / 0.420 | 1.05 | 0.800 / 0.840 | 1.05 |" in plain
+    # 800 wall s over 1,000 requests at time scale 2: 0.4 simulated s each in the EPP.
+    assert (
+        "| sharegpt-like | 1.2 | 1 | default-fc | 2.000 / 1.600 | 0.80 | 4.000 / 3.200 | 0.80 | "
+        "2800.0 / 2772.0 | 0.990 | 600 | 0.400 |"
+    ) in bounded
+    assert "epp-sim with `--max-num-seqs 16`" in bounded and "1000 requests per point" in bounded
+    assert (
+        "| queueing-bounded | default-fc | sharegpt-like 1.2 seed 1 | 600 | – | default-flow/0/Dispatched: 0.400 |"
+        in md
+    )
+    assert "| 0.9 | 1 | default-fc |" not in md  # a point without its baseline is not paired
+    assert "| sharegpt-like | 0.9 | default-fc | 1 |" in bounded  # ...but listed
+
+
 def test_flow_control_counters_are_read_by_outcome_and_priority() -> None:
     page = "\n".join(
         [
