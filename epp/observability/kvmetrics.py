@@ -30,6 +30,11 @@ class KVEventsCollector(Collector):
         yield CounterMetricFamily(
             "epp_kv_events_bad_frames", "KV-event messages without [topic, seq, payload]", value=c.bad_frames
         )
+        yield CounterMetricFamily(
+            "epp_kv_events_unknown_topics",
+            "KV-event batches on the central zmqEndpoint whose topic names no known endpoint",
+            value=c.unknown_topics,
+        )
         r = CounterMetricFamily(
             "epp_kv_events_replays", "Replay requests to model servers, by outcome", labels=["outcome"]
         )

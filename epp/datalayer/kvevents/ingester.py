@@ -1,4 +1,5 @@
-"""The KV-event ingester: one ZMQ SUB socket per endpoint, all served by one thread.
+"""The KV-event ingester: one ZMQ SUB socket per endpoint, and/or one central SUB socket that
+publishers connect to (llm-d's `zmqEndpoint`), all served by one thread.
 
 Cold path, kept off the event loop: decoding msgpack and hashing token chunks costs CPU in
 proportion to the pool's token rate, and the thread blocks in zmq's poll (GIL released)
@@ -11,6 +12,15 @@ Per endpoint, in the order its publisher sent them:
   the replay fails — the endpoint's entries are dropped and rebuilt from the events that
   follow (a restarted engine's cache is empty anyway);
 * AllBlocksCleared and endpoint removal clear the endpoint.
+
+Two ways to reach the publishers, as llm-d has them: `discover_pods` dials each endpoint's
+PUB socket (vLLM binds `tcp://*:5557`); `zmq_endpoint` binds one SUB socket here that every
+publisher connects to (vLLM's endpoint set to this address: it connects when the address has
+no wildcard). On the central socket an endpoint is known only by its topic,
+`kv@<ip>:<port>@<model>`, matched to the endpoint's address and port; batches from a topic
+that names no known endpoint are counted and dropped (its endpoint has not been seen yet, or
+the publisher's topic is misconfigured). Sequence numbers, replay and clearing work the same
+either way: they are per endpoint, not per socket.
 
 Replay framing (kvevents.md §1): request [b"", start seq u64 BE]; replies
 [b"", seq, payload] (vLLM < 0.26) or [b"", topic, seq, payload], ended by seq = 2^64-1
@@ -55,6 +65,8 @@ class IngestConfig:
     replay_socket_port_offset: int | None = None
     topic_filter: str = "kv@"
     model_name: str = ""  # root of the keys when the topic names no model
+    zmq_endpoint: str | None = None  # bind one SUB socket here for publishers that connect
+    discover_pods: bool = True  # dial each endpoint's own publisher
     replay_idle_s: float = 2.0
     replay_max_s: float = 120.0
     replay_cooldown_s: float = 30.0
@@ -75,6 +87,20 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
+def pod_id(address: str, port: int | str) -> str:
+    """The `<ip>:<port>` a topic names an endpoint by (IPv6 without brackets)."""
+    return f"{address.strip('[]')}:{port}"
+
+
+def topic_pod(topic: bytes) -> str:
+    """kv@<ip>:<port>@<model> -> '<ip>:<port>' ('' when the topic does not have that shape)."""
+    parts = topic.decode("utf-8", "replace").split("@", 2)
+    if len(parts) < 2 or parts[0] != "kv":
+        return ""
+    host, sep, port = parts[1].rpartition(":")
+    return pod_id(host, port) if sep and host and port.isdigit() else ""
+
+
 def topic_model(topic: bytes) -> str:
     """kv@<ip>:<port>@<model> -> model ('' when the topic names none)."""
     parts = topic.decode("utf-8", "replace").split("@", 2)
@@ -88,13 +114,16 @@ class IngestCounters:
     bad_frames: int = 0
     replays: dict[str, int] = field(default_factory=lambda: {"complete": 0, "failed": 0})
     replayed_batches: int = 0
+    unknown_topics: int = 0  # central socket: batches whose topic names no known endpoint
 
 
 @dataclass
 class _Sub:
     name: str
-    sock: zmq.Socket
+    sock: zmq.Socket | None  # None: the endpoint reaches us through the central socket only
     replay: str | None
+    pod: str = ""
+    last_payload: int = 0  # hash of the last batch applied: tells a restart from a true duplicate
     seq: SeqTracker = field(default_factory=SeqTracker)
     seen: bool = False  # any valid batch: the endpoint publishes, its entries are precise
     cooldown_until: float = 0.0
@@ -112,6 +141,8 @@ class KVEventIngester:
         self._cmds: queue.SimpleQueue[tuple[str, str, str, int]] = queue.SimpleQueue()
         self._subs: dict[str, _Sub] = {}
         self._by_sock: dict[zmq.Socket, _Sub] = {}
+        self._by_pod: dict[str, _Sub] = {}  # '<ip>:<port>' -> endpoint, for the central socket
+        self._central: zmq.Socket | None = None
         self._publishing: set[str] = set()  # read by the hot path: endpoints with live events
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,6 +167,22 @@ class KVEventIngester:
 
         if self._thread is None:
             self._ctx = zmq.Context()
+            if self.config.zmq_endpoint:
+                # Bound here, not in the thread, so a bad or taken address fails the start
+                # with its reason; the thread then owns the socket (handed over at start()).
+                sock = self._ctx.socket(zmq.SUB)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVHWM, 1_000_000)
+                sock.setsockopt(zmq.SUBSCRIBE, self.config.topic_filter.encode())
+                try:
+                    sock.bind(self.config.zmq_endpoint)
+                except zmq.ZMQError as exc:
+                    sock.close(linger=0)
+                    self._ctx.term()
+                    self._ctx = None
+                    # OSError: what the runner reports for any address it cannot bind.
+                    raise OSError(f"kvEventsConfig.zmqEndpoint {self.config.zmq_endpoint!r}: {exc}") from None
+                self._central = sock
             self._thread = threading.Thread(target=self._run, name="kv-events", daemon=True)
             self._thread.start()
 
@@ -145,8 +192,13 @@ class KVEventIngester:
             self._thread.join(timeout=5)
             self._thread = None
         for sub in list(self._subs.values()):
-            sub.sock.close(linger=0)
+            if sub.sock is not None:
+                sub.sock.close(linger=0)
         self._subs.clear()
+        self._by_pod.clear()
+        if self._central is not None:
+            self._central.close(linger=0)
+            self._central = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -157,10 +209,13 @@ class KVEventIngester:
         import zmq
 
         poller = zmq.Poller()
+        central = self._central
+        if central is not None:
+            poller.register(central, zmq.POLLIN)
         while not self._stop.is_set():
             self._commands(poller)
             try:
-                if self._subs:
+                if self._by_sock or central is not None:
                     ready = poller.poll(POLL_MS)
                 else:
                     time.sleep(POLL_MS / 1000)
@@ -169,18 +224,23 @@ class KVEventIngester:
                 continue
             for sock, _ev in ready:
                 sub = self._by_sock.get(sock)
-                if sub is None:
+                if sub is None and sock is not central:
                     continue
-                # Drain what is there, bounded, so one busy endpoint cannot starve the rest.
-                for _ in range(256):
+                # Drain what is there, bounded, so one busy endpoint cannot starve the rest
+                # (the central socket carries every endpoint: a larger share).
+                for _ in range(256 if sub is not None else 4096):
                     try:
                         frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
                     except zmq.Again:
                         break
+                    src = sub if sub is not None else self._by_pod.get(topic_pod(frames[0]) if frames else "")
+                    if src is None:
+                        self.counters.unknown_topics += 1
+                        continue
                     try:
-                        self._live(sub, frames)
+                        self._live(src, frames)
                     except Exception:  # never let one endpoint's stream stop the thread
-                        log.exception("kv events from %s: unexpected error", sub.name)
+                        log.exception("kv events from %s: unexpected error", src.name)
 
     def _commands(self, poller: zmq.Poller) -> None:
         import zmq
@@ -192,9 +252,12 @@ class KVEventIngester:
                 return
             old = self._subs.pop(name, None)
             if old is not None:
-                poller.unregister(old.sock)
-                self._by_sock.pop(old.sock, None)
-                old.sock.close(linger=0)
+                if old.sock is not None:
+                    poller.unregister(old.sock)
+                    self._by_sock.pop(old.sock, None)
+                    old.sock.close(linger=0)
+                if self._by_pod.get(old.pod) is old:
+                    del self._by_pod[old.pod]
                 self._publishing.discard(name)
             if op == "remove":
                 self.index.remove_endpoint(name)
@@ -202,17 +265,21 @@ class KVEventIngester:
             self.index.remove_endpoint(name)  # a re-added endpoint starts from nothing
             self.index.add_endpoint(name, self.config.model_name)
             assert self._ctx is not None
-            sock = self._ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 200)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
-            sock.setsockopt(zmq.SUBSCRIBE, self.config.topic_filter.encode())
-            sock.connect(self.config.sub_address(address, port))
-            sub = _Sub(name, sock, self.config.replay_address(address, port))
+            sock = None
+            if self.config.discover_pods:
+                sock = self._ctx.socket(zmq.SUB)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVHWM, 100_000)
+                sock.setsockopt(zmq.RECONNECT_IVL, 200)
+                sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+                sock.setsockopt(zmq.SUBSCRIBE, self.config.topic_filter.encode())
+                sock.connect(self.config.sub_address(address, port))
+            sub = _Sub(name, sock, self.config.replay_address(address, port), pod_id(address, port))
             self._subs[name] = sub
-            self._by_sock[sock] = sub
-            poller.register(sock, zmq.POLLIN)
+            self._by_pod[sub.pod] = sub
+            if sock is not None:
+                self._by_sock[sock] = sub
+                poller.register(sock, zmq.POLLIN)
 
     def _live(self, sub: _Sub, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != 8:
@@ -221,6 +288,10 @@ class KVEventIngester:
         topic, seq_b, payload = frames
         seq = int.from_bytes(seq_b, "big")
         kind = sub.seq.classify(seq)
+        if kind is Seq.DUPLICATE and hash(payload) != sub.last_payload:
+            # The same number with other content: an engine that restarted after one batch
+            # (its numbers start over at 0), not the same batch twice.
+            kind = Seq.RESET
         c = self.counters
         c.batches[kind.value] += 1
         if self._on_batch is not None:
@@ -260,6 +331,7 @@ class KVEventIngester:
             return
         self.index.apply(sub.name, events)
         sub.seq.advance(seq)
+        sub.last_payload = hash(payload)
         if not sub.seen:
             sub.seen = True
             self._publishing.add(sub.name)

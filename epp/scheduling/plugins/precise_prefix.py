@@ -219,6 +219,9 @@ class PodDiscoveryParams(_Sub):
 
 
 class KvEventsParams(_Sub):
+    # One SUB socket the EPP binds (e.g. tcp://*:5557) that every model server's publisher
+    # connects to; endpoints are told apart by their topics' `<ip>:<port>`.
+    zmq_endpoint: str = Field("", alias="zmqEndpoint", pattern=r"^(|(tcp|ipc)://.+)$")
     topic_filter: str = Field("kv@", alias="topicFilter")
     engine_type: str = Field("vllm", alias="engineType", pattern="^(vllm|sglang)$")
     discover_pods: bool = Field(True, alias="discoverPods")
@@ -257,6 +260,11 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
         ix = params.indexer_config
         self.index = KVBlockIndex(self.block_size, ix.max_blocks, tp.hash_seed, ix.cpu_weight)
         kv = params.kv_events_config
+        if not kv.discover_pods and not kv.zmq_endpoint:
+            raise ValueError(
+                "kvEventsConfig: discoverPods is false and no zmqEndpoint is set, so no KV events "
+                "would ever arrive (set zmqEndpoint, or leave discoverPods true)"
+            )
         pd = kv.pod_discovery_config
         self.ingest_config = IngestConfig(
             socket_port=pd.socket_port,
@@ -265,6 +273,8 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
             replay_socket_port_offset=pd.replay_socket_port_offset,
             topic_filter=kv.topic_filter,
             model_name=kv.model_name,
+            zmq_endpoint=kv.zmq_endpoint or None,
+            discover_pods=kv.discover_pods,
         )
         self.ingester = KVEventIngester(self.index, self.ingest_config)
         self.approx = ApproxPrefixCacheProducer(name + "/approximate", PrefixProducerParams())

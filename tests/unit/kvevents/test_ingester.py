@@ -157,6 +157,28 @@ def test_engine_restart_clears_the_endpoint(rig):
     assert rig.index.match(keys(B)) == {}
 
 
+@pytest.mark.parametrize("rig", [{"replay": False}], indirect=True)
+def test_a_restart_after_one_batch_is_a_reset_not_a_duplicate(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))  # batch 0
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    rig.restart_publisher()
+    time.sleep(0.5)
+    rig.publish(store([21, 22, 23, 24], B))  # batch 0 again, from the new process
+    assert rig.settle(lambda: rig.index.match(keys(B)) == {"pod": 4.0})
+    assert rig.index.match(keys(A)) == {}  # the old process's blocks went with it
+    assert rig.ing.counters.batches["reset"] == 1 and rig.ing.counters.batches["duplicate"] == 0
+
+
+def test_the_same_batch_twice_is_a_duplicate(rig):
+    rig.subscribe()
+    rig.publish(store([1, 2, 3, 4], A))
+    assert rig.settle(lambda: rig.index.match(keys(A)) == {"pod": 4.0})
+    rig.pub._sock.send_multipart([b"kv@127.0.0.1:8000@m", (0).to_bytes(8, "big"), rig.pub._buffer[-1][1]])
+    assert rig.settle(lambda: rig.ing.counters.batches["duplicate"] == 1)
+    assert rig.index.match(keys(A)) == {"pod": 4.0} and rig.ing.counters.batches["reset"] == 0
+
+
 def test_late_join_replays_history(rig):
     rig.publish(store([1, 2], A[:8]))  # nobody listens yet
     rig.publish(store([3, 4], A[8:], parent=2))
@@ -206,3 +228,120 @@ def test_removing_the_endpoint_forgets_it(rig):
     rig.ing.remove("pod")
     assert rig.settle(lambda: rig.ing.subscribers == 0 and rig.index.match(keys(A)) == {})
     assert not rig.ing.publishing("pod")
+
+
+class CentralRig:
+    """llm-d's `zmqEndpoint`: the ingester binds one SUB socket, publishers connect to it and
+    are told apart by their topics."""
+
+    def __init__(self, discover_pods: bool = False):
+        self.port = free_port()
+        self.index = KVBlockIndex(block_size=BS)
+        cfg = IngestConfig(zmq_endpoint=f"tcp://127.0.0.1:{self.port}", discover_pods=discover_pods)
+        self.ing = KVEventIngester(self.index, cfg)
+        self.ing.start()
+        self.pubs = {}
+
+    def publisher(self, host: str, port: int = 8000) -> KVEventPublisher:
+        pub = KVEventPublisher(f"tcp://127.0.0.1:{self.port}", f"kv@{host}:{port}@{MODEL}", connect=True)
+        self.pubs[host] = pub
+        return pub
+
+    def close(self):
+        self.ing.stop()
+        for pub in self.pubs.values():
+            pub.close()
+
+
+@pytest.fixture
+def central():
+    r = CentralRig()
+    yield r
+    r.close()
+
+
+def _publish_until(pub, events, cond, timeout=5.0):
+    """A connecting PUB drops what it sends before its connection is up (ZMQ's slow joiner):
+    send, then resend a fresh copy under the next sequence number until the index shows it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.publish(list(events))
+        if wait_for(cond, 0.3):
+            return True
+    return cond()
+
+
+def test_publishers_that_connect_to_the_central_socket_reach_their_own_endpoints(central):
+    central.ing.add("pod-a", "127.0.0.2", 8000)
+    central.ing.add("pod-b", "127.0.0.3", 8000)
+    a, b = central.publisher("127.0.0.2"), central.publisher("127.0.0.3")
+    assert _publish_until(a, [store([1, 2, 3, 4], A)], lambda: central.index.match(keys(A)) == {"pod-a": 4.0})
+    assert _publish_until(b, [store([5, 6, 7, 8], B)], lambda: central.index.match(keys(B)) == {"pod-b": 4.0})
+    assert central.index.match(keys(A)) == {"pod-a": 4.0}  # b's events did not land on a
+    assert central.ing.publishing("pod-a") and central.ing.publishing("pod-b")
+    # Per endpoint sequence numbers and removes, as with a socket per endpoint.
+    b.publish([BlockRemoved([7])])
+    assert wait_for(lambda: central.index.match(keys(B)) == {"pod-b": 2.0})
+    assert central.index.match(keys(A)) == {"pod-a": 4.0}
+
+
+def test_a_topic_that_names_no_endpoint_is_counted_and_dropped(central):
+    central.ing.add("pod-a", "127.0.0.2", 8000)
+    stranger = central.publisher("127.0.0.9")
+    assert _publish_until(stranger, [store([1, 2, 3, 4], A)], lambda: central.ing.counters.unknown_topics > 0)
+    assert central.index.match(keys(A)) == {}
+    # The same server on another port is another endpoint.
+    other_port = central.publisher("127.0.0.2", 9000)
+    before = central.ing.counters.unknown_topics
+    assert _publish_until(other_port, [store([1, 2, 3, 4], A)], lambda: central.ing.counters.unknown_topics > before)
+    assert central.index.match(keys(A)) == {}
+    # Once its endpoint is known, the server's events count (from a late join: what follows).
+    central.ing.add("pod-9", "127.0.0.9", 8000)
+    assert _publish_until(stranger, [store([1, 2, 3, 4], A)], lambda: central.index.match(keys(A)) == {"pod-9": 4.0})
+
+
+def test_a_removed_endpoint_stops_matching_its_topic(central):
+    central.ing.add("pod-a", "127.0.0.2", 8000)
+    a = central.publisher("127.0.0.2")
+    assert _publish_until(a, [store([1, 2, 3, 4], A)], lambda: central.index.match(keys(A)) == {"pod-a": 4.0})
+    central.ing.remove("pod-a")
+    assert wait_for(lambda: central.index.match(keys(A)) == {})
+    before = central.ing.counters.unknown_topics
+    assert _publish_until(a, [store([1, 2, 3, 4], A)], lambda: central.ing.counters.unknown_topics > before)
+    assert central.index.match(keys(A)) == {}
+
+
+def test_a_central_address_that_cannot_be_bound_fails_the_start_with_its_reason():
+    taken = CentralRig()
+    try:
+        ing = KVEventIngester(KVBlockIndex(block_size=BS), IngestConfig(zmq_endpoint=taken.ing.config.zmq_endpoint))
+        with pytest.raises(OSError, match=r"zmqEndpoint 'tcp://127\.0\.0\.1:\d+'"):
+            ing.start()
+        ing.stop()  # nothing was left running
+    finally:
+        taken.close()
+
+
+def test_central_and_per_endpoint_subscriptions_work_side_by_side():
+    rig = Rig(replay=False)
+    try:
+        cfg = IngestConfig(socket_port=rig.port, zmq_endpoint=f"tcp://127.0.0.1:{free_port()}")
+        ing = KVEventIngester(KVBlockIndex(block_size=BS), cfg)
+        ing.start()
+        try:
+            ing.add("dialled", "127.0.0.1", 8000)  # rig's publisher binds; we dial it
+            ing.add("connecting", "127.0.0.5", 8000)
+            time.sleep(0.3)
+            pub = KVEventPublisher(cfg.zmq_endpoint, f"kv@127.0.0.5:8000@{MODEL}", connect=True)
+            try:
+                assert _publish_until(
+                    pub, [store([5, 6, 7, 8], B)], lambda: ing.index.match(keys(B)) == {"connecting": 4.0}
+                )
+                rig.publish(store([1, 2, 3, 4], A))
+                assert wait_for(lambda: ing.index.match(keys(A)) == {"dialled": 4.0})
+            finally:
+                pub.close()
+        finally:
+            ing.stop()
+    finally:
+        rig.close()

@@ -50,17 +50,28 @@ schedulingProfiles:
 """
 
 
-class Pool:
-    """Two sim replicas; replica i serves HTTP on http_base+i, publishes on kv_base+i."""
+def central_config(port: int) -> str:
+    """llm-d's central socket: the EPP binds it, the servers' publishers connect to it."""
+    return config(0).replace(
+        "      podDiscoveryConfig:\n        socketPortOffset: 0",
+        f"      zmqEndpoint: tcp://127.0.0.1:{port}\n      discoverPods: false",
+    )
 
-    def __init__(self, replay: bool) -> None:
+
+class Pool:
+    """Two sim replicas; replica i serves HTTP on http_base+i, publishes on kv_base+i (or, with
+    `central`, connects its publisher to that one port, where the EPP listens)."""
+
+    def __init__(self, replay: bool, central: int | None = None) -> None:
         self.http = [free_port(), free_port()]
         self.replay = replay
+        self.central = central
         self.servers: list[SimServer] = []
         self.engine = EngineConfig(num_gpu_blocks=40, block_size=BS, max_model_len=512, hash_seed=7)
 
     def cfg(self, i: int) -> ReplicaConfig:
         # Every replica gets the same offset between HTTP and KV ports, as the EPP is told.
+        kv = self.central or self.http[i] + self.kv_offset
         return ReplicaConfig(
             index=0,
             port=self.http[i],
@@ -69,7 +80,8 @@ class Pool:
             engine=self.engine,
             time_scale=0.01,
             seed=7,
-            kv_events_endpoint=f"tcp://127.0.0.1:{self.http[i] + self.kv_offset}",
+            kv_events_endpoint=f"tcp://127.0.0.1:{kv}",
+            kv_events_connect=self.central is not None,
             kv_events_replay_endpoint=(f"tcp://127.0.0.1:{self.http[i] + self.replay_offset}" if self.replay else None),
         )
 
@@ -167,6 +179,42 @@ async def test_picks_follow_what_the_servers_really_hold(pool):
         await agree(pool, epp, [p])
         assert believed(epp, "sim-1", p) == 6  # 96 tokens = 6 blocks
         assert await pick(ch, p + prompt(2, 16)) == f"127.0.0.1:{pool.http[1]}"
+
+
+async def test_servers_that_connect_to_the_epps_central_socket_are_told_apart_by_topic():
+    pool = Pool(replay=False, central=free_port())
+    await pool.start()
+    try:
+        async with running_epp(pool.endpoints(), central_config(pool.central)) as (epp, ch):
+            await asyncio.sleep(0.5)  # the publishers' connections retry until the EPP has bound
+            ps = [prompt(1), prompt(2)]
+            async with aiohttp.ClientSession() as s:
+                await complete(s, pool.http[1], ps[0])
+                await complete(s, pool.http[0], ps[1])
+                await agree(pool, epp, ps)
+                assert believed(epp, "sim-1", ps[0]) == 6 and believed(epp, "sim-0", ps[0]) == 0
+                assert await pick(ch, ps[0] + prompt(3, 16)) == f"127.0.0.1:{pool.http[1]}"
+                # A restart through the shared socket: that endpoint's numbers start over.
+                await pool.restart(1)
+                await asyncio.sleep(0.5)
+                await complete(s, pool.http[1], ps[1])
+                await agree(pool, epp, ps)
+            producer = epp.config.plugins["precise-prefix-cache-producer"]
+            assert believed(epp, "sim-1", ps[0]) == 0 and believed(epp, "sim-1", ps[1]) == 6
+            assert producer.ingester.counters.batches["reset"] >= 1
+            assert producer.ingester.counters.unknown_topics == 0
+    finally:
+        await pool.stop()
+
+
+def test_discover_pods_off_without_a_central_socket_is_a_config_error():
+    from epp.scheduling.config import ConfigError, load_config
+
+    text = config(0).replace("      podDiscoveryConfig:\n        socketPortOffset: 0", "      discoverPods: false")
+    with pytest.raises(ConfigError, match="discoverPods is false and no zmqEndpoint"):
+        load_config(text, "test")
+    with pytest.raises(ConfigError, match="zmqEndpoint"):
+        load_config(central_config(1).replace("tcp://127.0.0.1:1", "127.0.0.1:1"), "test")
 
 
 async def test_restarted_server_is_forgotten_and_relearned(pool):
