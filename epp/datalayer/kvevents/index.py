@@ -12,6 +12,17 @@ Layout, chosen for memory (Python objects are large; see `BYTES_PER_BLOCK`):
   a BlockStored names its parent, a BlockRemoved its blocks, by engine hash), and `refs`:
   our key -> store counts per tier, because each physical copy is stored and removed
   separately and offload connectors send duplicates.
+
+The engine's block size E need not be ours (B) when one divides the other (llm-d maps by the
+length ratio too):
+* E = k·B (the engine's blocks are coarser): an engine block is k of our keys; the bridge
+  holds the tuple, and removing the engine block removes all k.
+* B = k·E (finer): k engine blocks make one of our keys, complete once its last one is
+  stored, possibly in a later event than the first. The bridge then holds a `_Fine` record
+  per engine block: the key the run chains from, the tokens of our block's engine blocks so
+  far, and which of our keys (one per continuation) it is part of; removing any of those
+  engine blocks removes those keys, since the server no longer holds all of the block.
+Other ratios cannot be aligned and are counted as `size_mismatch`.
 """
 
 from __future__ import annotations
@@ -19,24 +30,64 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from epp.datalayer.kvevents.decode import Cleared, Event, Removed, Stored
-from epp.datalayer.kvevents.keys import chain_keys, root_key
+from epp.datalayer.kvevents.keys import block_key, chain_keys, pack_tokens, root_key
 
 # Measured with tracemalloc (tests/unit/kvevents/test_index.py) with 64-bit hashes: ~80 B per
-# distinct block (its key and holder mask) plus ~135 B per endpoint holding it (bridge and refs).
+# distinct block (its key and holder mask) plus ~135 B per endpoint holding it (bridge and refs)
+# when the engine's block size is ours.
 KEY_BYTES = 80
-HOLDER_BYTES = 135
+REFS_BYTES = 45  # per key an endpoint holds: its store counts
+BRIDGE_BYTES = 90  # per engine block an endpoint holds, when its block size is ours
+HOLDER_BYTES = REFS_BYTES + BRIDGE_BYTES
+
+
+def bridge_bytes(engine_block: int, ours: int) -> int:
+    """Bytes per bridge entry (tracemalloc-fitted within ~10 %, test_index.py): an int when
+    block sizes agree, a tuple of k keys when the engine's blocks are k of ours, a `_Fine`
+    record with its partial block's tokens (2·E·(k-1) bytes on average) when k make one."""
+    if engine_block == ours or not engine_block:
+        return BRIDGE_BYTES
+    if engine_block > ours:
+        return BRIDGE_BYTES + 33 * (engine_block // ours)
+    k = ours // engine_block
+    return 260 + 2 * engine_block * (k - 1) + 4 * k
+
+
 _CPU_SHIFT = 20  # refs pack the GPU count in the low bits, the CPU count above
 _LOW = (1 << _CPU_SHIFT) - 1
 TIER_WEIGHTS = {"gpu": 1.0, "cpu": 0.8}
 
 
 @dataclass(slots=True)
+class _Fine:
+    """An engine block smaller than ours (B = k·E): where its run stands in our block."""
+
+    prev: int  # the key our current block chains from (this block's own key once it completes one)
+    pend: bytes  # packed tokens of our current block's engine blocks up to this one (b"" when complete)
+    members: tuple[int, ...]  # their engine hashes, this one last (() when complete)
+    extra: tuple[Any, ...]  # extra keys gathered for our current block so far
+    keys: list[int] = field(default_factory=list)  # our complete blocks this engine block is part of
+
+
+_Bridge = int | tuple[int, ...] | _Fine
+
+
+def _keys_of(v: _Bridge) -> tuple[int, ...] | list[int]:
+    if isinstance(v, int):
+        return (v,)
+    if isinstance(v, tuple):
+        return v
+    return v.keys
+
+
+@dataclass(slots=True)
 class _Pod:
     bit: int  # endpoint slot p: GPU bit 2p, CPU bit 2p+1
     model: str
-    engine: dict[int, int] = field(default_factory=dict)
+    engine: dict[int, _Bridge] = field(default_factory=dict)
     refs: dict[int, int] = field(default_factory=dict)
     block_size: int = 0  # the engine's, from its events
 
@@ -117,7 +168,10 @@ class KVBlockIndex:
 
     @property
     def memory_bytes(self) -> int:
-        return KEY_BYTES * len(self._held) + HOLDER_BYTES * sum(len(p.refs) for p in list(self._pods.values()))
+        total = KEY_BYTES * len(self._held)
+        for p in list(self._pods.values()):
+            total += REFS_BYTES * len(p.refs) + bridge_bytes(p.block_size, self.block_size) * len(p.engine)
+        return total
 
     # ---- events (ingester thread) ----------------------------------------------------------------
 
@@ -143,15 +197,17 @@ class KVBlockIndex:
         if not ev.token_ids:
             # A copy of blocks the pod already named (CPU offload): resolve through the bridge.
             for h in ev.hashes:
-                key = pod.engine.get(h)
-                if key is not None:
-                    self._add(pod, key, h, tier_shift)
+                v = pod.engine.get(h)
+                if v is not None:
+                    for key in _keys_of(v):
+                        self._add(pod, key, tier_shift)
             c.stored += 1
             return
-        if ev.block_size != self.block_size:
+        size, ours = ev.block_size, self.block_size
+        if size <= 0 or (size % ours and ours % size):
             c.size_mismatch += 1
             return
-        pod.block_size = ev.block_size
+        pod.block_size = size
         lora = ev.lora_name
         extras = None
         first: tuple = ()
@@ -159,21 +215,73 @@ class KVBlockIndex:
             extras = [tuple(x for x in (e or ()) if x != lora) for e in ev.extra_keys]
             if ev.parent is None and extras:
                 first, extras[0] = extras[0], ()
+        parent: _Bridge | None
         if ev.parent is None:
             parent = root_key(lora or pod.model, self.hash_seed)
         else:
-            known = pod.engine.get(ev.parent)
-            if known is None:
+            parent = pod.engine.get(ev.parent)
+            if parent is None:
                 c.orphans += 1
                 return
-            parent = known
-        keys = chain_keys(parent, ev.token_ids, ev.block_size, first, extras)
-        for h, key in zip(ev.hashes, keys, strict=False):
-            self._add(pod, key, h, tier_shift)
+        if size < ours:
+            self._stored_fine(pod, ev, parent, first, extras, tier_shift)
+        elif isinstance(parent, _Fine):
+            c.size_mismatch += 1  # the parent was stored at another block size: cannot chain
+            return
+        else:
+            prev = parent if isinstance(parent, int) else parent[-1]
+            k = size // ours
+            if k > 1 and extras is not None:
+                # An engine block's extras go to the first of its k keys.
+                extras = [x for e in extras for x in (e, *((),) * (k - 1))]
+            keys = chain_keys(prev, ev.token_ids, ours, first, extras)
+            engine = pod.engine
+            for i, h in enumerate(ev.hashes):
+                ks = keys[i * k : (i + 1) * k]
+                if len(ks) < k:
+                    break
+                engine[h] = ks[0] if k == 1 else tuple(ks)
+                for key in ks:
+                    self._add(pod, key, tier_shift)
         c.stored += 1
 
-    def _add(self, pod: _Pod, key: int, engine_hash: int, tier_shift: int) -> None:
-        pod.engine[engine_hash] = key
+    def _stored_fine(
+        self, pod: _Pod, ev: Stored, parent: _Bridge, first: tuple, extras: list[tuple] | None, tier_shift: int
+    ) -> None:
+        """Engine blocks of E = B/k tokens: one of our keys completes with every k-th."""
+        if isinstance(parent, _Fine):
+            prev, pend, members, extra = parent.prev, parent.pend, parent.members, parent.extra
+        elif isinstance(parent, int) and ev.parent is None:
+            prev, pend, members, extra = parent, b"", (), first
+        else:  # a parent stored at another block size
+            self.counters.size_mismatch += 1
+            return
+        engine = pod.engine
+        step = 4 * ev.block_size
+        packed = pack_tokens(ev.token_ids)
+        full = 4 * self.block_size
+        for i, h in enumerate(ev.hashes):
+            chunk = packed[i * step : (i + 1) * step]
+            if len(chunk) < step:
+                break
+            if extras is not None and i < len(extras) and extras[i]:
+                extra = (*extra, *extras[i])
+            pend += chunk
+            members = (*members, h)
+            if len(pend) < full:
+                old = engine.get(h)
+                engine[h] = _Fine(prev, pend, members, extra, old.keys if isinstance(old, _Fine) else [])
+                continue
+            key = block_key(prev, pend, extra)
+            for m in members[:-1]:
+                v = engine.get(m)
+                if isinstance(v, _Fine) and key not in v.keys:
+                    v.keys.append(key)
+            engine[h] = _Fine(key, b"", (), (), [key])
+            self._add(pod, key, tier_shift)
+            prev, pend, members, extra = key, b"", (), ()
+
+    def _add(self, pod: _Pod, key: int, tier_shift: int) -> None:
         refs = pod.refs
         packed = refs.get(key, 0)
         refs[key] = packed + (1 << (_CPU_SHIFT * tier_shift))
@@ -193,33 +301,41 @@ class KVBlockIndex:
 
     def _removed(self, pod: _Pod, ev: Removed) -> None:
         tier_shift = 0 if ev.tier == "gpu" else 1
-        unit = 1 << (_CPU_SHIFT * tier_shift)
-        held = self._held
+        engine = pod.engine
+        refs = pod.refs
         for h in ev.hashes:
-            key = pod.engine.get(h)
-            if key is None:
+            v = engine.get(h)
+            if v is None:
                 continue
-            packed = pod.refs.get(key, 0)
-            count = (packed >> (_CPU_SHIFT * tier_shift)) & _LOW
-            if count == 0:
-                if not packed:  # its key went at the memory bound; the bridge entry goes now
-                    del pod.engine[h]
-                continue
-            packed -= unit
-            if count == 1:  # that tier's last copy on this pod
-                mask = held.get(key)
-                if mask is not None:
-                    mask &= ~(1 << (2 * pod.bit + tier_shift))
-                    if mask:
-                        held[key] = mask
-                    else:
-                        del held[key]
-            if packed:
-                pod.refs[key] = packed
-            else:
-                del pod.refs[key]
-                del pod.engine[h]
+            keys = _keys_of(v)
+            for key in keys:
+                self._drop(pod, key, tier_shift)
+            # The bridge entry goes with the last copy of its keys (or when its key went at
+            # the memory bound); a block of ours still being filled has no key yet: it goes.
+            if not any(key in refs for key in keys):
+                del engine[h]
         self.counters.removed += 1
+
+    def _drop(self, pod: _Pod, key: int, tier_shift: int) -> None:
+        """One copy of `key` on that tier is gone."""
+        packed = pod.refs.get(key, 0)
+        count = (packed >> (_CPU_SHIFT * tier_shift)) & _LOW
+        if count == 0:
+            return
+        packed -= 1 << (_CPU_SHIFT * tier_shift)
+        if count == 1:  # that tier's last copy on this pod
+            held = self._held
+            mask = held.get(key)
+            if mask is not None:
+                mask &= ~(1 << (2 * pod.bit + tier_shift))
+                if mask:
+                    held[key] = mask
+                else:
+                    del held[key]
+        if packed:
+            pod.refs[key] = packed
+        else:
+            del pod.refs[key]
 
     def _clear(self, pod: _Pod) -> None:
         held = self._held

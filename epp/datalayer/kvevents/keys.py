@@ -59,17 +59,29 @@ def chain_keys(
     step = 4 * block_size
     out: list[int] = []
     prev = parent
-    digest = _digest
     for i in range(n):
-        data = prev.to_bytes(8, "little") + packed[i * step : (i + 1) * step]
         ex = first_extra if i == 0 else ()
         if extras is not None and i < len(extras) and extras[i]:
             ex = tuple(ex) + tuple(extras[i])
-        if ex:
-            data += b"\x1e" + _extra_bytes(ex)
-        prev = digest(data)
+        prev = block_key(prev, packed[i * step : (i + 1) * step], ex)
         out.append(prev)
     return out
+
+
+def pack_tokens(tokens: Sequence[int]) -> bytes:
+    """Token ids as little-endian u32, the bytes keys are hashed over."""
+    try:
+        return array(_U32, tokens).tobytes()
+    except OverflowError:
+        return array(_U32, [t & 0xFFFFFFFF for t in tokens]).tobytes()
+
+
+def block_key(parent: int, packed: bytes, extra: tuple[Any, ...] = ()) -> int:
+    """One block's key: its parent's key, its tokens (packed u32) and its extra keys."""
+    data = parent.to_bytes(8, "little") + packed
+    if extra:
+        data += b"\x1e" + _extra_bytes(extra)
+    return _digest(data)
 
 
 def request_keys(

@@ -1,8 +1,11 @@
 """The precise index: own keys from events, reference counts, tiers, clears, memory bound."""
 
+import itertools
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from epp.datalayer.kvevents.decode import Cleared, Removed, Stored
 from epp.datalayer.kvevents.index import KVBlockIndex
@@ -106,10 +109,88 @@ def test_all_blocks_cleared_and_endpoint_removal_clear_only_that_endpoint():
     assert ix.match(keys) == {"a": 1.0}
 
 
-def test_block_size_mismatch_is_counted_not_misindexed():
+def test_a_block_size_that_does_not_divide_ours_is_counted_not_misindexed():
     ix = index()
-    ix.apply("a", [Stored((1,), None, PROMPT[:16], 16)])
+    ix.apply("a", [Stored((1,), None, PROMPT[:6], 6)])  # 6 vs our 4: no alignment
     assert len(ix) == 0 and ix.counters.size_mismatch == 1
+
+
+def test_coarser_engine_blocks_are_several_of_our_keys():
+    ix = index()
+    # The engine's blocks are 8 tokens, ours 4: each engine block is two of our keys.
+    ix.apply("a", [Stored((1, 2), None, PROMPT[:16], 8)])
+    keys = request_keys(MODEL, PROMPT, BS)
+    assert ix.match(keys) == {"a": 4.0}
+    ix.apply("a", [Stored((3,), 2, PROMPT[16:24], 8)])  # a continuation chains from the last key
+    assert ix.match(keys) == {"a": 6.0}
+    ix.apply("a", [Removed((2,))])  # the engine evicts one block: both of its keys go
+    assert ix.match(keys) == {"a": 2.0}
+    assert ix.counters.size_mismatch == 0
+
+
+def test_finer_engine_blocks_complete_our_key_with_the_last_of_them():
+    ix = KVBlockIndex(block_size=8)
+    ix.add_endpoint("a", MODEL)
+    keys = request_keys(MODEL, PROMPT, 8)  # 3 of our blocks
+    # The engine's blocks are 4 tokens: 3 of them = one of ours and half the next.
+    ix.apply("a", [Stored((1, 2, 3), None, PROMPT[:12], 4)])
+    assert ix.match(keys) == {"a": 1.0}
+    # The next event completes our second block from the half its parent left.
+    ix.apply("a", [Stored((4,), 3, PROMPT[12:16], 4)])
+    assert ix.match(keys) == {"a": 2.0}
+    # Another continuation from the same half block: another key, sharing engine block 3.
+    other = [*PROMPT[:12], 7, 7, 7, 7]
+    ix.apply("a", [Stored((14,), 3, other[12:16], 4)])
+    assert ix.match(request_keys(MODEL, other, 8)) == {"a": 2.0}
+    # Evicting engine block 3 breaks both of our blocks that contain it.
+    ix.apply("a", [Removed((3,))])
+    assert ix.match(keys) == {"a": 1.0} and ix.match(request_keys(MODEL, other, 8)) == {"a": 1.0}
+    # ...and removing the rest leaves nothing behind.
+    ix.apply("a", [Removed((1, 2, 4, 14))])
+    assert ix.match(keys) == {} and len(ix) == 0 and ix.blocks_of("a") == 0
+    assert ix.counters.size_mismatch == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ratio=st.sampled_from([(4, 4), (4, 8), (4, 16), (8, 4), (16, 4), (8, 8)]),
+    n_engine_blocks=st.integers(1, 12),
+    cuts=st.sets(st.integers(1, 11), max_size=5),
+    remove_at=st.integers(0, 11),
+    salt=st.sampled_from(["", "s"]),
+)
+def test_any_ratio_and_any_event_split_index_what_a_request_would_look_up(
+    ratio, n_engine_blocks, cuts, remove_at, salt
+):
+    engine_bs, ours = ratio
+    ix = KVBlockIndex(block_size=ours)
+    ix.add_endpoint("a", MODEL)
+    tokens = [1000 + i for i in range(engine_bs * n_engine_blocks)]
+    bounds = [0, *sorted(c for c in cuts if c < n_engine_blocks), n_engine_blocks]
+    for lo, hi in itertools.pairwise(bounds):
+        if lo == hi:
+            continue
+        extra = [(salt,) if salt and i == 0 else () for i in range(lo, hi)]
+        ix.apply(
+            "a",
+            [
+                Stored(
+                    tuple(range(lo + 1, hi + 1)),
+                    lo if lo else None,
+                    tokens[lo * engine_bs : hi * engine_bs],
+                    engine_bs,
+                    extra_keys=tuple(extra) if salt else None,
+                )
+            ],
+        )
+    keys = request_keys(MODEL, tokens, ours, cache_salt=salt)
+    full = len(tokens) // ours
+    assert ix.match(keys) == ({"a": float(full)} if full else {})
+    # The engine evicts one block: we keep exactly our blocks wholly before it.
+    if remove_at < n_engine_blocks:
+        ix.apply("a", [Removed((remove_at + 1,))])
+        kept = (remove_at * engine_bs) // ours
+        assert ix.match(keys) == ({"a": float(kept)} if kept else {})
 
 
 def test_memory_bound_keeps_the_newest_blocks():
@@ -126,19 +207,20 @@ def test_memory_bound_keeps_the_newest_blocks():
     assert ix.blocks_of("a") == 9
 
 
-@pytest.mark.parametrize("holders", [1, 3])
-def test_memory_estimate_matches_what_is_allocated(holders):
+@pytest.mark.parametrize(("holders", "engine_bs"), [(1, 16), (3, 16), (1, 4), (2, 8), (1, 32), (1, 64)])
+def test_memory_estimate_matches_what_is_allocated(holders, engine_bs):
     ix = KVBlockIndex(block_size=16, max_blocks=10**7)
     for h in range(holders):
         ix.add_endpoint(f"p{h}", MODEL)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     n = 20_000
+    per = 1600 // engine_bs  # engine blocks per 1,600-token prompt (100 of ours)
     for run in range(n // 100):
-        toks = list(range(run * 1600, run * 1600 + 1600))
+        toks = [100_000 + t for t in range(run * 1600, run * 1600 + 1600)]  # real ids are large
         for h in range(holders):  # real engines publish 64-bit hashes
-            hashes = tuple(2**63 + h * 10**9 + run * 100 + i for i in range(100))
-            ix.apply(f"p{h}", [Stored(hashes, None, toks, 16)])
+            hashes = tuple(2**63 + h * 10**9 + run * 1000 + i for i in range(per))
+            ix.apply(f"p{h}", [Stored(hashes, None, toks, engine_bs)])
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(ix) == n
