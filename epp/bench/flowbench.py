@@ -161,6 +161,8 @@ CONFIGS: dict[str, str] = {
     # The default's scheduling with flow control off and on (whichever the built-in default is).
     "default-nofc": with_flow_control(_named("epp-default"), False),
     "default-fc": with_flow_control(_named("epp-default"), True),
+    # default-nofc again, under another name: its ratios to default-nofc are the run-to-run spread.
+    "nofc-repeat": with_flow_control(_named("epp-default"), False),
     # ...and sheddable (lower) bands stop at half the saturation the top band may use.
     "default-fc-hb50": with_holdback(with_flow_control(_named("epp-default"), True), 0.5),
     # Legacy admission with flow control's detector (queue depth 1): sheds as early, queues nothing in the EPP.
@@ -266,7 +268,7 @@ FAIRNESS_BASELINE = "fc-conc8-strict"  # "no fairness": fleet throughput is comp
 @dataclass(frozen=True)
 class QueueingScenario:
     name: str = "queueing"
-    variants: tuple[str, ...] = ("default-nofc", "default-fc")
+    variants: tuple[str, ...] = ("default-nofc", "default-fc", "nofc-repeat")
     workloads: tuple[str, ...] = ("shared-prefix", "sharegpt-like")
     loads: tuple[float, ...] = (0.9, 1.2)
     # More requests than `epp-bench run`'s 120 so 1.2 x capacity is overload for several seconds.

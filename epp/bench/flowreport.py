@@ -196,6 +196,7 @@ QUEUEING_TITLES = {
     "queueing-bounded": "Queueing where a server queue exists: servers with a bounded batch",
 }
 QUEUEING_BASELINE = "default-nofc"  # "without flow control" in the paired table
+REPEAT = "nofc-repeat"  # the baseline's config again: the spread between identical runs
 
 
 def _mean_wait(r: dict) -> float | None:
@@ -260,7 +261,8 @@ def _queueing_section(name: str, q: dict, rows: list[dict], info: dict, plot: st
         out += [
             f"With flow control against without (`{QUEUEING_BASELINE}`), same arrivals and lengths: ratios "
             "below 1 are better for TTFT, above 1 for throughput. `from queue` counts requests the EPP held and "
-            "dispatched later; `mean wait` is the mean simulated time requests spent in flow control.",
+            "dispatched later; `mean wait` is the mean simulated time requests spent in flow control. "
+            f"`{REPEAT}` is `{QUEUEING_BASELINE}` run again: its ratios are the run-to-run spread.",
             "",
             "| workload | load | seed | variant | TTFT p90 without / with (s) | p90 ratio | TTFT p99 without / with "
             "(s) | p99 ratio | out tok/s without / with | tok/s ratio | from queue | mean wait (s) |",
