@@ -109,8 +109,12 @@ class KVBlockIndex:
         max_blocks: int = 2_000_000,
         hash_seed: str = "",
         cpu_weight: float = TIER_WEIGHTS["cpu"],
+        exact: bool = False,
     ) -> None:
         self.block_size = block_size
+        # Exact-engine-hash mode (enginehash.py): keys are the engine's own block hashes, which
+        # requests reproduce; no bridge lookups, so orphans are indexed too.
+        self.exact = exact
         self.max_blocks = max_blocks
         self.hash_seed = hash_seed
         self.cpu_weight = cpu_weight
@@ -159,6 +163,10 @@ class KVBlockIndex:
     def endpoints(self) -> list[str]:
         return list(self._pods)
 
+    def models(self) -> set[str]:
+        """The base models the endpoints serve (from their topics or the config)."""
+        return {p.model for p in list(self._pods.values()) if p.model}
+
     def __len__(self) -> int:
         return len(self._held)
 
@@ -204,6 +212,16 @@ class KVBlockIndex:
             c.stored += 1
             return
         size, ours = ev.block_size, self.block_size
+        if self.exact:
+            if size != ours:  # the engine hashes its own blocks: requests must use its size
+                c.size_mismatch += 1
+                return
+            for h in ev.hashes:
+                pod.engine[h] = h
+                self._add(pod, h, tier_shift)
+            pod.block_size = size
+            c.stored += 1
+            return
         if size <= 0 or (size % ours and ours % size):
             c.size_mismatch += 1
             return

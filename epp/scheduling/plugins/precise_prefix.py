@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from epp.datalayer.endpoint import Endpoint
+from epp.datalayer.kvevents.enginehash import engine_block_hashes
 from epp.datalayer.kvevents.index import KVBlockIndex
 from epp.datalayer.kvevents.ingester import IngestConfig, KVEventIngester
 from epp.datalayer.kvevents.keys import request_keys
@@ -201,6 +202,9 @@ class TokenProcessorParams(_Sub):
     block_size_tokens: int = Field(16, alias="blockSizeTokens", gt=0)
     block_size: int | None = Field(None, alias="blockSize", gt=0)  # the old name
     hash_seed: str = Field("", alias="hashSeed")
+    # Ours: key blocks by vLLM's own hashes (sha256_cbor / xxhash_cbor), for operators who pin
+    # vLLM's --prefix-caching-hash-algo and PYTHONHASHSEED (= hashSeed). Empty: our own keys.
+    engine_hash_algorithm: str = Field("", alias="engineHashAlgorithm", pattern="^(|sha256_cbor|xxhash_cbor)$")
 
 
 class IndexerParams(_Sub):
@@ -258,7 +262,15 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
         tp = params.token_processor_config
         self.block_size = tp.block_size or tp.block_size_tokens
         ix = params.indexer_config
-        self.index = KVBlockIndex(self.block_size, ix.max_blocks, tp.hash_seed, ix.cpu_weight)
+        self.engine_hash = tp.engine_hash_algorithm
+        if self.engine_hash and not tp.hash_seed:
+            raise ValueError(
+                "tokenProcessorConfig.engineHashAlgorithm needs hashSeed: vLLM's PYTHONHASHSEED (without "
+                "one vLLM roots its block hashes in random bytes per process)"
+            )
+        self.index = KVBlockIndex(
+            self.block_size, ix.max_blocks, tp.hash_seed, ix.cpu_weight, exact=bool(self.engine_hash)
+        )
         kv = params.kv_events_config
         if not kv.discover_pods and not kv.zmq_endpoint:
             raise ValueError(
@@ -324,9 +336,29 @@ class PrecisePrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
             cycle[PREFIX_MATCH_KEY] = approx
             return
         bs = self.block_size
-        keys = request_keys(
-            req.target_model, tokens, bs, req.cache_salt, self.index.hash_seed, self.params.max_prefix_blocks_to_match
-        )
+        if self.engine_hash:
+            # vLLM adds the adapter's name to every block of a LoRA request; the base model's
+            # name is in no hash (the topic or modelName says which names are base models).
+            base = self.index.models()
+            lora = req.target_model if base and req.target_model not in base else ""
+            keys = engine_block_hashes(
+                tokens,
+                bs,
+                self.engine_hash,
+                self.index.hash_seed,
+                lora,
+                req.cache_salt,
+                self.params.max_prefix_blocks_to_match,
+            )
+        else:
+            keys = request_keys(
+                req.target_model,
+                tokens,
+                bs,
+                req.cache_salt,
+                self.index.hash_seed,
+                self.params.max_prefix_blocks_to_match,
+            )
         precise = self.index.match(keys) if keys else {}
         matches: dict[str, float] = {}
         abs_ = approx.block_size_tokens
