@@ -138,6 +138,7 @@ class _Epp(_Policy):
         self.fleet: VirtualFleet | None = None
         self.recheck_pending = False
         self.held_at: dict[int, tuple[Endpoint, int]] = {}
+        self.tried: dict[int, SchedulingRequest] = {}  # held requests keep their prompt's hashes
 
     def scrape(self) -> None:
         now = time.monotonic()  # plugins compare update_time with the real clock (staleness)
@@ -161,7 +162,8 @@ class _Epp(_Policy):
             held_ep, held_tokens = self.held_at.pop(i)
             held_ep.inflight.held_tokens -= held_tokens
         req = self.requests[i]
-        pin = prefix_input(req)
+        earlier = self.tried.pop(i, None)
+        pin = earlier.prefix_input if earlier is not None else prefix_input(req)
         tokens = len(pin) // CHARS_PER_TOKEN
         sreq = SchedulingRequest(
             f"r{i}",
@@ -171,7 +173,7 @@ class _Epp(_Policy):
             prefix_input=pin,
             prompt_tokens=tokens,
             stream=True,
-        )
+        ).reuse_hashes(earlier)
         result, cycle = self.sched.schedule(sreq, list(self.endpoints))
         ep = result.targets[0]
         uncached = uncached_tokens(cycle, ep, tokens)
@@ -184,6 +186,7 @@ class _Epp(_Policy):
             if gate.holds(ep, uncached, fleet.now - first, len(self.endpoints)):
                 ep.inflight.held_tokens += uncached
                 self.held_at[i] = (ep, uncached)
+                self.tried[i] = sreq
                 self.fleet = fleet
                 if not self.recheck_pending:
                     self.recheck_pending = True
@@ -210,15 +213,25 @@ class _Epp(_Policy):
                 fleet.call_at(fleet.now, self._released)
 
     def _released(self) -> None:
-        """As PrefillGate.released: the oldest held request that can use the slot goes, then more
-        while some endpoint has a free slot, at most one round per endpoint."""
+        """As FlowController.gate_released: one pass over the held requests, oldest first, until
+        one is placed; after that more tries while some endpoint has a free slot, at most one
+        per endpoint. (An earlier model repeated the whole pass up to once per endpoint: up to
+        endpoints x held scheduling passes per release, which the live EPP never does, and
+        which kept a 128-replica run from finishing.)"""
         fleet, gate = self.fleet, self.gate
         assert fleet is not None and gate is not None
-        fleet.retry_parked(until_placed=True)
-        for _ in range(len(self.endpoints)):
-            if not fleet.parked or not any(e.inflight.long_prefills < gate.max_per_endpoint for e in self.endpoints):
-                return
-            fleet.retry_parked(until_placed=True)
+        extra = len(self.endpoints)
+
+        def go_on(placed: bool) -> bool:
+            nonlocal extra
+            if not placed:
+                return True
+            if extra <= 0 or not any(e.inflight.long_prefills < gate.max_per_endpoint for e in self.endpoints):
+                return False
+            extra -= 1
+            return True
+
+        fleet.retry_parked(go_on)
 
     def first_token(self, i: int) -> None:
         ep, tokens, _, _ = self.open[i]

@@ -160,6 +160,7 @@ class Exchange:
         "result",
         "routed_body",
         "sched_req",
+        "scheduled_before",
         "series",
         "start",
         "target_label",
@@ -178,6 +179,7 @@ class Exchange:
         self.incoming_model = ""
         self.target_model = ""
         self.sched_req: SchedulingRequest | None = None
+        self.scheduled_before: SchedulingRequest | None = None  # the last attempt, held or not
         self.result: SchedulingResult | None = None
         self.endpoint: Endpoint | None = None
         self.tokens = 0
@@ -313,7 +315,8 @@ class Exchange:
                 priority=self.priority,
                 stream=parsed.stream,
                 token_ids=token_ids or None,
-            )
+            ).reuse_hashes(self.scheduled_before)
+            self.scheduled_before = sreq
             if trace is not None and trace.t_wait:
                 trace.phase("epp.flow_control.wait", trace.t_wait, now_ns())
                 trace.t_wait = 0

@@ -23,6 +23,22 @@ class SchedulingRequest:
     stream: bool = False
     prefix_key: int = 0  # first prefix-block hash, set by the prefix producer (0 = none)
     token_ids: Sequence[int] | None = None  # the prompt's real tokens, when a token-producer is configured
+    # (chars per block, max blocks) -> the prefix producer's block hashes of `prefix_input`: a
+    # request scheduled again (a held one retried on every release) is not hashed again.
+    # Callers that schedule a request more than once carry it over (see `reuse_hashes`).
+    hash_memo: dict[tuple[int, int], list[int]] | None = None
+
+    def reuse_hashes(self, earlier: SchedulingRequest | None) -> SchedulingRequest:
+        """Take over `earlier`'s hashes when it was this same prompt (same bytes, model, salt)."""
+        if (
+            earlier is not None
+            and earlier.hash_memo
+            and earlier.prefix_input is self.prefix_input
+            and earlier.target_model == self.target_model
+            and earlier.cache_salt == self.cache_salt
+        ):
+            self.hash_memo = earlier.hash_memo
+        return self
 
 
 class CycleState(dict[str, Any]):

@@ -113,16 +113,20 @@ class VirtualFleet:
             else:
                 payload()  # type: ignore[operator]
 
-    def retry_parked(self, until_placed: bool = False) -> None:
-        """Route the requests the router held again, oldest first, keeping their arrival times;
-        with `until_placed`, stop after the first one the router places."""
+    def retry_parked(self, go_on: Callable[[bool], bool] | None = None) -> None:
+        """Route the requests the router held again, oldest first, keeping their arrival times.
+        `go_on(placed)` is asked before each try after the first (placed: whether one of this
+        round's tries was placed); False leaves the rest parked, in order."""
         parked, self._parked = self._parked, []
+        placed = False
         for k, (item, arrival) in enumerate(parked):
+            if k and go_on is not None and not go_on(placed):
+                self._parked.extend(parked[k:])
+                return
             before = len(self._parked)
             self._arrive(item, None, arrival)
-            if until_placed and len(self._parked) == before:
-                self._parked.extend(parked[k + 1 :])
-                return
+            if len(self._parked) == before:
+                placed = True
 
     @property
     def parked(self) -> int:

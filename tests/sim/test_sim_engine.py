@@ -279,3 +279,29 @@ def test_engine_invariants_hold_under_random_load(reqs, blocks, seqs, budget):
         else:
             assert rid in aborts
     assert eng.kv_usage == 0.0
+
+
+def test_a_retry_round_asks_before_each_further_try_and_keeps_the_rest_in_order():
+    cost = CostModel()
+    fleet = VirtualFleet([Engine(EngineConfig(num_gpu_blocks=4096, max_model_len=8192), cost)])
+    open_now = {"r2"}  # the router would place only these when retried
+    calls: list[str] = []
+
+    def route(item: TraceItem, f: VirtualFleet) -> int | None:
+        calls.append(item.request_id or "")
+        return 0 if f.now >= 1.0 and item.request_id in open_now else None
+
+    asked: list[bool] = []
+
+    def go_on(placed: bool) -> bool:
+        asked.append(placed)
+        return not placed or len(asked) < 4  # after a placement, one more try
+
+    fleet.call_at(1.0, lambda: fleet.retry_parked(go_on))
+    trace = [TraceItem(0.1 * k, prompt(64, k), 2, request_id=f"r{k}") for k in range(5)]
+    recs = fleet.run_trace(trace, route=route)
+    assert calls[:5] == ["r0", "r1", "r2", "r3", "r4"]  # all held on arrival
+    # The round: r0, r1 held; r2 placed; r3 tried once more (go_on allows one); r4 left parked.
+    assert calls[5:] == ["r0", "r1", "r2", "r3"]
+    assert asked == [False, False, True, True]
+    assert [r.request_id for r in recs] == ["r2"] and fleet.parked == 4

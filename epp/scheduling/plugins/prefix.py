@@ -67,7 +67,14 @@ class ApproxPrefixCacheProducer(DataProducer, PreRequest, ResponseComplete):
 
     def produce(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> None:
         bs = self._block_size(endpoints)
-        hashes = block_hashes(req.target_model, req.cache_salt, req.prefix_input, bs * CHARS_PER_TOKEN, self.max_blocks)
+        memo_key = (bs * CHARS_PER_TOKEN, self.max_blocks)
+        memo = req.hash_memo
+        hashes = memo.get(memo_key) if memo is not None else None
+        if hashes is None:
+            hashes = block_hashes(req.target_model, req.cache_salt, req.prefix_input, memo_key[0], self.max_blocks)
+            if memo is None:
+                memo = req.hash_memo = {}
+            memo[memo_key] = hashes
         req.prefix_key = hashes[0] if hashes else 0
         cycle[PREFIX_MATCH_KEY] = PrefixMatchInfo(
             hashes,

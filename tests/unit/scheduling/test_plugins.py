@@ -199,3 +199,32 @@ def test_scores_are_clamped():
     # a: clamp(5)=1 + 0 = 1 ; b: clamp(-3)=0 + 1 = 1 -> a tie, both possible; neither gets 5 or -3.
     got = {run_profile(prof, CycleState(), SchedulingRequest("r", "m"), eps).targets[0].name for _ in range(30)}
     assert got == {"a", "b"}
+
+
+def test_a_request_scheduled_again_reuses_its_prompt_hashes_and_only_its_own():
+    from epp.scheduling.plugin import build_plugin
+    from epp.scheduling.plugins.prefix import PREFIX_MATCH_KEY
+
+    producer = build_plugin("approx-prefix-cache-producer", "p", {})
+    eps = [ep("a"), ep("b")]
+    prompt = b"system prompt words " * 200
+    first = SchedulingRequest("r", "m", prefix_input=prompt)
+    producer.produce(CycleState(), first, eps)
+    assert first.hash_memo and len(next(iter(first.hash_memo.values()))) > 10
+    # The same prompt scheduled again (a held request retried): the hashes are taken over...
+    again = SchedulingRequest("r", "m", prefix_input=prompt).reuse_hashes(first)
+    assert again.hash_memo is first.hash_memo
+    cycle = CycleState()
+    producer.produce(cycle, again, eps)
+    fresh = CycleState()
+    copy = prompt[:7] + prompt[7:]  # equal bytes, another object
+    assert copy == prompt and copy is not prompt
+    producer.produce(fresh, SchedulingRequest("r", "m", prefix_input=copy), eps)
+    assert cycle[PREFIX_MATCH_KEY].hashes == fresh[PREFIX_MATCH_KEY].hashes  # ...and are the same
+    # ...but never by another prompt, model or salt.
+    for other in (
+        SchedulingRequest("r", "m", prefix_input=copy),
+        SchedulingRequest("r", "m2", prefix_input=prompt),
+        SchedulingRequest("r", "m", prefix_input=prompt, cache_salt="s"),
+    ):
+        assert other.reuse_hashes(first).hash_memo is None
