@@ -178,7 +178,44 @@ def render(rows: list[dict], opts: ScaleOptions, live_rows: list[dict], wall_s: 
         live = live_ranking(live_rows, opts.shape, s, opts.routers)
         cells = [" > ".join(ranking(rows, n, s)) for n in opts.sizes]
         lines.append(f"| {s} | {' > '.join(live) or 'n/a'} | " + " | ".join(cells) + " |")
+    notes = order_differences(rows, live_rows, opts)
+    if notes:
+        lines += ["", "Where virtual time orders two routers otherwise than live at 8 replicas:", ""]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _excess(rows: list[dict], replicas: int, stage: str, router: str) -> float | None:
+    xs = [
+        r["excess_p90"]
+        for r in rows
+        if r["replicas"] == replicas and r["stage"] == stage and r["router"] == router and r["excess_p90"] is not None
+    ]
+    return statistics.fmean(xs) if xs else None
+
+
+def order_differences(rows: list[dict], live_rows: list[dict], opts: ScaleOptions) -> list[str]:
+    """Each pair of routers that virtual time puts in the other order than live, with both
+    excesses and how far apart they are (two routers a few percent apart swap on noise)."""
+    out = []
+    for i in range(len(opts.loads)):
+        stage = f"s{i + 1}"
+        live = live_ranking(live_rows, opts.shape, stage, opts.routers)
+        pos = {r: k for k, r in enumerate(live)}
+        for n in opts.sizes:
+            virt = ranking(rows, n, stage)
+            for a_i, a in enumerate(virt):
+                for b in virt[a_i + 1 :]:
+                    if a in pos and b in pos and pos[a] > pos[b]:  # live has b before a
+                        ea, eb = _excess(rows, n, stage, a), _excess(rows, n, stage, b)
+                        if ea is None or eb is None:
+                            continue
+                        apart = abs(eb - ea) / max(abs(ea), abs(eb), 1e-9)
+                        out.append(
+                            f"{stage}, {n} replicas: {a} {ea:+.3f} s before {b} {eb:+.3f} s "
+                            f"({apart:.0%} apart; live has {b} first)"
+                        )
+    return out
 
 
 def load_live(paths: list[Path]) -> list[dict]:
