@@ -49,6 +49,9 @@ class Filter(Plugin):
 
 class Scorer(Plugin):
     category: ClassVar[Category] = Category.DISTRIBUTION
+    # True when score() can only return values within [0, 1] (or NaN, which a clamp keeps
+    # too): the scheduler then skips clamping them, a pass over every endpoint per pick.
+    scores_in_unit_range: ClassVar[bool] = False
 
     def score(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[float]:
         raise NotImplementedError

@@ -73,7 +73,7 @@ def run_profile(
     n = len(endpoints)
     if n == 1 and profile.picker is not None and profile.picker.type_name == "max-score-picker":
         return ProfileResult([endpoints[0]])
-    totals = [0.0] * n
+    totals: list[float] | None = None
     for scorer, weight in profile.scorers:
         if weight == 0:
             continue
@@ -81,8 +81,19 @@ def run_profile(
         scores = scorer.score(cycle, req, endpoints)
         if timer is not None:
             timer.observe("Scorer", scorer, t0)
-        # Clamp to [0, 1]: one misbehaving scorer must not drown out the others.
-        totals = [t + weight * (0.0 if s < 0 else 1.0 if s > 1 else s) for t, s in zip(totals, scores, strict=True)]
+        if len(scores) != n:
+            raise ValueError(f"scorer {scorer.name!r} returned {len(scores)} scores for {n} endpoints")
+        if not scorer.scores_in_unit_range:
+            # Clamp to [0, 1]: one misbehaving scorer must not drown out the others.
+            scores = [0.0 if s < 0 else 1.0 if s > 1 else s for s in scores]
+        # The first scorer's weighted scores are the totals (a profile of one scorer at weight
+        # 1, the default's, uses its list as is): the same sums as adding to zeros.
+        if totals is None:
+            totals = scores if weight == 1 else [weight * s for s in scores]
+        else:
+            totals = [t + weight * s for t, s in zip(totals, scores, strict=True)]
+    if totals is None:
+        totals = [0.0] * n
     if profile.picker is None:
         raise EppError(ErrorCode.INTERNAL, f"profile {profile.name!r} has no picker")
     cycle[SCORES_KEY] = (endpoints, totals)  # for a trace's top scores: two references, no copy

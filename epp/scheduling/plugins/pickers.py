@@ -31,8 +31,10 @@ class MaxScorePicker(_Picker):
     def pick(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint], scores: list[float]):
         if self.n == 1:
             best = max(scores)
+            if scores.count(best) == 1:  # the usual case, without building the tie list
+                return [endpoints[scores.index(best)]]
             ties = [e for e, s in zip(endpoints, scores, strict=True) if s == best]
-            return [ties[0] if len(ties) == 1 else self.rng.choice(ties)]
+            return [self.rng.choice(ties)]
         order = list(range(len(endpoints)))
         self.rng.shuffle(order)  # random tie-break, then a stable sort keeps it
         order.sort(key=lambda i: -scores[i])

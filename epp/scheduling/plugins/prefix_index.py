@@ -6,10 +6,10 @@ evicted too. Memory is bounded by the sum of those capacities and reported.
 
 `memory_bytes` is what the structures really hold (within a few percent of tracemalloc's
 count, tests/unit/datalayer/test_prefix_index_memory.py): the tables' own sizes from
-sys.getsizeof (O(endpoints), no walk over entries), one int and one holder set per distinct
-hash, plus what holder sets grew by when several endpoints hold the same block (tracked as
-it happens). A per-entry constant cannot be honest: an entry costs ~370 B when each block
-has one holder, ~180 B when 32 endpoints share every block.
+sys.getsizeof (O(endpoints), no walk over entries), one int per distinct hash, plus the
+holder sets of hashes several endpoints hold (tracked as they are made, grow and go). A
+per-entry constant cannot be honest: an entry costs ~160 B when each block has one holder,
+more or less when many endpoints share blocks (a set per shared block, one entry per holder).
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import xxhash
 
 _LE64 = struct.Struct("<Q")
 _sizeof = sys.getsizeof
-# Per distinct hash: its int (xxh64 values need 3 30-bit digits) and its holder set at its
-# smallest (8-slot table, up to 4 holders).
-_EMPTY_SET_BYTES = _sizeof(set())
-_PER_HASH_BYTES = _sizeof(2**63) + _EMPTY_SET_BYTES
+# Per distinct hash: its int (xxh64 values need 3 30-bit digits); a holder set only when shared.
+_HASH_BYTES = _sizeof(2**63)
 
 
 def block_hashes(model: str, cache_salt: str, data: bytes, chars_per_block: int, max_blocks: int) -> list[int]:
@@ -47,12 +45,22 @@ def block_hashes(model: str, cache_salt: str, data: bytes, chars_per_block: int,
 
 
 class PrefixIndex:
+    """Per endpoint an LRU of block hashes; per hash who holds it.
+
+    A hash held by one endpoint (nearly every hash: a prompt's own blocks, a prefix the
+    affinity keeps on one server) maps to that endpoint's name itself, not to a one-element
+    set: a set costs ~216 bytes and is an object the garbage collector walks, and at the bound
+    (millions of entries) both add up - memory per entry and the full collections that pause
+    the request path. Several holders share a set, made when the second arrives and dropped
+    when one is left.
+    """
+
     def __init__(self, default_capacity: int) -> None:
         self.default_capacity = default_capacity
-        self._holders: dict[int, set[str]] = {}
+        self._holders: dict[int, str | set[str]] = {}
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
-        self._set_growth = 0  # bytes holder sets grew past their smallest size
+        self._set_bytes = 0  # what the holder sets of shared hashes hold now
 
     def __len__(self) -> int:
         # list(): the metrics endpoint reads this from another thread while the loop adds.
@@ -63,8 +71,8 @@ class PrefixIndex:
         lrus = list(self._lru.values())
         return (
             _sizeof(self._holders)
-            + len(self._holders) * _PER_HASH_BYTES
-            + self._set_growth
+            + len(self._holders) * _HASH_BYTES
+            + self._set_bytes
             + sum(_sizeof(lru) for lru in lrus)
             + _sizeof(self._lru)
             + _sizeof(self._capacity)
@@ -72,16 +80,37 @@ class PrefixIndex:
 
     def match(self, hashes: list[int]) -> dict[str, int]:
         """Per endpoint, how many leading blocks of `hashes` it holds (consecutively from block 0)."""
-        counts: dict[str, int] = {}
-        alive: set[str] | None = None
         holders = self._holders
+        counts: dict[str, int] = {}
+        if not hashes:
+            return counts
+        pods = holders.get(hashes[0])
+        if pods is None:
+            return counts
+        if isinstance(pods, str):
+            # One holder: the common case, walked without building sets.
+            n = 1
+            for h in hashes[1:]:
+                other = holders.get(h)
+                if other is None or (other != pods if isinstance(other, str) else pods not in other):
+                    break
+                n += 1
+            counts[pods] = n
+            return counts
+        alive = set(pods)
         for i, h in enumerate(hashes):
-            pods = holders.get(h)
-            if not pods:
-                break
-            alive = set(pods) if alive is None else alive & pods
-            if not alive:
-                break
+            if i:
+                pods = holders.get(h)
+                if pods is None:
+                    break
+                if isinstance(pods, str):
+                    if pods not in alive:
+                        break
+                    alive = {pods}
+                else:
+                    alive &= pods
+                    if not alive:
+                        break
             for p in alive:
                 counts[p] = i + 1
         return counts
@@ -93,21 +122,34 @@ class PrefixIndex:
         cap = capacity if capacity > 0 else self.default_capacity
         self._capacity[endpoint] = cap
         holders = self._holders
+        move = lru.move_to_end
         for h in hashes:
             if h in lru:
-                lru.move_to_end(h)
+                move(h)
                 continue
             lru[h] = None
-            pods = holders.get(h)
-            if pods is None:
-                holders[h] = {endpoint}
+            # One probe of the big table: a hash new to this endpoint is either unheld (now
+            # ours) or held by others (never by us: the LRU is the truth of what we hold).
+            pods = holders.setdefault(h, endpoint)
+            if pods is endpoint:
+                continue
+            if isinstance(pods, str):
+                shared = holders[h] = {pods, endpoint}
+                self._set_bytes += _sizeof(shared)
             else:
                 before = _sizeof(pods)
                 pods.add(endpoint)
-                self._set_growth += _sizeof(pods) - before
-        while len(lru) > cap:
-            old, _ = lru.popitem(last=False)
-            self._forget(old, endpoint)
+                self._set_bytes += _sizeof(pods) - before
+        if len(lru) > cap:
+            popitem = lru.popitem
+            pop = holders.pop
+            while len(lru) > cap:
+                old = popitem(last=False)[0]
+                gone = pop(old, None)
+                if gone is not None and gone != endpoint:
+                    # Shared (or, never expected, someone else's): put back what is left.
+                    holders[old] = gone
+                    self._forget(old, endpoint)
 
     def remove_endpoint(self, endpoint: str) -> None:
         lru = self._lru.pop(endpoint, None)
@@ -120,9 +162,21 @@ class PrefixIndex:
         return set(self._lru)
 
     def _forget(self, h: int, endpoint: str) -> None:
-        pods = self._holders.get(h)
-        if pods is not None:
-            pods.discard(endpoint)
-            if not pods:
-                del self._holders[h]
-                self._set_growth -= _sizeof(pods) - _EMPTY_SET_BYTES
+        holders = self._holders
+        pods = holders.get(h)
+        if pods is None:
+            return
+        if isinstance(pods, str):
+            if pods == endpoint:
+                del holders[h]
+            return
+        before = _sizeof(pods)
+        pods.discard(endpoint)
+        if len(pods) == 1:
+            holders[h] = next(iter(pods))
+            self._set_bytes -= before
+        elif not pods:
+            del holders[h]
+            self._set_bytes -= before
+        else:
+            self._set_bytes -= before - _sizeof(pods)

@@ -80,6 +80,8 @@ def endpoint_costs(
     kv_threshold, kv_tokens = p.kv_pressure_threshold, p.kv_pressure_tokens
     kv_span = 1 - kv_threshold + 1e-9
     get = matches.get
+    # Most endpoints hold none of the prompt: their uncached term is the same for all.
+    whole = uncached_weight * (tokens if tokens > 0 else 0)
     out: list[float] = []
     append = out.append
     for e in endpoints:
@@ -98,16 +100,20 @@ def endpoint_costs(
         waiting -= f.prefill_requests
         if waiting < 0:
             waiting = 0
-        uncached = tokens - get(e.name, 0) * block_size
-        if uncached < 0:
-            uncached = 0
-        cost = (
-            f.prefill_tokens
-            + f.held_tokens
-            + uncached_weight * uncached
-            + running_tokens * running
-            + waiting_tokens * waiting
-        )
+        held = get(e.name)
+        if held is None:
+            cost = f.prefill_tokens + f.held_tokens + whole + running_tokens * running + waiting_tokens * waiting
+        else:
+            uncached = tokens - held * block_size
+            if uncached < 0:
+                uncached = 0
+            cost = (
+                f.prefill_tokens
+                + f.held_tokens
+                + uncached_weight * uncached
+                + running_tokens * running
+                + waiting_tokens * waiting
+            )
         if lora:
             cost += lora_cost(e, lora, p)
         kv = m.kv_cache_usage_percent
@@ -131,6 +137,7 @@ class EstimatedTtftScorer(Scorer):
     type_name = "estimated-ttft-scorer"
     category = Category.BALANCE
     Params = EstimatedTtftParams
+    scores_in_unit_range = True  # min cost / cost, or 1.0 / 0.0
 
     def score(self, cycle: CycleState, req: SchedulingRequest, endpoints: list[Endpoint]) -> list[float]:
         info: PrefixMatchInfo | None = cycle.get(PREFIX_MATCH_KEY)
