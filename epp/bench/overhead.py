@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 
 from epp.bench import procstat, wrk
@@ -77,6 +78,11 @@ def start_nginx(workdir: Path, procs: list[Proc]) -> int:
         raise RuntimeError("nginx not found: run `make bench-deps` (Debian packages nginx and wrk)")
     port = free_port()
     (workdir / "metrics.txt").write_text(vllm_page(VllmState(running=1, kv_usage=0.1)))
+    # nginx started as root serves files as its unprivileged worker user: the page and the
+    # directory (mkdtemp makes it 0700) must be readable, or /metrics is a 403 and the EPP
+    # judges the server without a page.
+    workdir.chmod(0o755)
+    (workdir / "metrics.txt").chmod(0o644)
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(dir=workdir, port=port, response=RESPONSE))
     p = Proc(
@@ -86,6 +92,9 @@ def start_nginx(workdir: Path, procs: list[Proc]) -> int:
     ).start()
     procs.append(p)
     wait_port(port, proc=p.popen)
+    page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    if page.status_code != 200 or "vllm:" not in page.text:
+        raise RuntimeError(f"the backend's /metrics page is not served (HTTP {page.status_code}): see {workdir}")
     return port
 
 
