@@ -171,9 +171,11 @@ class FlowController:
         self.kick()
         return t
 
-    def _read(self, eps: Sequence[Endpoint], now: float) -> float:
-        sat = self.last_saturation = self.detector.saturation(eps, now)
-        self._read_at, self._since_read = now, 0
+    def _read(self, eps: Sequence[Endpoint], now: float, backlog: bool = False) -> float:
+        sat = self.last_saturation = self.detector.saturation(eps, now, backlog)
+        # Only an arrival's reading is reused by later arrivals (_surely_below); a pass reads
+        # afresh before every dispatch anyway.
+        self._read_at, self._since_read = (-1.0 if backlog else now), 0
         return sat
 
     def _surely_below(self, ceiling: float, n: int, now: float) -> bool:
@@ -273,7 +275,7 @@ class FlowController:
         self._regime(eps, now)
         n = 0
         while reg.count and n < MAX_PER_PASS:
-            sat = self._read(eps, now)
+            sat = self._read(eps, now, backlog=True)
             t = self._next(sat, now)
             if t is None:
                 break

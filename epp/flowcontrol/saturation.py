@@ -18,7 +18,9 @@ from epp.datalayer.endpoint import Endpoint
 
 
 class Detector(Protocol):
-    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float: ...
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None, backlog: bool = False) -> float:
+        """`backlog`: the reading gates dispatch from a queue, not a new arrival's fast path."""
+        ...
 
     def step(self, n: int) -> float | None:
         """The most one more pick can raise the reading over `n` endpoints (None: unknown)."""
@@ -42,11 +44,16 @@ class UtilizationDetector:
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
     staleness: float = 0.2  # seconds; older metrics count as fully saturated
-    # The reference reads only the page; True (flow control) adds `unseen_picks` to the queue,
-    # and judges a server without a fresh page that still answers by the EPP's own counts.
+    # The reference reads only the page. True (flow control) judges a server without a fresh
+    # page that still answers by the EPP's own counts, and while a backlog is dispatched adds
+    # `unseen_picks` to each queue: a 50 ms-old page must not release the whole backlog at
+    # once. A new arrival with nobody waiting ahead of it is judged by the page alone, as the
+    # reference judges it: requests the EPP sent a moment ago and that have no first byte yet
+    # are mostly being prefilled, not queued, and counting them held short requests to a fast
+    # server in the EPP for nothing (bench/results/overhead-flowcontrol.md).
     count_unseen: bool = False
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float:
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None, backlog: bool = False) -> float:
         """Mean over endpoints of max(queue/threshold, kv/threshold); stale or never-scraped = 1.0."""
         if not endpoints:
             return 1.0
@@ -57,6 +64,7 @@ class UtilizationDetector:
             self.staleness,
             self.count_unseen,
         )
+        queue_unseen = unseen and backlog
         # When no server answers its scrapes, that says more about the monitoring than about
         # load: fail open (as the reachability filter does) and judge them all by our counts.
         trust_down = unseen and not all(_unanswering(e) for e in endpoints)
@@ -76,7 +84,7 @@ class UtilizationDetector:
                     total += 1.0
                 continue
             waiting = m.waiting_queue_size
-            if unseen:
+            if queue_unseen:
                 f = e.inflight
                 picked = f.picks - m.picks_seen
                 waiting += picked if picked < f.prefill_requests else f.prefill_requests
@@ -99,7 +107,7 @@ class ConcurrencyDetector:
     max_concurrency: int = 100
     max_token_concurrency: int = 1_000_000
 
-    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None) -> float:
+    def saturation(self, endpoints: Sequence[Endpoint], now: float | None = None, backlog: bool = False) -> float:
         if not endpoints:
             return 1.0
         if self.mode == "tokens":

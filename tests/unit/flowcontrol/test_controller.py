@@ -386,9 +386,9 @@ async def test_arrivals_reuse_a_reading_only_while_it_surely_stays_below_the_cei
         def __init__(self, inner):
             self.inner, self.reads = inner, 0
 
-        def saturation(self, eps, now=None):
+        def saturation(self, eps, now=None, backlog=False):
             self.reads += 1
-            return self.inner.saturation(eps, now)
+            return self.inner.saturation(eps, now, backlog)
 
         def step(self, n):
             return self.inner.step(n)
@@ -403,3 +403,52 @@ async def test_arrivals_reuse_a_reading_only_while_it_surely_stays_below_the_cei
     fc.kick()  # a change in the pool drops the reading
     await settle()
     assert tickets[10].outcome is Outcome.DISPATCHED and tickets[11].state is State.QUEUED
+
+
+UTILIZATION = f"""
+apiVersion: {GIE}
+kind: EndpointPickerConfig
+featureGates: [flowControl]
+plugins:
+- type: utilization-detector
+  parameters: {{queueDepthThreshold: 5}}
+- type: queue-scorer
+saturationDetector: {{pluginRef: utilization-detector}}
+flowControl: {{defaultRequestTTL: 0s}}
+"""
+
+
+def page(pool: Pool, waiting: int) -> None:
+    """A scraped page for every endpoint, fresh now, that has seen every pick so far."""
+    for e in pool.eps:
+        e.metrics.waiting_queue_size, e.metrics.update_time = waiting, time.monotonic() + 60
+        e.metrics.picks_seen = e.inflight.picks
+
+
+async def test_arrivals_go_by_the_page_and_a_backlog_goes_out_by_the_page_plus_unseen_picks():
+    pool, log = Pool(1), []
+    fc, _ = make(UTILIZATION, pool)
+    page(pool, waiting=0)
+    # A fast server answering short requests: twelve sent since the page, none answered yet. The
+    # page shows no queue, so none of them waits in the EPP (the reference's reading).
+    fast = [submit(fc, pool, log, f"a{i}")[0] for i in range(12)]
+    assert all(t.outcome is Outcome.DISPATCHED for t in fast) and fc.queued == 0
+    assert pool.eps[0].inflight.prefill_requests == 12
+    # The next page shows a real queue: arrivals wait.
+    page(pool, waiting=5)
+    for _ in range(12):
+        pool.eps[0].inflight.prefill_done(10)
+    held = [submit(fc, pool, log, f"q{i}") for i in range(3)]
+    assert all(t.state is State.QUEUED for t, _ in held) and fc.queued == 3
+    # The queue drains on the server (a page with nothing waiting): the backlog goes out one
+    # request per free place, counting its own picks the page cannot show yet.
+    page(pool, waiting=3)
+    fc.kick()
+    await settle()
+    assert fc.queued == 1  # (3 + 0) / 5 and (3 + 1) / 5 go, (3 + 2) / 5 = 1.0 stops
+    assert [t.state for t, _ in held] == [State.DONE, State.DONE, State.QUEUED]
+    # One of them starts answering: its place is free, the last one goes.
+    pool.eps[0].inflight.prefill_done(10)
+    fc.kick()
+    await settle()
+    assert fc.queued == 0 and held[2][0].outcome is Outcome.DISPATCHED

@@ -23,7 +23,7 @@ def test_utilization_is_the_mean_of_each_endpoints_worse_ratio_and_stale_counts_
     assert d.saturation([], now=100.1) == 1.0  # an empty pool is saturated: requests wait for one
 
 
-def test_requests_sent_after_the_page_count_as_queued_until_their_first_byte():
+def test_while_a_backlog_is_dispatched_requests_sent_after_the_page_count_as_queued_until_their_first_byte():
     e = endpoint(waiting=1)
     e.metrics.picks_seen = e.inflight.picks
     for _ in range(3):
@@ -33,10 +33,12 @@ def test_requests_sent_after_the_page_count_as_queued_until_their_first_byte():
     assert unseen_picks(e) == 2
     counting = UtilizationDetector(queue_depth_threshold=2, staleness=1.0, count_unseen=True)
     reference = UtilizationDetector(queue_depth_threshold=2, staleness=1.0)
-    assert counting.saturation([e], now=100.1) == pytest.approx(1.5)  # (1 + 2) / 2
-    assert reference.saturation([e], now=100.1) == pytest.approx(0.5)
-    e.metrics.picks_seen = e.inflight.picks  # the next page includes them
+    assert counting.saturation([e], now=100.1, backlog=True) == pytest.approx(1.5)  # (1 + 2) / 2
+    assert reference.saturation([e], now=100.1, backlog=True) == pytest.approx(0.5)
+    # A new arrival with nobody waiting is judged by the page, as the reference judges it.
     assert counting.saturation([e], now=100.1) == pytest.approx(0.5)
+    e.metrics.picks_seen = e.inflight.picks  # the next page includes them
+    assert counting.saturation([e], now=100.1, backlog=True) == pytest.approx(0.5)
 
 
 def test_concurrency_in_requests_and_in_tokens():
