@@ -277,6 +277,14 @@ def main(argv: list[str] | None = None) -> None:
     ps.add_argument("--routers", default="epp,envoy-lr,envoy-rr", help="epp, epp:<config>, envoy-lr, envoy-rr")
     ps.add_argument("--shape", default="shared-prefix")
     ps.add_argument("--out", type=Path, default=RESULTS / "poolscale.json")
+    ps.add_argument(
+        "--live",
+        nargs="+",
+        type=Path,
+        # The live ladder with both Envoy policies (envoy-lr ran only in the 12-02 peers run).
+        default=[RESULTS / "ladder-2026-12-02" / "ladder.json", RESULTS / "ladder-2026-12-02" / "ladder-peers.json"],
+        help="live ladder results whose router order at 8 replicas virtual time is checked against",
+    )
     tc = sub.add_parser(
         "tracecost",
         help="per-request cost of tracing off / unsampled / on, beside the code before it -> "
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(
             _json.dumps({"meta": {"wall_s": round(wall, 1), "shape": opts.shape}, "rows": rows}, indent=1)
         )
-        live = poolscale.load_live([RESULTS / "ladder.json", RESULTS / "ladder-peers.json"])
+        live = poolscale.load_live(args.live)
         text = poolscale.render(rows, opts, live, wall)
         args.out.with_suffix(".md").write_text(text)
         print(text)

@@ -110,11 +110,17 @@ def test_report_compares_excess_over_the_floor_not_raw_p90(tmp_path):
     assert "≤ 0.5x best peer at every stage ≥ 0.5 | **missed**" in "\n".join(ladderreport.targets(rows))
 
 
-def test_committed_ladder_report_is_the_render_of_the_committed_results(tmp_path):
+@pytest.mark.parametrize(
+    "directory,names",
+    [
+        ("", ("ladder.json",)),  # the canonical run
+        ("ladder-2026-12-02", ("ladder.json", "ladder-peers.json", "ladder-more.json")),  # with more peers and shapes
+    ],
+)
+def test_committed_ladder_report_is_the_render_of_the_committed_results(tmp_path, directory, names):
     import json
     from pathlib import Path
 
-    results = Path(__file__).resolve().parents[2] / "bench" / "results"
-    files = [results / n for n in ("ladder.json", "ladder-peers.json", "ladder-more.json")]
-    md = ladderreport.render([json.loads(f.read_text()) for f in files], tmp_path)
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / directory
+    md = ladderreport.render([json.loads((results / n).read_text()) for n in names], tmp_path)
     assert md.read_text() == (results / "ladder.md").read_text()
