@@ -51,6 +51,35 @@ class FloorState:
         return floors
 
 
+def decode_floor(prompt_tokens: int, output_tokens: int, lora: bool, cost: CostModel | None = None) -> float:
+    """Lowest time from a request's first token to its last (seconds): every further token takes
+    one engine step, and a step that decodes it costs at least decoding it alone (the step
+    overhead, one sequence, reading its KV: the prompt and the tokens before it)."""
+    cost = cost or CostModel()
+    steps = output_tokens - 1
+    if steps <= 0:
+        return 0.0
+    per_step = cost.step_overhead_ms + cost.decode_ms_per_seq + (cost.lora_overhead_ms if lora else 0.0)
+    kv_read = steps * prompt_tokens + steps * (steps - 1) / 2  # the j-th step reads prompt + j - 1
+    return (per_step * steps + cost.kv_read_ms_per_token * kv_read) * cost.slowdown / 1000.0
+
+
+def throughput_ceiling(
+    requests: list,
+    token_ids: list[list[int]],
+    floors: list[float],
+    arrivals: list[float],
+    cost: CostModel | None = None,
+) -> float:
+    """Output tokens per second no router can exceed on these requests arriving at `arrivals`
+    (simulated seconds), measured over the first arrival to the last completion."""
+    end = max(
+        a + f + decode_floor(len(ids), r.max_tokens, r.model != MODEL, cost)
+        for r, ids, f, a in zip(requests, token_ids, floors, arrivals, strict=True)
+    )
+    return sum(r.max_tokens for r in requests) / (end - min(arrivals))
+
+
 def request_floors(
     workload: Workload, token_ids: list[list[int]], cost: CostModel | None = None, block_size: int = 16
 ) -> list[float]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from epp.bench.capacity import fleet_capacity
 from epp.bench.des import token_ids
-from epp.bench.floor import FloorState
+from epp.bench.floor import FloorState, throughput_ceiling
 from epp.bench.live import _error_kinds, _outcomes, _wait_idle
 from epp.bench.loadgen import run_open_loop
 from epp.bench.peers import PeerUnavailable
@@ -145,6 +145,18 @@ def plan(shape: str, seed: int, opts: LadderOptions) -> Plan:
     return Plan(shape, seed, stages, cap, ts, floors)
 
 
+def stage_arrivals(pl: Plan, k: int) -> list[float]:
+    """Stage k's arrival times in simulated seconds (the same for every router)."""
+    _, frac, w = pl.stages[k]
+    return poisson_arrivals(len(w.requests), frac * pl.capacity, pl.seed * 1000 + k)
+
+
+def stage_ceiling(pl: Plan, k: int) -> float:
+    """The output tokens/s no router can exceed on stage k (epp/bench/floor.py)."""
+    w = pl.stages[k][2]
+    return throughput_ceiling(w.requests, [token_ids(r) for r in w.requests], pl.floors[k], stage_arrivals(pl, k))
+
+
 def run_ladder(
     specs: list[RouterSpec], opts: LadderOptions, on_row: Callable[[dict], None], log: Callable[[str], None] = print
 ) -> dict[str, str]:
@@ -194,7 +206,7 @@ def _run_stage(
 ) -> dict:
     ts = pl.time_scale
     qps = frac * pl.capacity
-    arrivals = [a * ts for a in poisson_arrivals(len(w.requests), qps, pl.seed * 1000 + k)]
+    arrivals = [a * ts for a in stage_arrivals(pl, k)]
     bodies = None
     if spec.token_ids:  # vllm-router's cache_aware hashes token ids: its best case
         import orjson
@@ -234,6 +246,7 @@ def _run_stage(
     row["excess_p90"] = None if row["ttft_p90"] is None or floor_p90 is None else round(row["ttft_p90"] - floor_p90, 4)
     p = percentile(excess, 90)
     row["request_excess_p90"] = None if p is None else round(p, 4)
+    row["tput_ceiling"] = round(stage_ceiling(pl, k), 1)
     return row
 
 

@@ -70,6 +70,7 @@ def stage_summary(rows: list[dict], shape: str) -> list[dict]:
                     "success_rate",
                     "prefix_cache_hit_rate",
                     "floor_p90",
+                    "tput_ceiling",
                 )
             }
             # Per seed, so a ratio's spread is visible.
@@ -109,13 +110,15 @@ def shape_table(rows: list[dict], shape: str) -> list[str]:
     summary = stage_summary(rows, shape)
     routers = list(dict.fromkeys(r["router"] for r in rows if r["shape"] == shape))
     head = [
-        "| stage | load | floor p90 s | "
+        "| stage | load | floor p90 s | ceiling tok/s | "
         + " | ".join(f"{n} p90 / excess / tok/s" for n in routers)
         + " | epp excess ÷ best peer (per seed) | epp excess ÷ round-robin (per seed) |",
-        "|" + "---|" * (3 + len(routers) + 2),
+        "|" + "---|" * (4 + len(routers) + 2),
     ]
     for s in summary:
         floor = s["per"][routers[0]]["floor_p90"][1] if routers[0] in s["per"] else "–"
+        ceiling = s["per"][routers[0]]["tput_ceiling"][0] if routers[0] in s["per"] else None
+        ceiling_cell = "–" if ceiling is None else f"{ceiling:,.0f}"
         cells = []
         for n in routers:
             c = s["per"].get(n)
@@ -130,16 +133,39 @@ def shape_table(rows: list[dict], shape: str) -> list[str]:
         best = s["best_peer"]
         vb = f"{_f(s['vs_best_peer'], 2)} vs {best} ({_seed_ratios(s, best)})" if best else "–"
         vr = f"{_f(s['vs_rr'], 2)} ({_seed_ratios(s, RR)})" if s["vs_rr"] is not None else "–"
-        head.append(f"| {s['stage']} | {s['load']:.2f} | {floor} | " + " | ".join(cells) + f" | {vb} | {vr} |")
+        head.append(
+            f"| {s['stage']} | {s['load']:.2f} | {floor} | {ceiling_cell} | " + " | ".join(cells) + f" | {vb} | {vr} |"
+        )
     return head
+
+
+def _tput_reach(s: dict, other: str, factor: float) -> tuple[bool, str]:
+    """Per seed, the throughput epp would need (`factor` x `other`'s on that seed) against the
+    stage's ceiling (epp/bench/floor.py): (whether every seed needs more than the ceiling, text)."""
+    mine, theirs = s["per"][SUBJECT]["by_seed"], s["per"][other]["by_seed"]
+    parts, beyond = [], []
+    for seed in sorted(mine):
+        ceiling = mine[seed].get("tput_ceiling")
+        if seed not in theirs or not ceiling:
+            continue
+        need = factor * theirs[seed]["output_tokens_per_s"]
+        beyond.append(need > ceiling)
+        parts.append(
+            f"seed {seed} needs {need:,.0f} of at most {ceiling:,.0f} tok/s (epp "
+            f"{mine[seed]['output_tokens_per_s'] / ceiling:.0%} of it)"
+        )
+    return bool(beyond) and all(beyond), "; ".join(parts)
 
 
 def targets(rows: list[dict]) -> list[str]:
     """Issue 17's Done-means, each with its verdict and the numbers behind it."""
     out = ["| target | verdict | numbers |", "|---|---|---|"]
 
-    def add(name: str, ok: bool | None, detail: str) -> None:
-        out.append(f"| {name} | {'–' if ok is None else ('met' if ok else '**missed**')} | {detail} |")
+    def add(name: str, ok: bool | None, detail: str, impossible: bool = False) -> None:
+        verdict = "–" if ok is None else ("met" if ok else "**missed**")
+        if impossible and ok is False:
+            verdict = "**missed: no router can here**"
+        out.append(f"| {name} | {verdict} | {detail} |")
 
     shapes = {r["shape"] for r in rows}
     for shape in ("shared-prefix", "cache-pressure"):
@@ -165,16 +191,21 @@ def targets(rows: list[dict]) -> list[str]:
                 )
             top = summ[-1] if summ else None
             if top and top["tput_vs_best_peer"] is not None:
+                beyond, reach = _tput_reach(top, top["best_tput_peer"], 1.1)
                 add(
                     "shared-prefix: throughput at saturation ≥ 1.1x best peer",
                     top["tput_vs_best_peer"] >= 1.1,
-                    f"load {top['load']:.2f}: {_f(top['tput_vs_best_peer'], 2)}x {top['best_tput_peer']}",
+                    f"load {top['load']:.2f}: {_f(top['tput_vs_best_peer'], 2)}x {top['best_tput_peer']}"
+                    + (f"; {reach}" if reach else ""),
+                    beyond,
                 )
             if top and top["tput_vs_rr"] is not None:
+                beyond, reach = _tput_reach(top, RR, 2.0)
                 add(
                     "shared-prefix: throughput at saturation ≥ 2x round-robin",
                     top["tput_vs_rr"] >= 2.0,
-                    f"load {top['load']:.2f}: {_f(top['tput_vs_rr'], 2)}x",
+                    f"load {top['load']:.2f}: {_f(top['tput_vs_rr'], 2)}x" + (f"; {reach}" if reach else ""),
+                    beyond,
                 )
         ep = [r for r in rows if r["shape"] == shape and r["router"] == SUBJECT]
         if ep:
@@ -225,6 +256,10 @@ def render(datas: list[dict], out_dir: Path, stem: str = "ladder") -> Path:
         "300 requests each, output 64–256 tokens. Latencies are simulated seconds. **floor p90** is the "
         "p90 of each request's lowest possible TTFT (epp/bench/floor.py, over the whole sequence: a prefix "
         "sent earlier may be cached), the same for every router; **excess** = TTFT p90 − floor p90. "
+        "**ceiling** is the output tokens/s no router can exceed on the stage as it is measured (all "
+        "tokens over first arrival to last completion; each request no earlier than its arrival, its "
+        "floor and one decode step per further token): where a router is near it, the stage measures "
+        "the offered load, not the router. "
         "Cells show the mean over seeds and the range. Ratios are epp's excess over the other router's; "
         "per-seed ratios in brackets.",
         "",
