@@ -115,6 +115,7 @@ def test_report_compares_excess_over_the_floor_not_raw_p90(tmp_path):
     [
         ("", ("ladder.json",)),  # the canonical run
         ("ladder-2026-12-02", ("ladder.json", "ladder-peers.json", "ladder-more.json")),  # with more peers and shapes
+        ("ladder-saturation", ("ladder-seed1.json", "ladder-seed2.json")),  # one stage at 1.6 of capacity
     ],
 )
 def test_committed_ladder_report_is_the_render_of_the_committed_results(tmp_path, directory, names):
